@@ -1,0 +1,352 @@
+"""The `atelier` command line. User mistakes print one line and exit non-zero, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from flows.runtime import Runtime, using_settings
+from flows.settings import Settings, get_settings
+from governance.errors import AtelierError
+
+EXIT_AUDIT_FAILED = 8
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+
+
+def _kv(pairs: dict[str, Any], indent: str = "") -> None:
+    width = max((len(k) for k in pairs), default=0)
+    for k, v in pairs.items():
+        if isinstance(v, dict):
+            print(f"{indent}{k}:")
+            _kv(v, indent + "  ")
+        else:
+            print(f"{indent}{k.ljust(width)}  {'' if v is None else v}")
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_db_upgrade(rt: Runtime, args: argparse.Namespace) -> int:
+    from governance.db import make_engine, upgrade
+
+    rt.settings.data_dir.mkdir(parents=True, exist_ok=True)
+    before, after = upgrade(make_engine(rt.settings.database_url_resolved))
+    print(f"database schema: {before or 'empty'} -> {after}")
+    return 0
+
+
+def cmd_users_add(rt: Runtime, args: argparse.Namespace) -> int:
+    from governance.users import add_user
+
+    with rt.sessions.begin() as session:
+        user = add_user(session, rt.settings.actor, args.name, args.role)
+        print(f"user {user.name}: roles {', '.join(sorted(user.role_names))}")
+    return 0
+
+
+def cmd_users_list(rt: Runtime, args: argparse.Namespace) -> int:
+    from governance.users import list_users
+
+    with rt.sessions() as session:
+        rows = [{"name": u.name, "roles": ",".join(sorted(u.role_names))} for u in list_users(session)]
+    _print_json(rows) if args.json else print_table(rows, ["name", "roles"])
+    return 0
+
+
+def cmd_licences_register(rt: Runtime, args: argparse.Namespace) -> int:
+    from governance.errors import NotFound
+    from governance.licences import KNOWN_LICENCES, register_licence
+    from governance.users import require_role
+
+    known = KNOWN_LICENCES.get(args.licence_id)
+    if known is None:
+        raise NotFound(f"unknown licence {args.licence_id!r}; known: {', '.join(sorted(KNOWN_LICENCES))}")
+    with rt.sessions.begin() as session:
+        require_role(session, rt.settings.actor, "admin", "register licences")
+        lic = register_licence(session, rt.settings.actor or "", known)
+        print(f"licence {lic.id}: {lic.name} (text sha256 {lic.text_sha256})")
+    return 0
+
+
+def cmd_batch_submit(rt: Runtime, args: argparse.Namespace) -> int:
+    from governance.batches import IntakeRejected, submit_batch
+
+    try:
+        with rt.sessions.begin() as session:
+            batch = submit_batch(session, rt.settings.actor, Path(args.file), args.purpose)
+            out = {"batch_id": batch.id, "content_sha256": batch.content_sha256}
+    except IntakeRejected as exc:
+        if args.json:
+            _print_json({"error": str(exc), "failures": [f.__dict__ for f in exc.report.failures]})
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+            print(exc.report.format_failures(), file=sys.stderr)
+        return exc.exit_code
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"batch {out['batch_id']} submitted (content sha256 {out['content_sha256']})")
+        print(f"next: an approver runs `atelier batch approve {out['batch_id']} --as NAME`")
+    return 0
+
+
+def cmd_batch_edit(rt: Runtime, args: argparse.Namespace) -> int:
+    from governance.batches import IntakeRejected, edit_batch
+
+    try:
+        with rt.sessions.begin() as session:
+            batch = edit_batch(session, rt.settings.actor, args.batch_id, Path(args.file))
+            print(f"batch {batch.id} edited (content sha256 {batch.content_sha256}); it needs a new approval")
+    except IntakeRejected as exc:
+        print(f"error: {exc}\n{exc.report.format_failures()}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+def cmd_batch_approve(rt: Runtime, args: argparse.Namespace) -> int:
+    from governance.approvals import approve_batch
+
+    with rt.sessions.begin() as session:
+        a = approve_batch(session, rt.settings.actor, args.batch_id, args.content_sha256)
+        out = {"batch_id": a.batch_id, "approval_id": a.id, "content_sha256": a.content_sha256}
+    _print_json(out) if args.json else print(f"batch {out['batch_id']} approved for content {out['content_sha256']}")
+    return 0
+
+
+def cmd_batch_reject(rt: Runtime, args: argparse.Namespace) -> int:
+    from governance.approvals import reject_batch
+
+    with rt.sessions.begin() as session:
+        a = reject_batch(session, rt.settings.actor, args.batch_id, args.reason)
+        print(f"batch {a.batch_id} rejected: {a.reason}")
+    return 0
+
+
+def cmd_batch_list(rt: Runtime, args: argparse.Namespace) -> int:
+    from governance.batches import batch_summary, list_batches
+
+    with rt.sessions() as session:
+        rows = [batch_summary(session, b) for b in list_batches(session, args.status)]
+    if args.json:
+        _print_json(rows)
+    else:
+        print_table(rows, ["batch_id", "status", "purpose", "requested_by", "decided_by", "prompts",
+                           "images_planned", "images_published", "images_quarantined"])
+    return 0
+
+
+def cmd_batch_show(rt: Runtime, args: argparse.Namespace) -> int:
+    from governance.batches import batch_summary, get_batch
+
+    with rt.sessions() as session:
+        batch = get_batch(session, args.batch_id)
+        out = batch_summary(session, batch)
+        out["prompts_detail"] = [
+            {"row_id": p.row_id, "prompt": p.prompt, "seed": p.seed, "ref": p.ref, **p.params()}
+            for p in batch.prompts
+        ]
+    if args.json:
+        _print_json(out)
+        return 0
+    detail = out.pop("prompts_detail")
+    _kv(out)
+    print()
+    print_table(detail, ["row_id", "seed", "width", "height", "steps", "num_images", "ref", "prompt"])
+    return 0
+
+
+def run_batches(rt: Runtime, batch_ids: list[str]) -> list[dict[str, Any]]:
+    """Pre-flight each batch (clear refusals before Prefect starts), then run the flow for it."""
+    from flows.produce import produce_batch
+    from governance.approvals import require_runnable
+    from governance.batches import get_batch
+    from governance.users import require_role
+
+    with rt.sessions() as session:
+        require_role(session, rt.settings.actor, "operator", "run batches")
+        for batch_id in batch_ids:
+            require_runnable(get_batch(session, batch_id))
+    results = []
+    with using_settings(rt.settings):
+        for batch_id in batch_ids:
+            results.append(produce_batch(batch_id=batch_id, actor=rt.settings.actor or ""))
+    return results
+
+
+def cmd_run(rt: Runtime, args: argparse.Namespace) -> int:
+    from governance.batches import list_batches
+
+    if args.batch:
+        ids = [args.batch]
+    else:
+        with rt.sessions() as session:
+            ids = [b.id for b in list_batches(session, "approved")]
+        if not ids:
+            print("no approved batches waiting to run")
+            return 0
+    results = run_batches(rt, ids)
+    _print_json(results) if args.json else print_table(
+        results, ["batch_id", "run_id", "status", "published", "quarantined", "remaining"]
+    )
+    return 0 if all(r["status"] == "completed" for r in results) else 1
+
+
+def cmd_trace(rt: Runtime, args: argparse.Namespace) -> int:
+    from governance.trace import find_image, trace_image
+
+    with rt.sessions() as session:
+        out = trace_image(session, find_image(session, args.ref))
+    if args.json:
+        _print_json(out)
+        return 0
+    audit = out.pop("audit")
+    models = out.pop("models")
+    _kv(out)
+    print("\nmodels:")
+    print_table(models, ["role", "name", "sha256", "licence"])
+    print("\naudit:")
+    print_table(audit, ["seq", "at", "actor", "action", "subject"])
+    return 0
+
+
+def cmd_audit_verify(rt: Runtime, args: argparse.Namespace) -> int:
+    from governance.audit import verify_chain
+
+    with rt.sessions() as session:
+        report = verify_chain(session)
+    if args.json:
+        _print_json(report.to_dict())
+    elif report.ok:
+        print(f"audit chain intact: {report.events} events, head {report.head_seq} {report.head_hash}")
+    else:
+        print(f"audit chain BROKEN at event {report.first_bad_seq}: {report.problem}", file=sys.stderr)
+    return 0 if report.ok else EXIT_AUDIT_FAILED
+
+
+def cmd_demo(rt: Runtime, args: argparse.Namespace) -> int:
+    from flows.demo import run_demo
+
+    return run_demo(rt, Path(args.file), run_batches, print_table)
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("settings (each also an ATELIER_* environment variable)")
+    g.add_argument("--as", dest="actor", metavar="NAME", help="acting user (ATELIER_ACTOR)")
+    g.add_argument("--data-dir", type=Path, help="ATELIER_DATA_DIR (default ./.atelier)")
+    g.add_argument("--database-url", help="ATELIER_DATABASE_URL (default: SQLite in the data dir)")
+    g.add_argument("--store-url", help="ATELIER_STORE_URL: file:///path or s3://bucket/prefix")
+    g.add_argument("--s3-endpoint-url", help="ATELIER_S3_ENDPOINT_URL for S3-compatible servers")
+    g.add_argument("--base-model", help="ATELIER_BASE_MODEL: diffusers folder or hub id")
+    g.add_argument("--refiner-model", help="ATELIER_REFINER_MODEL: diffusers folder or hub id")
+    g.add_argument("--device", help="ATELIER_DEVICE: cpu, cuda, cuda:N")
+    g.add_argument("-v", "--verbose", action="store_true", help="log progress")
+
+    parser = argparse.ArgumentParser(prog="atelier", description="Governed SDXL batch production.", parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(p: argparse._SubParsersAction, name: str, fn: Callable, help: str, json_flag: bool = False):  # type: ignore[type-arg]
+        sp = p.add_parser(name, help=help, description=help, parents=[common])
+        sp.set_defaults(fn=fn)
+        if json_flag:
+            sp.add_argument("--json", action="store_true", help="machine-readable output")
+        return sp
+
+    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
+    add(db, "upgrade", cmd_db_upgrade, "apply pending migrations")
+
+    users = sub.add_parser("users", help="users and roles").add_subparsers(dest="users_command", required=True)
+    sp = add(users, "add", cmd_users_add, "add a user or give it more roles (admins only, but the first user)")
+    sp.add_argument("name")
+    sp.add_argument("--role", action="append", required=True, help="requester, approver, operator, auditor, admin")
+    add(users, "list", cmd_users_list, "list users", json_flag=True)
+
+    lic = sub.add_parser("licences", help="licence registry").add_subparsers(dest="lic_command", required=True)
+    sp = add(lic, "register", cmd_licences_register, "register a known licence (admins)")
+    sp.add_argument("licence_id")
+
+    batch = sub.add_parser("batch", help="prompt batches").add_subparsers(dest="batch_command", required=True)
+    sp = add(batch, "submit", cmd_batch_submit, "validate and submit a prompt file", json_flag=True)
+    sp.add_argument("file", help="CSV, JSON lines (.jsonl) or Parquet")
+    sp.add_argument("--purpose", required=True, choices=["catalogue", "marketing"])
+    sp = add(batch, "edit", cmd_batch_edit, "replace a batch's prompts (voids its approval)")
+    sp.add_argument("batch_id")
+    sp.add_argument("file")
+    sp = add(batch, "approve", cmd_batch_approve, "approve a batch (approvers; not its requester)", json_flag=True)
+    sp.add_argument("batch_id")
+    sp.add_argument("--content-sha256", help="refuse unless the batch still has exactly this content")
+    sp = add(batch, "reject", cmd_batch_reject, "reject a batch with a reason")
+    sp.add_argument("batch_id")
+    sp.add_argument("--reason", required=True)
+    sp = add(batch, "list", cmd_batch_list, "list batches", json_flag=True)
+    sp.add_argument("--status")
+    sp = add(batch, "show", cmd_batch_show, "show one batch", json_flag=True)
+    sp.add_argument("batch_id")
+
+    sp = add(sub, "run", cmd_run, "run approved batches through the production flow (operators)", json_flag=True)
+    sp.add_argument("--batch", help="one batch id (default: every approved batch)")
+
+    sp = add(sub, "trace", cmd_trace, "everything known about one image", json_flag=True)
+    sp.add_argument("ref", help="image id, SHA-256, store key or a local image file")
+
+    audit = sub.add_parser("audit", help="audit ledger").add_subparsers(dest="audit_command", required=True)
+    add(audit, "verify", cmd_audit_verify, "recompute the audit hash chain", json_flag=True)
+
+    sp = add(sub, "demo", cmd_demo, "the whole flow on the example catalogue")
+    sp.add_argument("--file", default=str(Path(__file__).resolve().parent.parent / "examples" / "catalogue.csv"))
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return get_settings(
+        actor=args.actor, data_dir=args.data_dir, database_url=args.database_url, store_url=args.store_url,
+        s3_endpoint_url=args.s3_endpoint_url, base_model=args.base_model, refiner_model=args.refiner_model,
+        device=args.device,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = settings_from_args(args)
+    except Exception as exc:  # pydantic's validation error: name the setting
+        print(f"error: invalid settings: {exc}".splitlines()[0], file=sys.stderr)
+        return 2
+    try:
+        return int(args.fn(Runtime(settings), args))
+    except AtelierError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""`atelier demo`: the whole governed flow on the example catalogue, with the configured settings."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flows.runtime import Runtime
+from governance.approvals import approve_batch
+from governance.audit import verify_chain
+from governance.batches import submit_batch
+from governance.db import make_engine, upgrade
+from governance.licences import CREATIVEML_OPENRAIL_PP_M, register_licence
+from governance.records import Image
+from governance.users import add_user
+
+DEMO_USERS = {
+    "admin": ["admin"],
+    "maria": ["requester"],  # catalogue operations: asks for the images
+    "omar": ["approver"],  # the second pair of eyes
+    "ops": ["operator"],  # runs the GPU pool
+    "lee": ["auditor"],  # legal / compliance
+}
+
+
+def run_demo(rt: Runtime, csv: Path, run_batches: Callable, print_table: Callable) -> int:  # type: ignore[type-arg]
+    t0 = time.perf_counter()
+    s = rt.settings
+    s.data_dir.mkdir(parents=True, exist_ok=True)
+    print("1. database schema")
+    upgrade(make_engine(s.database_url_resolved))
+    with rt.sessions.begin() as session:
+        print("2. users:", ", ".join(f"{n} ({'/'.join(r)})" for n, r in DEMO_USERS.items()))
+        for name, roles in DEMO_USERS.items():
+            add_user(session, "admin", name, roles)
+        print(f"3. licence {CREATIVEML_OPENRAIL_PP_M.name} registered for the SDXL models")
+        register_licence(session, "admin", CREATIVEML_OPENRAIL_PP_M)
+    with rt.sessions.begin() as session:
+        batch = submit_batch(session, "maria", csv, "catalogue")
+        batch_id, content = batch.id, batch.content_sha256
+    print(f"4. maria submitted {csv.name}: batch {batch_id}, content sha256 {content[:16]}...")
+    with rt.sessions.begin() as session:
+        approve_batch(session, "omar", batch_id, content)
+    print("5. omar approved it (pinned to that content hash)")
+    print("6. ops runs it: SDXL base -> refiner, safety, watermark, publish (Prefect flow)")
+    run_actor = rt.settings.model_copy(update={"actor": "ops"})
+    [result] = run_batches(Runtime(run_actor, rt._sessions), [batch_id])
+    with rt.sessions() as session:
+        report = verify_chain(session)
+        images = session.query(Image).filter(Image.batch_id == batch_id).all()
+        rows: list[dict[str, Any]] = [
+            {
+                "row_id": img.prompt.row_id,
+                "image_id": img.id,
+                "status": img.status,
+                "watermark": f"{img.watermark_matched_bits}/48" if img.watermark_matched_bits is not None else "",
+                "where": rt.store.location(img.store_key) if img.store_key else "; ".join(img.safety_reasons),
+            }
+            for img in sorted(images, key=lambda i: (i.prompt.position, i.image_index))
+        ]
+    print(f"7. audit chain: {'intact' if report.ok else 'BROKEN: ' + report.problem} ({report.events} events)\n")
+    print_table(rows, ["row_id", "image_id", "status", "watermark", "where"])
+    print(
+        f"\nbatch {batch_id}: {result['published']} published, {result['quarantined']} quarantined "
+        f"in {time.perf_counter() - t0:.0f} s"
+    )
+    print(f"store:    {rt.store.url}")
+    print(f"database: {rt.settings.redacted()['database_url']}")
+    print(f"try:      atelier trace {rows[0]['image_id']}   |   atelier batch show {batch_id}")
+    return 0 if report.ok and result["status"] == "completed" else 1

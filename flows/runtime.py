@@ -1,0 +1,109 @@
+"""What a flow run works with: database, store, models and safety checker, built from Settings.
+
+Models and the safety checker are cached per worker process, keyed by their settings, so a
+worker that runs many flows loads them once ("models stay resident").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from flows.settings import Settings, get_settings
+from governance.db import ensure_schema, make_engine, make_sessionmaker
+from governance.store import ObjectStore, open_store
+
+if TYPE_CHECKING:
+    from governance.safety import SafetyChecker, SafetyPolicy
+    from sdxl_core.engine import SDXLEngine
+
+log = logging.getLogger(__name__)
+
+_active: ContextVar[Settings | None] = ContextVar("atelier_settings", default=None)
+_engines: dict[str, SDXLEngine] = {}
+_checkers: dict[str, SafetyChecker] = {}
+
+
+@contextlib.contextmanager
+def using_settings(settings: Settings) -> Iterator[None]:
+    """Run flows in this process with these settings (the CLI's flags) instead of the environment."""
+    token = _active.set(settings)
+    try:
+        yield
+    finally:
+        _active.reset(token)
+
+
+def active_settings() -> Settings:
+    return _active.get() or get_settings()
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    _sessions: sessionmaker[Session] | None = field(default=None, repr=False)
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        if self._sessions is None:
+            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+            engine = make_engine(self.settings.database_url_resolved)
+            ensure_schema(engine, auto_upgrade=self.settings.uses_embedded_database)
+            self._sessions = make_sessionmaker(engine)
+        return self._sessions
+
+    @cached_property
+    def store(self) -> ObjectStore:
+        return open_store(self.settings.store_url_resolved, self.settings.s3_endpoint_url)
+
+    def model_sources(self) -> tuple[str, str]:
+        s = self.settings
+        if s.base_model and s.refiner_model:
+            return s.base_model, s.refiner_model
+        if s.base_model or s.refiner_model:
+            from governance.errors import InvalidInput
+
+            raise InvalidInput("set both ATELIER_BASE_MODEL and ATELIER_REFINER_MODEL, or neither (tiny models)")
+        from sdxl_core.tiny import ensure_tiny_models
+
+        base, refiner = ensure_tiny_models(s.models_dir)
+        return str(base), str(refiner)
+
+    @property
+    def engine(self) -> SDXLEngine:
+        from sdxl_core.engine import EngineConfig, SDXLEngine
+
+        base, refiner = self.model_sources()
+        config = EngineConfig(
+            base=base, refiner=refiner, revision=self.settings.model_revision,
+            device=self.settings.device, dtype=self.settings.dtype,
+        )
+        key = repr(config)
+        if key not in _engines:
+            log.info("loading SDXL base %s and refiner %s on %s", base, refiner, config.device)
+            _engines[key] = SDXLEngine.load(config)
+        return _engines[key]
+
+    @property
+    def safety_policy(self) -> SafetyPolicy:
+        return self.safety.policy
+
+    @property
+    def safety(self) -> SafetyChecker:
+        from governance.safety import SafetyChecker, load_policy
+
+        s = self.settings
+        key = f"{s.safety_model}|{s.safety_pretrained}|{s.safety_policy}|{s.device}"
+        if key not in _checkers:
+            _checkers[key] = SafetyChecker(
+                load_policy(s.safety_policy), model_name=s.safety_model, pretrained=s.safety_pretrained,
+                device=s.device,
+            )
+        return _checkers[key]

@@ -1,0 +1,64 @@
+"""Atelier's one settings object. Built by `get_settings()`, passed down; nothing read at import time.
+
+Every field is an `ATELIER_*` environment variable; the CLI's global flags override them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ATELIER_", extra="ignore")
+
+    data_dir: Path = Field(Path(".atelier"), description="where the embedded database, store and models live")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file in the data dir")
+    store_url: str | None = Field(
+        None, description="file:///path or s3://bucket/prefix; default: a folder in the data dir"
+    )
+    s3_endpoint_url: str | None = Field(None, description="endpoint of an S3-compatible server")
+    base_model: str | None = Field(None, description="diffusers folder or hub id of SDXL base; default: tiny")
+    refiner_model: str | None = Field(None, description="diffusers folder or hub id of the refiner")
+    model_revision: str | None = Field(None, description="hub revision (commit) when the models are hub ids")
+    model_licence: str = Field("creativeml-openrail++-m", description="licence id of the configured models")
+    device: str = Field("cpu", description="torch device for generation and safety: cpu, cuda, cuda:1")
+    dtype: str = Field("float32", description="float32, float16 or bfloat16")
+    safety_model: str = Field("atelier-tiny-clip", description="open_clip model name")
+    safety_pretrained: str | None = Field(None, description="open_clip checkpoint file or tag; default: random")
+    safety_policy: Path | None = Field(None, description="safety policy JSON; default: the packaged policy")
+    actor: str | None = Field(None, description="the acting user (the CLI's --as)")
+    chunk_size: int = Field(4, ge=1, le=256, description="images generated per engine call")
+
+    @property
+    def database_url_resolved(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'atelier.db').resolve()}"
+
+    @property
+    def store_url_resolved(self) -> str:
+        return self.store_url or (self.data_dir / "store").resolve().as_uri()
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    def redacted(self) -> dict[str, str]:
+        """Settings for display: passwords in URLs are hidden."""
+        from sqlalchemy.engine import make_url
+
+        out = {}
+        for name, value in self.model_dump().items():
+            out[name] = "" if value is None else str(value)
+        out["database_url"] = make_url(self.database_url_resolved).render_as_string(hide_password=True)
+        return out
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Environment first, then explicit overrides (the CLI flags) where they are not None."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

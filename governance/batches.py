@@ -1,0 +1,160 @@
+"""Prompt batches: submit (intake), edit, list and show."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from governance.audit import record_event
+from governance.errors import InvalidInput, InvalidState, NotFound
+from governance.intake import IntakeError, IntakeReport, PromptRow, content_sha256, load_prompts
+from governance.records import PURPOSES, Approval, Batch, Image, Prompt, prompt_id_for, utcnow
+from governance.users import require_role
+
+
+class IntakeRejected(InvalidInput):
+    """The file was read but rows failed validation; `report` holds every failure."""
+
+    def __init__(self, path: Path, report: IntakeReport):
+        n = len(report.failures)
+        super().__init__(f"{path.name}: {n} problem{'s' if n != 1 else ''} found, nothing was stored")
+        self.report = report
+
+
+def _read(path: Path) -> list[PromptRow]:
+    try:
+        report = load_prompts(path)
+    except IntakeError as exc:
+        raise InvalidInput(str(exc)) from None
+    if not report.ok:
+        raise IntakeRejected(path, report)
+    return report.rows
+
+
+def _prompt_records(batch_id: str, rows: list[PromptRow]) -> list[Prompt]:
+    return [
+        Prompt(id=prompt_id_for(batch_id, r.row_id), batch_id=batch_id, position=i, **r.to_dict())
+        for i, r in enumerate(rows)
+    ]
+
+
+def submit_batch(session: Session, actor: str | None, path: Path, purpose: str) -> Batch:
+    """Validate a prompt file and store it as a SUBMITTED batch (nothing is stored on any failure)."""
+    user = require_role(session, actor, "requester", "submit batches")
+    if purpose not in PURPOSES:
+        raise InvalidInput(f"unknown purpose {purpose!r}: choose one of {', '.join(PURPOSES)}")
+    rows = _read(path)
+    batch = Batch(
+        purpose=purpose,
+        requested_by=user,
+        source_name=path.name,
+        content_sha256=content_sha256(rows),
+    )
+    session.add(batch)
+    session.flush()
+    session.add_all(_prompt_records(batch.id, rows))
+    record_event(
+        session, user.name, "batch.submitted", "batch", batch.id,
+        {
+            "purpose": purpose,
+            "source": path.name,
+            "content_sha256": batch.content_sha256,
+            "prompts": len(rows),
+            "images": sum(r.num_images for r in rows),
+        },
+    )
+    session.flush()
+    return batch
+
+
+def edit_batch(session: Session, actor: str | None, batch_id: str, path: Path) -> Batch:
+    """Replace a batch's prompts with a new file. Any approval is voided: it pinned the old content."""
+    batch = get_batch(session, batch_id)
+    user = require_role(session, actor, "requester", "edit batches")
+    if user.id != batch.requested_by_id:
+        raise InvalidState(f"only the requester ({batch.requested_by.name}) can edit batch {batch.id}")
+    if batch.status not in ("submitted", "approved", "rejected"):
+        raise InvalidState(f"batch {batch.id} is {batch.status}; only a batch that has not run can be edited")
+    rows = _read(path)
+    old_hash = batch.content_sha256
+    for prompt in list(batch.prompts):
+        session.delete(prompt)
+    session.flush()
+    batch.prompts = _prompt_records(batch.id, rows)
+    batch.content_sha256 = content_sha256(rows)
+    batch.source_name = path.name
+    for approval in batch.approvals:
+        if approval.voided_at is None:
+            approval.voided_at = utcnow()
+            approval.void_reason = "batch edited"
+            record_event(
+                session, user.name, "approval.voided", "approval", approval.id,
+                {"batch_id": batch.id, "reason": "batch edited", "content_sha256": approval.content_sha256},
+            )
+    batch.status = "submitted"
+    record_event(
+        session, user.name, "batch.edited", "batch", batch.id,
+        {"old_content_sha256": old_hash, "content_sha256": batch.content_sha256, "prompts": len(rows)},
+    )
+    session.flush()
+    return batch
+
+
+def get_batch(session: Session, batch_id: str) -> Batch:
+    batch = session.get(Batch, batch_id)
+    if batch is None:
+        raise NotFound(f"no batch {batch_id!r}: `atelier batch list` shows the batches")
+    return batch
+
+
+def stored_content_sha256(batch: Batch) -> str:
+    """The content hash recomputed from the stored prompt rows (catches edits that bypassed Atelier)."""
+    rows = [
+        PromptRow(
+            row_id=p.row_id, prompt=p.prompt, negative_prompt=p.negative_prompt, seed=p.seed,
+            width=p.width, height=p.height, steps=p.steps, guidance_scale=p.guidance_scale,
+            refiner_split=p.refiner_split, num_images=p.num_images, ref=p.ref,
+        )
+        for p in batch.prompts
+    ]
+    return content_sha256(rows)
+
+
+def current_approval(batch: Batch) -> Approval | None:
+    live = [a for a in batch.approvals if a.voided_at is None]
+    return live[-1] if live else None
+
+
+def batch_summary(session: Session, batch: Batch) -> dict[str, Any]:
+    counts = dict(
+        session.execute(
+            select(Image.status, func.count()).where(Image.batch_id == batch.id).group_by(Image.status)
+        ).all()
+    )
+    approval = current_approval(batch)
+    return {
+        "batch_id": batch.id,
+        "status": batch.status,
+        "purpose": batch.purpose,
+        "requested_by": batch.requested_by.name,
+        "source": batch.source_name,
+        "content_sha256": batch.content_sha256,
+        "created_at": batch.created_at.isoformat(),
+        "decision": approval.decision if approval else None,
+        "decided_by": approval.decided_by.name if approval else None,
+        "approval_id": approval.id if approval else None,
+        "prompts": len(batch.prompts),
+        "images_planned": sum(p.num_images for p in batch.prompts),
+        "images_published": counts.get("published", 0),
+        "images_quarantined": counts.get("quarantined", 0),
+    }
+
+
+def list_batches(session: Session, status: str | None = None) -> list[Batch]:
+    stmt = select(Batch).order_by(Batch.created_at)
+    if status:
+        stmt = stmt.where(Batch.status == status)
+    return list(session.scalars(stmt))

@@ -1,0 +1,271 @@
+"""The records: SQLAlchemy 2.0 typed models shared by every layer above.
+
+Identifiers that later steps must re-derive after a crash (prompt, image) are deterministic
+UUIDv5 strings; the rest are random UUIDv4 strings. Times are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ROLES = ("requester", "approver", "operator", "auditor", "admin")
+PURPOSES = ("catalogue", "marketing")
+
+# Namespace for Atelier's deterministic identifiers (uuid5).
+ATELIER_NAMESPACE = uuid.UUID("6f1c1e5a-2f0e-4d7c-9a53-5b8a8f3c2d10")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def prompt_id_for(batch_id: str, row_id: str) -> str:
+    return str(uuid.uuid5(ATELIER_NAMESPACE, f"prompt:{batch_id}:{row_id}"))
+
+
+def image_id_for(prompt_id: str, image_index: int) -> str:
+    """Invariant 4: an image id is derived from (prompt id, image index) and nothing else."""
+    return str(uuid.uuid5(ATELIER_NAMESPACE, f"image:{prompt_id}:{image_index}"))
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    roles: Mapped[list[UserRole]] = relationship(
+        back_populates="user", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+    @property
+    def role_names(self) -> set[str]:
+        return {r.role for r in self.roles}
+
+
+class UserRole(Base):
+    __tablename__ = "user_roles"
+    __table_args__ = (CheckConstraint("role IN " + str(ROLES), name="role_known"),)
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(20), primary_key=True)
+    user: Mapped[User] = relationship(back_populates="roles")
+
+
+class Licence(Base):
+    __tablename__ = "licences"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    url: Mapped[str] = mapped_column(String(500))
+    text_sha256: Mapped[str] = mapped_column(String(64))
+    obligations: Mapped[list[Any]] = mapped_column(default=list)
+    restrictions: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ModelVersion(Base):
+    """One model component (base UNet, refiner UNet, text encoders, VAE) with its weight hashes."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("role", "sha256"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    role: Mapped[str] = mapped_column(String(40))
+    name: Mapped[str] = mapped_column(String(300))
+    source: Mapped[str] = mapped_column(String(1000))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    files: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    licence_id: Mapped[str] = mapped_column(ForeignKey("licences.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    licence: Mapped[Licence] = relationship(lazy="joined")
+
+
+class Batch(Base):
+    __tablename__ = "batches"
+    __table_args__ = (
+        CheckConstraint("purpose IN " + str(PURPOSES), name="purpose_known"),
+        CheckConstraint(
+            "status IN ('submitted', 'approved', 'rejected', 'running', 'completed', 'failed')",
+            name="status_known",
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    purpose: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20), default="submitted", index=True)
+    requested_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    source_name: Mapped[str] = mapped_column(String(500))
+    content_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    requested_by: Mapped[User] = relationship(lazy="joined")
+    prompts: Mapped[list[Prompt]] = relationship(
+        back_populates="batch", order_by="Prompt.position", cascade="all, delete-orphan"
+    )
+    approvals: Mapped[list[Approval]] = relationship(back_populates="batch", order_by="Approval.decided_at")
+
+
+class Prompt(Base):
+    __tablename__ = "prompts"
+    __table_args__ = (UniqueConstraint("batch_id", "row_id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    row_id: Mapped[str] = mapped_column(String(200))
+    prompt: Mapped[str] = mapped_column(Text)
+    negative_prompt: Mapped[str] = mapped_column(Text, default="")
+    seed: Mapped[int] = mapped_column(BigInteger)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    steps: Mapped[int] = mapped_column(Integer)
+    guidance_scale: Mapped[float] = mapped_column(Float)
+    refiner_split: Mapped[float] = mapped_column(Float)
+    num_images: Mapped[int] = mapped_column(Integer)
+    ref: Mapped[str] = mapped_column(String(200), default="")
+
+    batch: Mapped[Batch] = relationship(back_populates="prompts")
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "negative_prompt": self.negative_prompt,
+            "width": self.width,
+            "height": self.height,
+            "steps": self.steps,
+            "guidance_scale": self.guidance_scale,
+            "refiner_split": self.refiner_split,
+            "num_images": self.num_images,
+        }
+
+
+class Approval(Base):
+    """A decision on a batch, pinned to the content hash the approver saw."""
+
+    __tablename__ = "approvals"
+    __table_args__ = (CheckConstraint("decision IN ('approved', 'rejected')", name="decision_known"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id"), index=True)
+    decision: Mapped[str] = mapped_column(String(10))
+    decided_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    content_sha256: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    voided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    void_reason: Mapped[str] = mapped_column(Text, default="")
+
+    batch: Mapped[Batch] = relationship(back_populates="approvals")
+    decided_by: Mapped[User] = relationship(lazy="joined")
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        CheckConstraint("status IN ('running', 'completed', 'failed')", name="status_known"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id"), index=True)
+    approval_id: Mapped[str] = mapped_column(ForeignKey("approvals.id"))
+    status: Mapped[str] = mapped_column(String(20), default="running")
+    started_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    flow_run_id: Mapped[str] = mapped_column(String(64), default="")
+    engine: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    model_versions: Mapped[list[ModelVersion]] = relationship(secondary="run_model_versions", lazy="selectin")
+
+
+class RunModelVersion(Base):
+    __tablename__ = "run_model_versions"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    model_version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"), primary_key=True)
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (
+        UniqueConstraint("prompt_id", "image_index"),
+        CheckConstraint("status IN ('quarantined', 'published')", name="status_known"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    prompt_id: Mapped[str] = mapped_column(ForeignKey("prompts.id"), index=True)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id"), index=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    image_index: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[str] = mapped_column(String(20))  # up to 2**63: kept as text so every database stores it
+    status: Mapped[str] = mapped_column(String(20))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    safety_model: Mapped[str] = mapped_column(String(300))
+    safety_policy: Mapped[str] = mapped_column(String(100))
+    safety_scores: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    safety_verdict: Mapped[str] = mapped_column(String(20))
+    safety_reasons: Mapped[list[Any]] = mapped_column(default=list)
+    watermark_payload: Mapped[str | None] = mapped_column(String(12), nullable=True)
+    watermark_matched_bits: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    store_url: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    store_key: Mapped[str | None] = mapped_column(String(1000), nullable=True, index=True)
+    store_version_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    provenance_key: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    prompt: Mapped[Prompt] = relationship(lazy="joined")
+    run: Mapped[Run] = relationship()
+
+
+class AuditEvent(Base):
+    """One link of the append-only, hash-chained audit log (see governance.audit)."""
+
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[str] = mapped_column(String(32), index=True)  # ISO-8601 UTC, hashed exactly as stored
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(60), index=True)
+    subject_type: Mapped[str] = mapped_column(String(40))
+    subject_id: Mapped[str] = mapped_column(String(100), index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)

@@ -1,0 +1,171 @@
+"""The object store Atelier publishes to: a local folder (embedded default) or S3 over boto3.
+
+Keys are deterministic, so a re-run after a crash writes the same key again; `put` first asks
+whether an object with the same SHA-256 is already there and then writes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import unquote, urlparse
+
+from governance.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    sha256: str
+    version_id: str | None
+    created: bool  # False when an identical object was already there
+
+
+class ObjectStore(Protocol):
+    url: str
+
+    def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> StoredObject: ...
+    def get(self, key: str) -> bytes: ...
+    def sha256_of(self, key: str) -> str | None: ...
+    def keys(self, prefix: str = "") -> list[str]: ...
+    def location(self, key: str) -> str: ...
+
+
+def image_key(image_id: str, sha256: str) -> str:
+    """Invariant 4: the key is derived from the image id and its content hash."""
+    return f"images/{image_id}/{sha256}.png"
+
+
+def provenance_key(image_id: str, sha256: str) -> str:
+    return f"images/{image_id}/{sha256}.provenance.json"
+
+
+class LocalStore:
+    """A folder; metadata goes to a `.meta.json` sidecar next to each object."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.url = root.resolve().as_uri()
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root.resolve() not in path.parents:
+            raise InvalidInput(f"store key {key!r} escapes the store folder")
+        return path
+
+    def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> StoredObject:
+        digest = hashlib.sha256(data).hexdigest()
+        if self.sha256_of(key) == digest:
+            return StoredObject(key, digest, None, created=False)
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"content_type": content_type, "sha256": digest, "metadata": metadata}
+        for target, payload in ((path.with_name(path.name + ".meta.json"), json.dumps(meta).encode()), (path, data)):
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(payload)
+            os.replace(tmp, target)
+        return StoredObject(key, digest, None, created=True)
+
+    def get(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def sha256_of(self, key: str) -> str | None:
+        path = self._path(key)
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+    def keys(self, prefix: str = "") -> list[str]:
+        if not self.root.exists():
+            return []
+        out = []
+        for path in self.root.rglob("*"):
+            rel = path.relative_to(self.root).as_posix()
+            if path.is_file() and not rel.endswith(".meta.json") and not path.name.startswith(".tmp-"):
+                if rel.startswith(prefix):
+                    out.append(rel)
+        return sorted(out)
+
+    def location(self, key: str) -> str:
+        return str(self._path(key))
+
+
+class S3Store:
+    """S3 or any S3-compatible server. PUTs carry a SHA-256 checksum the server verifies."""
+
+    def __init__(self, bucket: str, prefix: str, endpoint_url: str | None = None, client=None):  # type: ignore[no-untyped-def]
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.url = f"s3://{bucket}/{self.prefix}"
+        self.client = client or boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+        )
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> StoredObject:
+        digest = hashlib.sha256(data)
+        existing = self._head(key)
+        if existing is not None and existing.get("Metadata", {}).get("sha256") == digest.hexdigest():
+            return StoredObject(key, digest.hexdigest(), existing.get("VersionId"), created=False)
+        resp = self.client.put_object(
+            Bucket=self.bucket,
+            Key=self._key(key),
+            Body=data,
+            ContentType=content_type,
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=base64.b64encode(digest.digest()).decode(),
+            Metadata={**metadata, "sha256": digest.hexdigest()},
+        )
+        return StoredObject(key, digest.hexdigest(), resp.get("VersionId"), created=True)
+
+    def _head(self, key: str) -> dict | None:  # type: ignore[type-arg]
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+    def get(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+
+    def sha256_of(self, key: str) -> str | None:
+        head = self._head(key)
+        if head is None:
+            return None
+        return hashlib.sha256(self.get(key)).hexdigest()
+
+    def keys(self, prefix: str = "") -> list[str]:
+        out: list[str] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+            out.extend(obj["Key"][len(self.prefix):] for obj in page.get("Contents", []))
+        return sorted(out)
+
+    def location(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+
+def open_store(url: str, endpoint_url: str | None = None) -> ObjectStore:
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return LocalStore(Path(unquote(parsed.path)))
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise InvalidInput(f"store URL {url!r} has no bucket: use s3://BUCKET/PREFIX")
+        return S3Store(parsed.netloc, parsed.path, endpoint_url)
+    raise InvalidInput(f"unsupported store URL {url!r}: use file:///path or s3://bucket/prefix")
