@@ -10,6 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from flows.runtime import Runtime, using_settings
 from flows.settings import Settings, get_settings
 from governance.errors import AtelierError
@@ -335,8 +337,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         settings = settings_from_args(args)
-    except Exception as exc:  # pydantic's validation error: name the setting
-        print(f"error: invalid settings: {exc}".splitlines()[0], file=sys.stderr)
+    except ValidationError as exc:
+        problems = "; ".join(f"ATELIER_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        print(f"error: invalid settings: {problems}", file=sys.stderr)
         return 2
     try:
         return int(args.fn(Runtime(settings), args))

@@ -22,6 +22,7 @@ from governance.store import ObjectStore, open_store
 
 if TYPE_CHECKING:
     from governance.safety import SafetyChecker, SafetyPolicy
+
     from sdxl_core.engine import SDXLEngine
 
 log = logging.getLogger(__name__)

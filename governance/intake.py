@@ -1,0 +1,624 @@
+"""Intake: read a prompt table (CSV, JSON lines, Parquet) and validate it into typed prompt rows.
+
+Pure: no database, no network, nothing written to disk. The DB service that records a batch
+wraps `load_prompts` and stores `IntakeReport.rows` with `content_sha256(rows)`, the hash an
+approval is pinned to.
+
+Two kinds of bad input, kept apart on purpose:
+
+- a file that is not a readable table (unknown extension, binary, empty, not UTF-8, corrupt
+  Parquet, JSON lines that are not flat objects) raises `IntakeError` with a one-line message
+  that names the file and says how to fix it;
+- a readable table with bad content gives an `IntakeReport` whose `failures` list every failing
+  row and rule (row number, row id, column, rule, message), checked with Great Expectations.
+
+Great Expectations runs in one in-memory (ephemeral) context per process, created on first use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import io
+import json
+import logging
+import math
+import numbers
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+# ---------------------------------------------------------------------------------------------
+# Limits
+
+PROMPT_MAX_CHARS = 2000
+ROW_ID_MAX_CHARS = 128
+REF_MAX_CHARS = 256
+SEED_MIN, SEED_MAX = 0, 2**32 - 1
+SIZE_MIN, SIZE_MAX = 256, 2048  # SDXL range; the downstream watermark needs >= 256 px
+SIZE_MULTIPLE = 8  # the VAE works on 1/8 of the image size
+STEPS_MIN, STEPS_MAX = 1, 150
+GUIDANCE_MIN, GUIDANCE_MAX = 0.0, 30.0
+REFINER_SPLIT_MIN, REFINER_SPLIT_MAX = 0.0, 1.0  # both exclusive
+NUM_IMAGES_MIN, NUM_IMAGES_MAX = 1, 16
+MAX_ROWS = 100_000
+
+SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet")
+
+_INT_PATTERN = r"^[+-]?[0-9]+(\.0*)?$"  # "42" and "42.0"; ASCII digits only
+_FLOAT_PATTERN = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"  # no nan, inf, 1_000
+
+
+@dataclass(frozen=True)
+class _Column:
+    name: str
+    kind: str  # "text", "int" or "float"
+    required: bool
+    default: Any = None
+
+
+COLUMNS: tuple[_Column, ...] = (
+    _Column("row_id", "text", required=True),
+    _Column("prompt", "text", required=True),
+    _Column("negative_prompt", "text", required=False, default=""),
+    _Column("seed", "int", required=True),
+    _Column("width", "int", required=False, default=1024),
+    _Column("height", "int", required=False, default=1024),
+    _Column("steps", "int", required=False, default=40),
+    _Column("guidance_scale", "float", required=False, default=5.0),
+    _Column("refiner_split", "float", required=False, default=0.8),
+    _Column("num_images", "int", required=False, default=1),
+    _Column("ref", "text", required=False, default=""),
+)
+COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
+REQUIRED_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.required)
+_BY_NAME = {c.name: c for c in COLUMNS}
+
+# (column, minimum, maximum, strict, rule) for the numeric range checks
+_RANGES: tuple[tuple[str, float, float, bool, str], ...] = (
+    ("seed", SEED_MIN, SEED_MAX, False, "seed_range"),
+    ("width", SIZE_MIN, SIZE_MAX, False, "size_range"),
+    ("height", SIZE_MIN, SIZE_MAX, False, "size_range"),
+    ("steps", STEPS_MIN, STEPS_MAX, False, "steps_range"),
+    ("guidance_scale", GUIDANCE_MIN, GUIDANCE_MAX, False, "guidance_range"),
+    ("refiner_split", REFINER_SPLIT_MIN, REFINER_SPLIT_MAX, True, "refiner_split_range"),
+    ("num_images", NUM_IMAGES_MIN, NUM_IMAGES_MAX, False, "num_images_range"),
+)
+_MAX_LENGTHS = {
+    "row_id": ROW_ID_MAX_CHARS,
+    "prompt": PROMPT_MAX_CHARS,
+    "negative_prompt": PROMPT_MAX_CHARS,
+    "ref": REF_MAX_CHARS,
+}
+
+_FIX_HINT = {
+    ".csv": "expected UTF-8 CSV with a header row (row_id,prompt,seed,...)",
+    ".jsonl": "expected UTF-8 JSON lines, one flat object per line with keys row_id, prompt, seed, ...",
+    ".ndjson": "expected UTF-8 JSON lines, one flat object per line with keys row_id, prompt, seed, ...",
+    ".parquet": "expected a Parquet file with columns row_id, prompt, seed, ...",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+class IntakeError(ValueError):
+    """The file is not a readable prompt table. The message is one line naming the file and the fix."""
+
+
+@dataclass(frozen=True)
+class RowFailure:
+    row: int | None  # 1-based data row number (header not counted); None for a table-level failure
+    row_id: str | None
+    column: str
+    rule: str
+    message: str
+
+    def format(self) -> str:
+        if self.row is None:
+            where = "table"
+        elif self.row_id:
+            where = f"row {self.row} (id {self.row_id})"
+        else:
+            where = f"row {self.row}"
+        return f"{where}: {self.column}: {self.rule}: {self.message}"
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    row_id: str
+    prompt: str
+    negative_prompt: str
+    seed: int
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    refiner_split: float
+    num_images: int
+    ref: str  # external reference (SKU, campaign id); may be ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class IntakeReport:
+    rows: list[PromptRow]  # empty when there are failures
+    failures: list[RowFailure]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def format_failures(self) -> str:
+        return "\n".join(f.format() for f in self.failures)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_prompt_table(path: Path) -> pd.DataFrame:
+    """Read a prompt table by its extension into a DataFrame of text cells (str or None).
+
+    Values are kept as text ("007" stays "007"); typing is left to `validate_prompt_table`.
+    Raises `IntakeError` (one line, naming the file) when the file is not a readable table.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise IntakeError(
+            f"{path}: unsupported file type {suffix or '(no extension)'!r}; "
+            "expected a .csv, .jsonl/.ndjson or .parquet prompt table"
+        )
+    hint = _FIX_HINT[suffix]
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise IntakeError(f"{path}: cannot read the file ({exc.strerror or exc}); {hint}") from None
+    if not data.strip():
+        raise IntakeError(f"{path}: the file is empty; {hint}")
+    if suffix == ".parquet":
+        frame = _read_parquet(path, data, hint)
+    else:
+        text = _decode_text(path, data, hint)
+        frame = _read_csv(path, text, hint) if suffix == ".csv" else _read_json_lines(path, text, hint)
+    logger.debug("read %s: %d rows, columns %s", path, len(frame), list(frame.columns))
+    return frame
+
+
+def _decode_text(path: Path, data: bytes, hint: str) -> str:
+    if b"\x00" in data:
+        raise IntakeError(f"{path}: looks like a binary file, not text; {hint}")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise IntakeError(
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); re-save it as UTF-8; {hint}"
+        ) from None
+
+
+def _read_csv(path: Path, text: str, hint: str) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False)
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise IntakeError(f"{path}: not a readable CSV table ({_one_line(exc)}); {hint}") from None
+    # Short rows leave NaN in the missing trailing fields even with na_filter=False.
+    return frame.astype(object).where(frame.notna(), None)
+
+
+def _read_json_lines(path: Path, text: str, hint: str) -> pd.DataFrame:
+    records: list[dict[str, Any]] = []
+    # Split on "\n" only: str.splitlines would also split on U+2028 etc., legal inside JSON strings.
+    for line_no, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise IntakeError(f"{path}: line {line_no} is not valid JSON ({exc.msg}); {hint}") from None
+        if not isinstance(record, dict):
+            raise IntakeError(f"{path}: line {line_no} is a JSON {type(record).__name__}, not an object; {hint}")
+        for key, value in record.items():
+            if isinstance(value, dict | list):
+                raise IntakeError(f"{path}: line {line_no}, key {key!r} holds a nested value; {hint}")
+        records.append({key: _cell_text(value) for key, value in record.items()})
+    return pd.DataFrame.from_records(records).astype(object).pipe(lambda f: f.where(f.notna(), None))
+
+
+def _read_parquet(path: Path, data: bytes, hint: str) -> pd.DataFrame:
+    if len(data) < 12 or not (data.startswith(b"PAR1") and data.endswith(b"PAR1")):
+        raise IntakeError(f"{path}: not a Parquet file (no PAR1 magic bytes); {hint}")
+    try:
+        frame = pd.read_parquet(io.BytesIO(data))
+    except Exception as exc:  # pyarrow raises many types (ArrowInvalid, OSError, ...); none may escape
+        raise IntakeError(f"{path}: not a readable Parquet file ({_one_line(exc)}); {hint}") from None
+    out = {}
+    for column in frame.columns:
+        cells = []
+        for row, value in enumerate(frame[column].tolist(), start=1):
+            if not _is_scalar_cell(value):
+                raise IntakeError(
+                    f"{path}: column {column!r}, row {row} holds a {type(value).__name__}, not text or a number; {hint}"
+                )
+            cells.append(_cell_text(value))
+        out[column] = cells
+    return pd.DataFrame(out, columns=list(frame.columns), dtype=object)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _is_scalar_cell(value: Any) -> bool:
+    return value is None or isinstance(value, str | bool | numbers.Number) or _is_missing(value)
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # pd.isna of a list-like is an array
+        return False
+
+
+def _cell_text(value: Any) -> str | None:
+    """One cell as text: numbers in a canonical form, missing values as None."""
+    if isinstance(value, str):
+        return value
+    if _is_missing(value):
+        return None
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return str(bool(value))
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        return repr(float(value))
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def load_prompts(path: Path) -> IntakeReport:
+    """Read and validate a prompt table. Raises `IntakeError` only for an unreadable file."""
+    return validate_prompt_table(read_prompt_table(path))
+
+
+def validate_prompt_table(df: pd.DataFrame) -> IntakeReport:
+    """Check every row of a prompt table against the intake rules and type the good ones.
+
+    Cells may be text, numbers or missing; missing or blank cells of optional columns take the
+    column default. Every failing (row, rule) is reported; `rows` is filled only when none fail.
+    """
+    # 1. normalise headers: strip whitespace, keep the first of duplicated names
+    table_failures: list[RowFailure] = []
+    frame = df.reset_index(drop=True)
+    names = [str(c).strip() for c in frame.columns]
+    keep: list[int] = []
+    for position, name in enumerate(names):
+        if name in names[:position]:
+            table_failures.append(
+                RowFailure(None, None, name, "duplicate_column", f"column {name!r} appears more than once")
+            )
+        else:
+            keep.append(position)
+    frame = frame.iloc[:, keep]
+    frame.columns = [names[p] for p in keep]
+
+    # 2. build the frame Great Expectations checks: known columns typed, helpers derived
+    checked, texts = _checked_frame(frame)
+
+    # 3. one suite over the whole table, each expectation tagged with its rule and column;
+    # 4. validate it, then map every unexpected index back to a row failure
+    result = _validate(checked, frame.columns)
+    failures = table_failures + _failures_from_result(result, checked, texts)
+    failures.sort(key=_failure_order)
+    if failures:
+        return IntakeReport(rows=[], failures=failures)
+    return IntakeReport(rows=_typed_rows(checked), failures=[])
+
+
+def _text_col(column: str) -> str:
+    # Helper columns start with a space: stripped input headers never do, so they cannot collide.
+    return f" text:{column}"
+
+
+def _mod_col(column: str) -> str:
+    return f" mod{SIZE_MULTIPLE}:{column}"
+
+
+def _checked_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[str | None]]]:
+    """The frame GX checks: known columns (text as str/None, numbers as float64 with NaN), the raw
+    text of each numeric column for the type check, width/height modulo 8, and unknown columns.
+
+    Built from plain lists into object columns: pandas 3 would otherwise infer its string dtype
+    and turn None into NaN.
+    """
+    n = len(frame)
+    checked: dict[str, pd.Series] = {}
+    texts: dict[str, list[str | None]] = {}  # raw text of each known column, for messages
+    for column in COLUMNS:
+        if column.name in frame.columns:
+            raw = [_cell_text(v) for v in frame[column.name].tolist()]
+        elif column.required:
+            continue  # reported by ExpectColumnToExist
+        else:
+            raw = [None] * n
+        if column.kind == "text":
+            keep_spaces = column.name in ("prompt", "negative_prompt")
+            values = [(v if keep_spaces else v.strip()) if v is not None and v.strip() else column.default for v in raw]
+            checked[column.name] = pd.Series(values, dtype=object)
+            texts[column.name] = raw
+            continue
+        text = [v.strip() or None if v is not None else None for v in raw]
+        pattern = re.compile(_INT_PATTERN if column.kind == "int" else _FLOAT_PATTERN)
+        numbers_ = [
+            float(v) if v is not None and pattern.match(v) else (math.nan if column.required or v else column.default)
+            for v in text
+        ]
+        number = pd.Series(numbers_, dtype="float64")
+        checked[column.name] = number
+        checked[_text_col(column.name)] = pd.Series(text, dtype=object)
+        texts[column.name] = text
+        if column.name in ("width", "height"):
+            checked[_mod_col(column.name)] = number % SIZE_MULTIPLE
+    for name in frame.columns:
+        if name not in _BY_NAME:
+            checked[name] = pd.Series([_cell_text(v) for v in frame[name].tolist()], dtype=object)
+    return pd.DataFrame(checked, index=pd.RangeIndex(n)), texts
+
+
+def _build_suite(checked: pd.DataFrame, input_columns: Sequence[str]) -> Any:
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+
+    def tag(rule: str, column: str) -> dict[str, str]:
+        return {"rule": rule, "column": column}
+
+    expectations: list[Any] = [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1, max_value=MAX_ROWS, meta=tag("row_count", "*")),
+        # Unknown columns: the checked frame holds exactly the known columns plus the unknown ones,
+        # so "unexpected" in the mismatch is precisely the unknown input columns.
+        gxe.ExpectTableColumnsToMatchSet(
+            column_set=[c for c in checked.columns if c not in input_columns or c in _BY_NAME],
+            exact_match=True,
+            meta=tag("unknown_column", "*"),
+        ),
+    ]
+    for name in REQUIRED_COLUMNS:
+        expectations.append(gxe.ExpectColumnToExist(column=name, meta=tag("required_column", name)))
+    present = set(checked.columns)
+    for name in ("row_id", "prompt"):
+        if name in present:
+            expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=name, meta=tag("not_empty", name)))
+    if "seed" in present:
+        expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=_text_col("seed"), meta=tag("not_empty", "seed")))
+    if "row_id" in present:
+        expectations.append(gxe.ExpectColumnValuesToBeUnique(column="row_id", meta=tag("unique", "row_id")))
+    for name, limit in _MAX_LENGTHS.items():
+        if name in present:
+            expectations.append(
+                gxe.ExpectColumnValueLengthsToBeBetween(column=name, max_value=limit, meta=tag("max_length", name))
+            )
+    for column in COLUMNS:
+        if column.kind == "text" or column.name not in present:
+            continue
+        pattern = _INT_PATTERN if column.kind == "int" else _FLOAT_PATTERN
+        expectations.append(
+            gxe.ExpectColumnValuesToMatchRegex(
+                column=_text_col(column.name), regex=pattern, meta=tag("type", column.name)
+            )
+        )
+    for name, low, high, strict, rule in _RANGES:
+        if name in present:
+            expectations.append(
+                gxe.ExpectColumnValuesToBeBetween(
+                    column=name,
+                    min_value=low,
+                    max_value=high,
+                    strict_min=strict,
+                    strict_max=strict,
+                    meta=tag(rule, name),
+                )
+            )
+    for name in ("width", "height"):
+        if name not in present:
+            continue
+        expectations.append(
+            gxe.ExpectColumnValuesToBeInSet(column=_mod_col(name), value_set=[0], meta=tag("multiple_of_8", name))
+        )
+    # Built through the constructor: add_expectation() looks the suite up in the current project's
+    # store. The constructor logs and drops an invalid expectation, so count them: never a silent skip.
+    suite = gx.ExpectationSuite(name="atelier_prompt_table", expectations=expectations)
+    if len(suite.expectations) != len(expectations):
+        raise RuntimeError(f"intake suite lost expectations: built {len(expectations)}, kept {len(suite.expectations)}")
+    return suite
+
+
+@functools.cache
+def _gx_batch_definition() -> Any:
+    """The process-wide GX ephemeral context, pandas data source and whole-dataframe batch definition.
+
+    Created on first use: importing great_expectations and building a context takes seconds.
+    In-memory stores only (nothing written to disk), analytics and progress bars off.
+    """
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(),
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False),
+    )
+    context = gx.get_context(mode="ephemeral", project_config=config)
+    source = context.data_sources.add_pandas(name="atelier_intake")
+    asset = source.add_dataframe_asset(name="prompt_table")
+    return asset.add_batch_definition_whole_dataframe(name="whole_table")
+
+
+_GX_LOCK = threading.Lock()  # one shared context; GX does not promise thread safety
+
+
+def _validate(checked: pd.DataFrame, input_columns: Sequence[str]) -> Any:
+    with _GX_LOCK:
+        batch_definition = _gx_batch_definition()  # first: GX objects resolve the current context
+        suite = _build_suite(checked, input_columns)
+        batch = batch_definition.get_batch(batch_parameters={"dataframe": checked})
+        return batch.validate(suite, result_format="COMPLETE")
+
+
+def _failures_from_result(result: Any, checked: pd.DataFrame, texts: dict[str, list[str | None]]) -> list[RowFailure]:
+    row_ids = checked["row_id"] if "row_id" in checked.columns else pd.Series([None] * len(checked), dtype=object)
+    failures: list[RowFailure] = []
+    for item in result.results:
+        rule = item.expectation_config.meta["rule"]
+        column = item.expectation_config.meta["column"]
+        if item.exception_info and item.exception_info.get("raised_exception"):
+            raise RuntimeError(
+                f"intake check {rule} on {column} could not run: {item.exception_info.get('exception_message')}"
+            )
+        if item.success:
+            continue
+        details = item.result
+        if rule == "row_count":
+            observed = details.get("observed_value")
+            failures.append(
+                RowFailure(None, None, column, rule, f"the table has {observed} rows; expected 1..{MAX_ROWS}")
+            )
+        elif rule == "unknown_column":
+            for name in details["details"]["mismatched"].get("unexpected", []):
+                failures.append(RowFailure(None, None, name, rule, _unknown_column_message(name)))
+        elif rule == "required_column":
+            failures.append(
+                RowFailure(
+                    None,
+                    None,
+                    column,
+                    rule,
+                    f"missing required column {column!r}; every table needs {', '.join(REQUIRED_COLUMNS)}",
+                )
+            )
+        else:
+            indices = details.get("unexpected_index_list") or []
+            if rule == "unique":
+                failures.extend(_duplicate_failures(indices, row_ids))
+                continue
+            for index in indices:
+                message = _row_message(rule, column, texts[column][index])
+                failures.append(RowFailure(index + 1, row_ids.iloc[index], column, rule, message))
+    return failures
+
+
+def _unknown_column_message(name: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, COLUMN_NAMES, n=1)
+    guess = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown column {name!r}{guess}; allowed columns: {', '.join(COLUMN_NAMES)}"
+
+
+def _duplicate_failures(indices: list[int], row_ids: pd.Series) -> list[RowFailure]:
+    rows_by_id: dict[str, list[int]] = {}
+    for index in indices:
+        rows_by_id.setdefault(row_ids.iloc[index], []).append(index + 1)
+    failures = []
+    for row_id, rows in rows_by_id.items():
+        for row in rows:
+            others = [r for r in rows if r != row]
+            listed = ", ".join(map(str, others[:5])) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+            message = f"{_show(row_id)} is also used by row {listed}; row ids must be unique"
+            failures.append(RowFailure(row, row_id, "row_id", "unique", message))
+    return failures
+
+
+def _row_message(rule: str, column: str, raw: str | None) -> str:
+    shown = _show(raw)
+    if rule == "not_empty":
+        return f"{column} is empty; every row needs a {column}"
+    if rule == "max_length":
+        return f"{len(raw or '')} characters; at most {_MAX_LENGTHS[column]} allowed"
+    if rule == "type":
+        kind = "a whole number" if _BY_NAME[column].kind == "int" else "a number"
+        return f"{shown} is not {kind}"
+    if rule == "multiple_of_8":
+        return f"{shown} is not a multiple of {SIZE_MULTIPLE}; SDXL sizes are multiples of 8 in {SIZE_MIN}..{SIZE_MAX}"
+    for name, low, high, strict, range_rule in _RANGES:
+        if name == column and range_rule == rule:
+            if strict:
+                return f"{shown} is not strictly between {_num(low)} and {_num(high)}"
+            return f"{shown} is outside {_num(low)}..{_num(high)}"
+    return f"{shown} breaks {rule}"
+
+
+def _show(value: Any, limit: int = 40) -> str:
+    if value is None:
+        return "(empty)"
+    text = str(value)
+    if _looks_numeric(text):
+        return text
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        return math.isfinite(float(text)) and "_" not in text and text.strip() == text
+    except ValueError:
+        return False
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _failure_order(failure: RowFailure) -> tuple:
+    column_rank = COLUMN_NAMES.index(failure.column) if failure.column in COLUMN_NAMES else len(COLUMN_NAMES)
+    return (failure.row is not None, failure.row or 0, column_rank, failure.column, failure.rule)
+
+
+def _typed_rows(checked: pd.DataFrame) -> list[PromptRow]:
+    rows = []
+    for record in checked.to_dict(orient="records"):
+        values = {}
+        for column in COLUMNS:
+            value = record[column.name]
+            if column.kind == "int":
+                values[column.name] = int(value)
+            elif column.kind == "float":
+                values[column.name] = float(value)
+            else:
+                values[column.name] = str(value)
+        rows.append(PromptRow(**values))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Content hash
+
+
+def content_sha256(rows: Sequence[PromptRow]) -> str:
+    """SHA-256 of the canonical JSON of the rows in file order: the content hash approvals pin to.
+
+    Canonical JSON: a list of `PromptRow.to_dict()`, keys sorted, no whitespace, UTF-8, non-ASCII
+    kept as is. Any change to any cell (or to the row order) changes the hash.
+    """
+    payload = json.dumps(
+        [row.to_dict() for row in rows], sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
