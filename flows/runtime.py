@@ -21,7 +21,7 @@ from governance.db import ensure_schema, make_engine, make_sessionmaker
 from governance.store import ObjectStore, open_store
 
 if TYPE_CHECKING:
-    from governance.safety import SafetyChecker, SafetyPolicy
+    from governance.safety import SafetyChecker
 
     from sdxl_core.engine import SDXLEngine
 
@@ -93,18 +93,18 @@ class Runtime:
         return _engines[key]
 
     @property
-    def safety_policy(self) -> SafetyPolicy:
-        return self.safety.policy
-
-    @property
     def safety(self) -> SafetyChecker:
-        from governance.safety import SafetyChecker, load_policy
+        from governance.errors import GovernanceCheckFailed
+        from governance.safety import SafetyChecker, SafetyModelError, load_policy
 
         s = self.settings
         key = f"{s.safety_model}|{s.safety_pretrained}|{s.safety_policy}|{s.device}"
         if key not in _checkers:
-            _checkers[key] = SafetyChecker(
-                load_policy(s.safety_policy), model_name=s.safety_model, pretrained=s.safety_pretrained,
-                device=s.device,
-            )
+            try:
+                _checkers[key] = SafetyChecker(
+                    load_policy(s.safety_policy), model_name=s.safety_model, pretrained=s.safety_pretrained,
+                    device=s.device,
+                )
+            except SafetyModelError as exc:  # never a skip: no safety model, no publishing
+                raise GovernanceCheckFailed(f"safety checker unavailable: {exc}") from None
         return _checkers[key]

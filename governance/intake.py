@@ -53,8 +53,10 @@ MAX_ROWS = 100_000
 
 SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet")
 
-_INT_PATTERN = r"^[+-]?[0-9]+(\.0*)?$"  # "42" and "42.0"; ASCII digits only
-_FLOAT_PATTERN = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"  # no nan, inf, 1_000
+_INT_PATTERN = r"^[+-]?[0-9]+(?:\.0*)?\Z"  # "42" and "42.0"; ASCII digits only
+_FLOAT_PATTERN = r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z"  # no nan, inf, 1_000
+# Ids are one printable line: they appear in failure lines, keys and audit records.
+_ONE_LINE_PATTERN = r"^[^\x00-\x1f\x7f\x85\u2028\u2029]*\Z"
 
 
 @dataclass(frozen=True)
@@ -126,8 +128,10 @@ class RowFailure:
     def format(self) -> str:
         if self.row is None:
             where = "table"
-        elif self.row_id:
+        elif self.row_id and self.row_id.isprintable():
             where = f"row {self.row} (id {self.row_id})"
+        elif self.row_id:
+            where = f"row {self.row} (id {self.row_id!r})"
         else:
             where = f"row {self.row}"
         return f"{where}: {self.column}: {self.rule}: {self.message}"
@@ -198,6 +202,8 @@ def read_prompt_table(path: Path) -> pd.DataFrame:
 
 
 def _decode_text(path: Path, data: bytes, hint: str) -> str:
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise IntakeError(f"{path}: UTF-16 text; re-save it as UTF-8; {hint}")
     if b"\x00" in data:
         raise IntakeError(f"{path}: looks like a binary file, not text; {hint}")
     try:
@@ -225,8 +231,9 @@ def _read_json_lines(path: Path, text: str, hint: str) -> pd.DataFrame:
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise IntakeError(f"{path}: line {line_no} is not valid JSON ({exc.msg}); {hint}") from None
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, int too long, nesting too deep
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else _one_line(exc)
+            raise IntakeError(f"{path}: line {line_no} is not valid JSON ({reason}); {hint}") from None
         if not isinstance(record, dict):
             raise IntakeError(f"{path}: line {line_no} is a JSON {type(record).__name__}, not an object; {hint}")
         for key, value in record.items():
@@ -361,7 +368,7 @@ def _checked_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[st
             keep_spaces = column.name in ("prompt", "negative_prompt")
             values = [(v if keep_spaces else v.strip()) if v is not None and v.strip() else column.default for v in raw]
             checked[column.name] = pd.Series(values, dtype=object)
-            texts[column.name] = raw
+            texts[column.name] = values
             continue
         text = [v.strip() or None if v is not None else None for v in raw]
         pattern = re.compile(_INT_PATTERN if column.kind == "int" else _FLOAT_PATTERN)
@@ -412,6 +419,11 @@ def _build_suite(checked: pd.DataFrame, input_columns: Sequence[str]) -> Any:
         if name in present:
             expectations.append(
                 gxe.ExpectColumnValueLengthsToBeBetween(column=name, max_value=limit, meta=tag("max_length", name))
+            )
+    for name in ("row_id", "ref"):
+        if name in present:
+            expectations.append(
+                gxe.ExpectColumnValuesToMatchRegex(column=name, regex=_ONE_LINE_PATTERN, meta=tag("one_line", name))
             )
     for column in COLUMNS:
         if column.kind == "text" or column.name not in present:
@@ -481,11 +493,18 @@ def _validate(checked: pd.DataFrame, input_columns: Sequence[str]) -> Any:
         batch_definition = _gx_batch_definition()  # first: GX objects resolve the current context
         suite = _build_suite(checked, input_columns)
         batch = batch_definition.get_batch(batch_parameters={"dataframe": checked})
-        return batch.validate(suite, result_format="COMPLETE")
+        return batch.validate(
+            suite,
+            result_format={
+                "result_format": "COMPLETE",
+                "return_unexpected_index_query": False,
+                "partial_unexpected_count": 0,
+            },
+        )
 
 
 def _failures_from_result(result: Any, checked: pd.DataFrame, texts: dict[str, list[str | None]]) -> list[RowFailure]:
-    row_ids = checked["row_id"] if "row_id" in checked.columns else pd.Series([None] * len(checked), dtype=object)
+    row_ids: list[str | None] = checked["row_id"].tolist() if "row_id" in checked.columns else [None] * len(checked)
     failures: list[RowFailure] = []
     for item in result.results:
         rule = item.expectation_config.meta["rule"]
@@ -522,7 +541,7 @@ def _failures_from_result(result: Any, checked: pd.DataFrame, texts: dict[str, l
                 continue
             for index in indices:
                 message = _row_message(rule, column, texts[column][index])
-                failures.append(RowFailure(index + 1, row_ids.iloc[index], column, rule, message))
+                failures.append(RowFailure(index + 1, row_ids[index], column, rule, message))
     return failures
 
 
@@ -534,15 +553,16 @@ def _unknown_column_message(name: str) -> str:
     return f"unknown column {name!r}{guess}; allowed columns: {', '.join(COLUMN_NAMES)}"
 
 
-def _duplicate_failures(indices: list[int], row_ids: pd.Series) -> list[RowFailure]:
+def _duplicate_failures(indices: list[int], row_ids: list[str | None]) -> list[RowFailure]:
     rows_by_id: dict[str, list[int]] = {}
     for index in indices:
-        rows_by_id.setdefault(row_ids.iloc[index], []).append(index + 1)
+        rows_by_id.setdefault(row_ids[index], []).append(index + 1)
     failures = []
     for row_id, rows in rows_by_id.items():
         for row in rows:
-            others = [r for r in rows if r != row]
-            listed = ", ".join(map(str, others[:5])) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+            others = [r for r in rows[:6] if r != row][:5]
+            more = len(rows) - 1 - len(others)
+            listed = ", ".join(map(str, others)) + (f" and {more} more" if more else "")
             message = f"{_show(row_id)} is also used by row {listed}; row ids must be unique"
             failures.append(RowFailure(row, row_id, "row_id", "unique", message))
     return failures
@@ -554,6 +574,8 @@ def _row_message(rule: str, column: str, raw: str | None) -> str:
         return f"{column} is empty; every row needs a {column}"
     if rule == "max_length":
         return f"{len(raw or '')} characters; at most {_MAX_LENGTHS[column]} allowed"
+    if rule == "one_line":
+        return f"{shown} contains a line break or control character; {column} must be one printable line"
     if rule == "type":
         kind = "a whole number" if _BY_NAME[column].kind == "int" else "a number"
         return f"{shown} is not {kind}"

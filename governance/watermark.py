@@ -23,12 +23,14 @@ both embedding and decoding, so the encoder and the decoder quantise in the same
 Unlike the diffusers SDXL watermarker, nothing here is ever skipped: an image smaller than
 256 px on either side, or of the wrong dtype or shape, raises :class:`WatermarkError`.
 
-Known limits of ``dwtDct`` (measured, see tests): it only writes into the U chroma channel, so it
-cannot mark saturated areas (a flat white image reads back as unmarked), and on large, very smooth
-areas (a flat sky gradient at 1024 px) it can read back below the ``very_likely`` threshold.
-``dwtDctSvd`` from the same library marks those gradients fully but costs about five times as much
-CPU. Callers must therefore always :func:`verify` after :func:`embed` and treat a verdict other
-than ``very_likely`` as a failed image, never as a warning.
+Known limits of ``dwtDct`` (measured on this library version, see tests): it only writes into the
+U chroma channel, so it cannot mark saturated areas (a flat white image reads back as unmarked, with
+either method); and on smooth images whose chroma changes across the frame (a two-colour gradient)
+it reads back only 30-41 of 48 bits depending on the payload, so about half of such images fail.
+Textured images and smooth images of constant chroma read back 46-48 bits. ``method="dwtDctSvd"``
+(same library) reads back 48/48 on those gradients at about four times the CPU cost. Either way,
+callers must :func:`verify` after :func:`embed` and treat any verdict other than ``very_likely``
+as a failed image, never as a warning; the method used must be recorded with the image.
 """
 
 from __future__ import annotations
@@ -143,7 +145,6 @@ def _to_bgr(pixels: np.ndarray, method: str) -> np.ndarray:
     height, width = pixels.shape[:2]
     if height < MIN_SIDE_PX or width < MIN_SIDE_PX:
         raise WatermarkError(
-            f"image {height}x{width} (HxW) is too small to watermark: "
-            f"both sides must be at least {MIN_SIDE_PX} px"
+            f"image {height}x{width} (HxW) is too small to watermark: both sides must be at least {MIN_SIDE_PX} px"
         )
     return np.ascontiguousarray(pixels[:, :, ::-1])
