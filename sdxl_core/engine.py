@@ -177,6 +177,20 @@ def check_request(request: ImageRequest) -> None:
         raise ValueError(f"refiner_split must be in (0, 1), got {split!r}; e.g. 0.8 gives 80% of the steps to the base")
 
 
+def stage_steps(scheduler: Any, steps: int, refiner_split: float) -> tuple[int, int]:
+    """(base steps, refiner steps) that the SDXL pipelines run for this step count and split.
+
+    Both pipelines cut the schedule's timesteps at round(T * (1 - split)), T the training steps:
+    the base runs those at or above the cutoff, the refiner those below (first-order schedulers).
+    """
+    fresh = type(scheduler).from_config(scheduler.config)
+    fresh.set_timesteps(steps, device="cpu")
+    total = fresh.config.num_train_timesteps
+    cutoff = int(round(total - refiner_split * total))
+    base_steps = int((fresh.timesteps >= cutoff).sum())
+    return base_steps, len(fresh.timesteps) - base_steps
+
+
 def _batch_key(r: ImageRequest) -> tuple[Any, ...]:
     return (r.width, r.height, r.steps, float(r.guidance_scale), float(r.refiner_split), r.negative_prompt == "")
 
@@ -311,17 +325,8 @@ class SDXLEngine:
                         )
 
     def stage_steps(self, steps: int, refiner_split: float) -> tuple[int, int]:
-        """(base steps, refiner steps) that diffusers runs for this step count and split.
-
-        Both pipelines cut the schedule's timesteps at round(T * (1 - split)), T the training steps:
-        the base runs those at or above the cutoff, the refiner those below (first-order schedulers).
-        """
-        scheduler = type(self.base.scheduler).from_config(self.base.scheduler.config)
-        scheduler.set_timesteps(steps, device="cpu")
-        total = scheduler.config.num_train_timesteps
-        cutoff = int(round(total - refiner_split * total))
-        base_steps = int((scheduler.timesteps >= cutoff).sum())
-        return base_steps, len(scheduler.timesteps) - base_steps
+        """(base steps, refiner steps) that diffusers runs for this step count and split."""
+        return stage_steps(self.base.scheduler, steps, refiner_split)
 
     def generate(self, requests: Sequence[ImageRequest]) -> list[GeneratedImage]:
         """Generate one image per request, in the order given.
@@ -439,4 +444,5 @@ __all__ = [
     "ImageRequest",
     "SDXLEngine",
     "check_request",
+    "stage_steps",
 ]
