@@ -1,0 +1,114 @@
+"""The command line as a user meets it: refusals and mistakes are one clear line and an exit code."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.flows.conftest import write_prompts
+
+GOOD = [{"row_id": "a", "prompt": "a lamp", "seed": 1, "width": 256, "height": 256, "steps": 2}]
+
+
+@pytest.fixture
+def cli(make_cli, tmp_path):
+    c = make_cli(["--data-dir", str(tmp_path / "d")])
+    assert c("users", "add", "admin", "--role", "admin")[0] == 0
+    c("users", "add", "maria", "--role", "requester", actor="admin")
+    c("users", "add", "omar", "--role", "approver", actor="admin")
+    return c
+
+
+def _one_line(err: str) -> str:
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "name,content",
+    [("garbage.csv", bytes(range(256)) * 4), ("empty.csv", b""), ("latin.csv", "row_id,prompt,seed\nä,é,1\n".encode("latin-1")),
+     ("notes.txt", b"row_id,prompt,seed\n")],
+)
+def test_unreadable_files_get_one_line_and_store_nothing(cli, tmp_path: Path, name: str, content: bytes) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    code, out, err = cli("batch", "submit", str(path), "--purpose", "catalogue", actor="maria")
+    assert code == 2
+    assert name in _one_line(err)
+    assert cli.json("batch", "list") == []
+
+
+def test_bad_rows_are_all_listed_with_exit_code_2(cli, tmp_path: Path) -> None:
+    rows = [
+        {"row_id": "ok", "prompt": "fine", "seed": 1, "width": 256},
+        {"row_id": "w", "prompt": "bad width", "seed": 2, "width": 250},
+        {"row_id": "s", "prompt": "bad seed", "seed": -5, "width": 256},
+        {"row_id": "e", "prompt": " ", "seed": 3, "width": 256},
+    ]
+    code, out, err = cli("batch", "submit", str(write_prompts(tmp_path / "b.csv", rows)), "--purpose", "marketing",
+                         actor="maria")
+    assert code == 2 and "Traceback" not in err
+    assert "4 problems found, nothing was stored" in err  # width 250: not a multiple of 8 and under 256
+    for fragment in ["row 2 (id w): width", "row 3 (id s): seed", "row 4 (id e): prompt"]:
+        assert fragment in err
+    assert cli.json("batch", "list") == []
+
+
+def test_who_is_acting_is_required_and_checked(cli, tmp_path: Path) -> None:
+    path = str(write_prompts(tmp_path / "g.csv", GOOD))
+    code, _, err = cli("batch", "submit", path, "--purpose", "catalogue")
+    assert code == 4 and "--as NAME" in _one_line(err)
+    code, _, err = cli("batch", "submit", path, "--purpose", "catalogue", actor="zed")
+    assert code == 3 and "unknown user 'zed'" in _one_line(err)
+    code, _, err = cli("batch", "submit", path, "--purpose", "catalogue", actor="omar")
+    assert code == 4 and "requester role" in _one_line(err)
+    code, _, err = cli("users", "add", "eve", "--role", "admin", actor="maria")
+    assert code == 4 and "admin role" in _one_line(err)
+    code, _, err = cli("users", "add", "eve", "--role", "boss", actor="admin")
+    assert code == 2 and "unknown role 'boss'" in _one_line(err)
+
+
+def test_submit_show_reject(cli, tmp_path: Path) -> None:
+    out = cli.json("batch", "submit", str(write_prompts(tmp_path / "g.csv", GOOD)), "--purpose", "catalogue",
+                   actor="maria")
+    assert set(out) == {"batch_id", "content_sha256"} and len(out["content_sha256"]) == 64
+    code, _, err = cli("batch", "reject", out["batch_id"], "--reason", "wrong season", actor="omar")
+    assert code == 0
+    shown = cli.json("batch", "show", out["batch_id"])
+    assert shown["status"] == "rejected" and shown["decided_by"] == "omar" and shown["requested_by"] == "maria"
+    assert shown["prompts"] == 1 and shown["images_planned"] == 1
+    code, _, err = cli("batch", "approve", out["batch_id"], actor="omar")
+    assert code == 5 and "only a submitted batch" in _one_line(err)
+    code, _, err = cli("batch", "show", "nope")
+    assert code == 3 and "no batch 'nope'" in _one_line(err)
+
+
+def test_audit_verify_exit_code_names_the_tampered_event(cli, tmp_path: Path) -> None:
+    assert cli("audit", "verify")[0] == 0
+    with sqlite3.connect(tmp_path / "d" / "atelier.db") as conn:
+        conn.execute("UPDATE audit_events SET actor = 'mallory' WHERE seq = 2")
+    code, out, err = cli("audit", "verify")
+    assert code == 8 and "event 2" in _one_line(err)
+    code, out, _ = cli("audit", "verify", "--json")
+    assert code == 8 and '"first_bad_seq": 2' in out
+
+
+def test_invalid_setting_is_named(make_cli, monkeypatch) -> None:
+    monkeypatch.setenv("ATELIER_CHUNK_SIZE", "0")
+    code, _, err = make_cli([])("batch", "list")
+    assert code == 2 and "ATELIER_CHUNK_SIZE" in _one_line(err)
+
+
+def test_trace_of_unknown_things(cli, tmp_path: Path) -> None:
+    code, _, err = cli("trace", "0" * 64)
+    assert code == 3 and "no image matches" in _one_line(err)
+    stray = tmp_path / "stray.png"
+    stray.write_bytes(b"not from here")
+    code, _, err = cli("trace", str(stray))
+    assert code == 3 and "no published image has these exact bytes" in _one_line(err)
+    code, _, err = cli("trace", "hello")
+    assert code == 2 and "cannot read 'hello'" in _one_line(err)
