@@ -110,6 +110,30 @@ def _image_record(
     )
 
 
+@dataclass(frozen=True)
+class MarkedImage:
+    """The pure, CPU-heavy part of publishing one image: safe to run in a worker pool (no DB, no store)."""
+
+    image_id: str
+    png: bytes
+    sha256: str
+    check: watermark.WatermarkCheck
+    height: int
+    width: int
+
+
+def mark_and_encode(image_id: str, pixels: np.ndarray) -> MarkedImage:
+    """Watermark, encode once, decode-verify once (from the very bytes to be published), hash."""
+    payload = watermark.payload_for_image(image_id)
+    try:
+        marked = watermark.embed(pixels, payload)
+    except watermark.WatermarkError as exc:
+        raise GovernanceCheckFailed(f"image {image_id}: watermark could not be embedded: {exc}") from exc
+    png = encode_png(marked)
+    check = watermark.verify(decode_png(png), payload)
+    return MarkedImage(image_id, png, hashlib.sha256(png).hexdigest(), check, pixels.shape[0], pixels.shape[1])
+
+
 def finalize_image(
     session: Session,
     actor: str,
@@ -122,8 +146,12 @@ def finalize_image(
     pixels: np.ndarray,
     safety: SafetyResult,
     safety_ctx: SafetyContext,
+    marked: MarkedImage | None = None,
 ) -> Image:
-    """Quarantine or publish one generated image; returns its record (the existing one on a re-run)."""
+    """Quarantine or publish one generated image; returns its record (the existing one on a re-run).
+
+    `marked` is `mark_and_encode(image_id, pixels)` when the caller already ran it in a pool.
+    """
     image_id = image_id_for(prompt.id, image_index)
     existing = session.get(Image, image_id)
     if existing is not None:
@@ -131,20 +159,16 @@ def finalize_image(
     if safety.verdict != "passed":
         return _quarantine(session, actor, image_id, prompt, run, image_index, seed, pixels, safety, safety_ctx,
                            list(safety.reasons), check=None)
-
-    payload = watermark.payload_for_image(image_id)
-    try:
-        marked = watermark.embed(pixels, payload)
-    except watermark.WatermarkError as exc:
-        raise GovernanceCheckFailed(f"image {image_id}: watermark could not be embedded: {exc}") from exc
-    png = encode_png(marked)
-    check = watermark.verify(decode_png(png), payload)  # decoded from the very bytes to be published
+    if marked is None:
+        marked = mark_and_encode(image_id, pixels)
+    if marked.image_id != image_id:
+        raise ValueError(f"marked image {marked.image_id} handed in for image {image_id}")
+    check, sha256 = marked.check, marked.sha256
     if not check.ok:
         reason = f"watermark not verified: {check.matched_bits}/{check.total_bits} bits matched ({check.verdict})"
         return _quarantine(session, actor, image_id, prompt, run, image_index, seed, pixels, safety, safety_ctx,
                            [reason], check=check)
 
-    sha256 = hashlib.sha256(png).hexdigest()
     key, prov_key = image_key(image_id, sha256), provenance_key(image_id, sha256)
     batch = session.get(Batch, prompt.batch_id)
     assert batch is not None
@@ -157,10 +181,10 @@ def finalize_image(
         "model-sha256": ",".join(f"{mv.role}={mv.sha256[:16]}" for mv in run.model_versions),
     }
     store.put(prov_key, json.dumps(doc, indent=2, sort_keys=True).encode(), "application/json", metadata)
-    stored = store.put(key, png, "image/png", metadata)
+    stored = store.put(key, marked.png, "image/png", metadata)
 
-    record = _image_record(image_id, prompt, run, image_index, seed, marked, safety, safety_ctx, "published", [])
-    record.watermark_payload = f"{payload:012x}"
+    record = _image_record(image_id, prompt, run, image_index, seed, pixels, safety, safety_ctx, "published", [])
+    record.watermark_payload = f"{check.expected:012x}"
     record.watermark_matched_bits = check.matched_bits
     record.sha256 = sha256
     record.store_url = store.url
