@@ -1,11 +1,14 @@
 """The Prefect flow that turns an approved batch into published images.
 
     produce_batch(batch_id, actor)
-      1. start the run: refuse unless approved by another user for this exact content [run.started]
+      1. start-run: record model versions; refuse unless approved by another user for this
+         exact content                                                        [run.started]
       2. work out what is still to do (images without a record: a re-run resumes, never repeats)
-      3. per chunk: generate (base -> refiner), safety, then watermark/verify/encode/hash/publish
-         each image, committing each image's record and audit event together
-      4. close the run [run.completed]
+      3. per chunk: generate-chunk (base -> refiner, then safety), and hand each image that
+         passed to the after-decode pool (watermark, encode, decode-verify, hash) so the next
+         chunk generates while the CPU works; publish-ready uploads and records finished images
+         in order, one transaction per image                [image.published / image.quarantined]
+      4. finish-run                                                            [run.completed]
 
 Each task is a thin wrapper around governance or sdxl_core functions.
 """
@@ -13,22 +16,40 @@ Each task is a thin wrapper around governance or sdxl_core functions.
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 
+from flows.pool import BoundedPool
 from flows.runtime import Runtime, active_settings
 from governance.batches import get_batch
 from governance.licences import record_model_version
-from governance.publish import SafetyContext, finalize_image
+from governance.publish import MarkedImage, SafetyContext, finalize_image, mark_and_encode
 from governance.records import Approval, Run
 from governance.runs import PlannedImage, finish_run, pending_images, prompts_by_id, start_run
+from governance.safety import SafetyResult
 from sdxl_core.seeds import image_seed
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Checked:
+    """One generated image with its safety verdict and, once the pool has it, its marked bytes."""
+
+    planned: PlannedImage
+    seed: int
+    pixels: np.ndarray
+    safety: SafetyResult
+    marked: Future[MarkedImage] | None = None
 
 
 def _chunks(items: Sequence[PlannedImage], size: int) -> list[list[PlannedImage]]:
@@ -55,9 +76,9 @@ def start_run_task(rt: Runtime, batch_id: str, actor: str, flow_run_id: str) -> 
         return run.id
 
 
-@task(name="generate-and-publish", cache_policy=NO_CACHE)
-def generate_and_publish_task(rt: Runtime, run_id: str, actor: str, chunk: list[PlannedImage]) -> dict[str, int]:
-    """Generate one chunk of images, check them and publish those that pass."""
+@task(name="generate-chunk", cache_policy=NO_CACHE)
+def generate_chunk_task(rt: Runtime, chunk: list[PlannedImage]) -> list[Checked]:
+    """Generate one chunk (base -> refiner) and score it against the safety policy."""
     from sdxl_core.engine import ImageRequest
 
     with rt.sessions() as session:
@@ -73,29 +94,41 @@ def generate_and_publish_task(rt: Runtime, run_id: str, actor: str, chunk: list[
             )
         )
     generated = rt.engine.generate(requests)
-    checker = rt.safety
-    verdicts = checker.check([g.pixels for g in generated])
-    ctx = SafetyContext(model_id=checker.model_id, policy_version=checker.policy.version)
+    verdicts = rt.safety.check([g.pixels for g in generated])
+    return [
+        Checked(planned, g.request.seed, g.pixels, v)
+        for planned, g, v in zip(chunk, generated, verdicts, strict=True)
+    ]
+
+
+@task(name="publish-ready", cache_policy=NO_CACHE)
+def publish_ready_task(rt: Runtime, run_id: str, actor: str, queue: deque[Checked], wait: bool) -> dict[str, int]:
+    """Upload and record, in order, every image whose after-decode work is done (all of them if `wait`)."""
     counts = {"published": 0, "quarantined": 0}
-    for planned, gen, verdict in zip(chunk, generated, verdicts, strict=True):
+    ctx = SafetyContext(model_id=rt.safety.model_id, policy_version=rt.safety.policy.version)
+    while queue and (wait or queue[0].marked is None or queue[0].marked.done()):
+        item = queue.popleft()
+        marked = item.marked.result() if item.marked is not None else None
         with rt.sessions.begin() as session:  # one image, its record and its audit event: one transaction
             run = session.get(Run, run_id)
-            assert run is not None
-            approval = session.get(Approval, run.approval_id)
-            assert approval is not None
-            prompt = prompts_by_id(session, [planned.prompt_id])[planned.prompt_id]
+            approval = session.get(Approval, run.approval_id) if run else None
+            assert run is not None and approval is not None
+            prompt = prompts_by_id(session, [item.planned.prompt_id])[item.planned.prompt_id]
             record = finalize_image(
-                session, actor, rt.store, run, approval, prompt, planned.image_index, gen.request.seed,
-                gen.pixels, verdict, ctx,
+                session, actor, rt.store, run, approval, prompt, item.planned.image_index, item.seed,
+                item.pixels, item.safety, ctx, marked=marked,
             )
             counts[record.status] += 1
     return counts
 
 
 @task(name="finish-run", cache_policy=NO_CACHE)
-def finish_run_task(rt: Runtime, run_id: str, actor: str, error: str | None = None) -> dict[str, Any]:
+def finish_run_task(
+    rt: Runtime, run_id: str, actor: str, timing: dict[str, float], error: str | None = None
+) -> dict[str, Any]:
     with rt.sessions.begin() as session:
         run = finish_run(session, actor, run_id, error)
+        run.summary = {**run.summary, **{k: round(v, 3) for k, v in timing.items()}}
         return {"run_id": run.id, "batch_id": run.batch_id, "status": run.status, **run.summary}
 
 
@@ -109,15 +142,28 @@ def produce_batch(batch_id: str, actor: str) -> dict[str, Any]:
     with rt.sessions() as session:
         todo = pending_images(session, batch_id)
     logger.info("run %s: %d images to make for batch %s", run_id, len(todo), batch_id)
+    queue: deque[Checked] = deque()
+    timing = {"generate_s": 0.0, "after_decode_wait_s": 0.0}
+    pool = BoundedPool(rt.settings.postprocess_workers, max_pending=2 * rt.settings.chunk_size)
     try:
         for chunk in _chunks(todo, rt.settings.chunk_size):
-            counts = generate_and_publish_task(rt, run_id, actor, chunk)
-            logger.info("chunk of %d: %s", len(chunk), counts)
+            t0 = time.perf_counter()
+            checked = generate_chunk_task(rt, chunk)
+            timing["generate_s"] += time.perf_counter() - t0
+            for item in checked:
+                if item.safety.verdict == "passed":
+                    item.marked = pool.submit(mark_and_encode, item.planned.image_id, item.pixels)
+                queue.append(item)
+            publish_ready_task(rt, run_id, actor, queue, wait=False)
+            logger.info("generated %d, %d waiting for after-decode work", len(chunk), len(queue))
+        publish_ready_task(rt, run_id, actor, queue, wait=True)
     except Exception as exc:
-        finish_run_task(rt, run_id, actor, error=f"{type(exc).__name__}: {exc}")
+        pool.close()
+        timing["after_decode_wait_s"] = pool.wait_seconds
+        finish_run_task(rt, run_id, actor, timing, error=f"{type(exc).__name__}: {exc}")
         raise
-    summary = finish_run_task(rt, run_id, actor)
+    pool.close()
+    timing["after_decode_wait_s"] = pool.wait_seconds
+    summary = finish_run_task(rt, run_id, actor, timing)
     logger.info("run %s finished: %s", run_id, summary)
     return summary
-
-

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     safety_policy: Path | None = Field(None, description="safety policy JSON; default: the packaged policy")
     actor: str | None = Field(None, description="the acting user (the CLI's --as)")
     chunk_size: int = Field(4, ge=1, le=256, description="images generated per engine call")
+    postprocess_workers: int = Field(
+        2, ge=1, le=64, description="threads that watermark, encode and hash images while the next chunk generates"
+    )
 
     @property
     def database_url_resolved(self) -> str:
