@@ -22,7 +22,6 @@ from governance.store import ObjectStore, open_store
 
 if TYPE_CHECKING:
     from governance.safety import SafetyChecker
-
     from sdxl_core.engine import SDXLEngine
 
 log = logging.getLogger(__name__)

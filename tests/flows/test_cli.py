@@ -30,8 +30,12 @@ def _one_line(err: str) -> str:
 
 @pytest.mark.parametrize(
     "name,content",
-    [("garbage.csv", bytes(range(256)) * 4), ("empty.csv", b""), ("latin.csv", "row_id,prompt,seed\nä,é,1\n".encode("latin-1")),
-     ("notes.txt", b"row_id,prompt,seed\n")],
+    [
+        ("garbage.csv", bytes(range(256)) * 4),
+        ("empty.csv", b""),
+        ("latin.csv", "row_id,prompt,seed\nä,é,1\n".encode("latin-1")),
+        ("notes.txt", b"row_id,prompt,seed\n"),
+    ],
 )
 def test_unreadable_files_get_one_line_and_store_nothing(cli, tmp_path: Path, name: str, content: bytes) -> None:
     path = tmp_path / name
