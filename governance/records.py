@@ -131,6 +131,7 @@ class Batch(Base):
     requested_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     source_name: Mapped[str] = mapped_column(String(500))
     content_sha256: Mapped[str] = mapped_column(String(64))
+    use_category: Mapped[str] = mapped_column(String(60), default="general", server_default="general", index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
@@ -249,10 +250,29 @@ class Image(Base):
     store_key: Mapped[str | None] = mapped_column(String(1000), nullable=True, index=True)
     store_version_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     provenance_key: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    watermark_scheme: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    phash: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)  # 64-bit perceptual hash, hex
+    c2pa_manifest: Mapped[str | None] = mapped_column(String(200), nullable=True)  # active manifest label
+    licence_obligations: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     prompt: Mapped[Prompt] = relationship(lazy="joined")
     run: Mapped[Run] = relationship()
+
+
+class AuditAnchor(Base):
+    """A signed checkpoint of the audit chain head, also written to WORM storage (S3 Object Lock)."""
+
+    __tablename__ = "audit_anchors"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)  # chain head seq
+    head_hash: Mapped[str] = mapped_column(String(64))
+    at: Mapped[str] = mapped_column(String(32))
+    store_url: Mapped[str] = mapped_column(String(1000))
+    key: Mapped[str] = mapped_column(String(1000))
+    version_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    retain_until: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    signature: Mapped[str] = mapped_column(Text)
 
 
 class AuditEvent(Base):

@@ -9,6 +9,13 @@ from governance.audit import record_event, verify_chain
 from governance.records import AuditEvent
 
 
+def _as_attacker(s: Session) -> None:
+    """On PostgreSQL the audit tables refuse UPDATE/DELETE; a superuser can switch triggers off
+    for the session. The tamper tests play that attacker: verify must still catch them."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("SET LOCAL session_replication_role = replica"))
+
+
 def _fill(sessions: sessionmaker[Session], n: int = 6) -> None:
     for i in range(n):
         with sessions.begin() as s:
@@ -28,6 +35,7 @@ def test_intact_chain_verifies(sessions: sessionmaker[Session]) -> None:
 def test_edited_event_is_named(sessions: sessionmaker[Session]) -> None:
     _fill(sessions)
     with sessions.begin() as s:
+        _as_attacker(s)
         target = s.scalar(select(AuditEvent).where(AuditEvent.subject_id == "t2"))
         seq = target.seq
         s.execute(text("UPDATE audit_events SET actor = 'mallory' WHERE seq = :s"), {"s": seq})
@@ -40,6 +48,7 @@ def test_edited_event_is_named(sessions: sessionmaker[Session]) -> None:
 def test_edited_payload_is_named(sessions: sessionmaker[Session]) -> None:
     _fill(sessions)
     with sessions.begin() as s:
+        _as_attacker(s)
         target = s.scalar(select(AuditEvent).where(AuditEvent.subject_id == "t4"))
         seq = target.seq
         target.payload = {"i": 99, "note": "rewritten"}
@@ -51,6 +60,7 @@ def test_edited_payload_is_named(sessions: sessionmaker[Session]) -> None:
 def test_deleted_event_is_named(sessions: sessionmaker[Session]) -> None:
     _fill(sessions)
     with sessions.begin() as s:
+        _as_attacker(s)
         seq = s.scalar(select(AuditEvent.seq).where(AuditEvent.subject_id == "t3"))
         s.execute(text("DELETE FROM audit_events WHERE seq = :s"), {"s": seq})
     with sessions() as s:
@@ -65,6 +75,7 @@ def test_deleted_last_event_changes_the_head(sessions: sessionmaker[Session]) ->
     with sessions() as s:
         before = verify_chain(s)
     with sessions.begin() as s:
+        _as_attacker(s)
         s.execute(text("DELETE FROM audit_events WHERE seq = :s"), {"s": before.head_seq})
     with sessions() as s:
         after = verify_chain(s)
@@ -74,6 +85,7 @@ def test_deleted_last_event_changes_the_head(sessions: sessionmaker[Session]) ->
 def test_reordered_events_are_named(sessions: sessionmaker[Session]) -> None:
     _fill(sessions)
     with sessions.begin() as s:
+        _as_attacker(s)
         a = s.scalar(select(AuditEvent.seq).where(AuditEvent.subject_id == "t1"))
         b = a + 1
         # swap the two rows' positions in the chain
@@ -110,5 +122,21 @@ def test_two_writers_from_the_same_head_cannot_fork_the_chain(sessions: sessionm
         s.add(AuditEvent(seq=seq, at="x", actor="x", action="x", subject_type="x", subject_id="x",
                          payload={}, prev_hash=prev, hash="f" * 64))
         s.flush()
+    with sessions() as s:
+        assert verify_chain(s).ok
+
+
+def test_postgresql_refuses_update_and_delete_on_the_audit_table(sessions: sessionmaker[Session]) -> None:
+    import pytest
+    from sqlalchemy.exc import DBAPIError
+
+    with sessions() as s:
+        if s.get_bind().dialect.name != "postgresql":
+            pytest.skip("append-only enforcement by the database is PostgreSQL's (SQLite is the embedded default)")
+    _fill(sessions, 2)
+    for statement in ("UPDATE audit_events SET actor = 'mallory'", "DELETE FROM audit_events",
+                      "TRUNCATE audit_events"):
+        with pytest.raises(DBAPIError, match="append-only"), sessions.begin() as s:
+            s.execute(text(statement))
     with sessions() as s:
         assert verify_chain(s).ok
