@@ -94,7 +94,10 @@ def cmd_batch_submit(rt: Runtime, args: argparse.Namespace) -> int:
 
     try:
         with rt.sessions.begin() as session:
-            batch = submit_batch(session, rt.settings.actor, Path(args.file), args.purpose)
+            batch = submit_batch(
+                session, rt.settings.actor, Path(args.file), args.purpose, use_category=args.use_category,
+                licence_ids=[rt.settings.model_licence],
+            )
             out = {"batch_id": batch.id, "content_sha256": batch.content_sha256}
     except IntakeRejected as exc:
         if args.json:
@@ -244,6 +247,55 @@ def cmd_audit_verify(rt: Runtime, args: argparse.Namespace) -> int:
     return 0 if report.ok else EXIT_AUDIT_FAILED
 
 
+def cmd_keys_init(rt: Runtime, args: argparse.Namespace) -> int:
+    from governance.credentials import init_test_ca
+
+    paths = init_test_ca(rt.settings.keys_dir, force=args.force)
+    print(f"C2PA test signer (NOT FOR PRODUCTION): {paths.chain}")
+    print(f"private key: {paths.key}")
+    print(f"trust anchor (test CA): {paths.trust_anchors}")
+    return 0
+
+
+def cmd_verify(rt: Runtime, args: argparse.Namespace) -> int:
+    from governance.verify import VERDICT_EXIT_CODES, verify_file
+
+    _chain, _key, anchors = rt.settings.c2pa_paths()
+    anchors_pem = anchors.read_bytes() if anchors.exists() else None
+    with rt.sessions() as session:
+        out = verify_file(session, Path(args.file), anchors_pem)
+    if args.json:
+        _print_json(out)
+        return VERDICT_EXIT_CODES[out["verdict"]]
+    sig = out["signals"]
+    print(f"{out['file']}: {out['verdict'].upper()}" + (f" (image {out['image_id']})" if out["image_id"] else ""))
+    c2pa = sig["c2pa"]
+    rows = [
+        {"signal": "bytes", "result": "match" if sig["bytes"]["matches_image"] else "no match",
+         "evidence": f"sha256 {sig['bytes']['sha256']}"},
+        {"signal": "c2pa", "result": c2pa["state"] or "no manifest",
+         "evidence": "; ".join(c2pa["failures"]) or c2pa.get("error") or (c2pa["signer"] or {}).get("issuer", "")},
+    ]
+    if "watermark" in sig:
+        wm = sig["watermark"]
+        evidence = (f"{wm['matched_bits']}/48 bits match {wm['best_match'] or '-'}" if wm["decoded"]
+                    else f"{wm['size'][0]}x{wm['size'][1]} px; needs 256 a side")
+        rows.append({"signal": "watermark", "result": wm["verdict"], "evidence": evidence})
+    if "fingerprint" in sig:
+        fp = sig["fingerprint"]
+        rows.append({"signal": "fingerprint", "result": "match" if fp["match"] else "no match",
+                     "evidence": f"distance {fp['distance']}/64 to {fp['nearest'] or '-'}"})
+    if "pixels" in sig:
+        rows.append({"signal": "pixels", "result": "unreadable", "evidence": sig["pixels"]["error"]})
+    print_table(rows, ["signal", "result", "evidence"])
+    if out["trace"]:
+        t = out["trace"]
+        print(f"\nbatch {t['batch']['id']} ({t['batch']['purpose']}) requested by {t['batch']['requested_by']}, "
+              f"approved by {t['approval']['approved_by']}; prompt {t['prompt']['row_id']!r}: {t['prompt']['text']}")
+        print("full record: atelier trace " + t["image_id"])
+    return VERDICT_EXIT_CODES[out["verdict"]]
+
+
 def cmd_demo(rt: Runtime, args: argparse.Namespace) -> int:
     from flows.demo import run_demo
 
@@ -253,8 +305,10 @@ def cmd_demo(rt: Runtime, args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+def _settings_flags(default: object) -> argparse.ArgumentParser:
+    """The settings flags, accepted before or after the command (`default` SUPPRESS on subcommands,
+    so a flag given before the command is not overwritten by the subcommand's default)."""
+    common = argparse.ArgumentParser(add_help=False, argument_default=default)
     g = common.add_argument_group("settings (each also an ATELIER_* environment variable)")
     g.add_argument("--as", dest="actor", metavar="NAME", help="acting user (ATELIER_ACTOR)")
     g.add_argument("--data-dir", type=Path, help="ATELIER_DATA_DIR (default ./.atelier)")
@@ -265,8 +319,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--refiner-model", help="ATELIER_REFINER_MODEL: diffusers folder or hub id")
     g.add_argument("--device", help="ATELIER_DEVICE: cpu, cuda, cuda:N")
     g.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    return common
 
-    parser = argparse.ArgumentParser(prog="atelier", description="Governed SDXL batch production.", parents=[common])
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _settings_flags(argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(
+        prog="atelier", description="Governed SDXL batch production.", parents=[_settings_flags(None)]
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(p: argparse._SubParsersAction, name: str, fn: Callable, help: str, json_flag: bool = False):  # type: ignore[type-arg]
@@ -293,6 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add(batch, "submit", cmd_batch_submit, "validate and submit a prompt file", json_flag=True)
     sp.add_argument("file", help="CSV, JSON lines (.jsonl) or Parquet")
     sp.add_argument("--purpose", required=True, choices=["catalogue", "marketing"])
+    sp.add_argument(
+        "--use-category", default="general", metavar="NAME",
+        help="declared use of the images (default general), e.g. product-catalogue, marketing-campaign, "
+        "editorial; refused when the models' licence prohibits it",
+    )
     sp = add(batch, "edit", cmd_batch_edit, "replace a batch's prompts (voids its approval)")
     sp.add_argument("batch_id")
     sp.add_argument("file")
@@ -312,6 +377,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add(sub, "trace", cmd_trace, "everything known about one image", json_flag=True)
     sp.add_argument("ref", help="image id, SHA-256, store key or a local image file")
+
+    sp = add(sub, "verify", cmd_verify, "did Atelier make this file, and was it altered? (exit 0 original, "
+             "10 derived, 11 tampered, 12 unknown)", json_flag=True)
+    sp.add_argument("file")
+
+    keys = sub.add_parser("keys", help="C2PA signing keys").add_subparsers(dest="keys_command", required=True)
+    sp = add(keys, "init", cmd_keys_init, "create a local test CA and C2PA signer (development only)")
+    sp.add_argument("--force", action="store_true", help="replace existing keys")
 
     audit = sub.add_parser("audit", help="audit ledger").add_subparsers(dest="audit_command", required=True)
     add(audit, "verify", cmd_audit_verify, "recompute the audit hash chain", json_flag=True)

@@ -11,6 +11,7 @@ from flows.runtime import Runtime
 from governance.approvals import approve_batch
 from governance.audit import verify_chain
 from governance.batches import submit_batch
+from governance.credentials import init_test_ca
 from governance.db import make_engine, upgrade
 from governance.licences import CREATIVEML_OPENRAIL_PP_M, register_licence
 from governance.records import Image
@@ -37,6 +38,9 @@ def run_demo(rt: Runtime, csv: Path, run_batches: Callable, print_table: Callabl
             add_user(session, "admin", name, roles)
         print(f"3. licence {CREATIVEML_OPENRAIL_PP_M.name} registered for the SDXL models")
         register_licence(session, "admin", CREATIVEML_OPENRAIL_PP_M)
+    keys = init_test_ca(s.keys_dir)
+    if s.c2pa_cert is None:
+        print(f"   C2PA signer: local test CA in {keys.chain.parent} (NOT FOR PRODUCTION)")
     with rt.sessions.begin() as session:
         batch = submit_batch(session, "maria", csv, "catalogue")
         batch_id, content = batch.id, batch.content_sha256

@@ -32,8 +32,9 @@ from flows.pool import BoundedPool
 from flows.runtime import Runtime, active_settings
 from governance.batches import get_batch
 from governance.licences import record_model_version
-from governance.publish import MarkedImage, SafetyContext, finalize_image, mark_and_encode
-from governance.records import Approval, Run
+from governance.lineage import LineageError, emit_run_event, open_sink
+from governance.publish import MarkedImage, SafetyContext, credential_manifest, finalize_image, mark_and_encode
+from governance.records import Approval, Batch, Run
 from governance.runs import PlannedImage, finish_run, pending_images, prompts_by_id, start_run
 from governance.safety import SafetyResult
 from sdxl_core.seeds import image_seed
@@ -59,6 +60,7 @@ def _chunks(items: Sequence[PlannedImage], size: int) -> list[list[PlannedImage]
 @task(name="start-run", cache_policy=NO_CACHE)
 def start_run_task(rt: Runtime, batch_id: str, actor: str, flow_run_id: str) -> str:
     """Record the model versions in use and open the run (the approval gate)."""
+    rt.credentials  # no signer, no run: fail before any GPU work  # noqa: B018
     engine = rt.engine
     with rt.sessions.begin() as session:
         get_batch(session, batch_id)  # a clear error for an unknown batch before anything else
@@ -122,6 +124,16 @@ def publish_ready_task(rt: Runtime, run_id: str, actor: str, queue: deque[Checke
     return counts
 
 
+def _manifests(rt: Runtime, run_id: str, image_ids: list[str]) -> dict[str, dict[str, Any]]:
+    with rt.sessions() as session:
+        run = session.get(Run, run_id)
+        assert run is not None
+        approval = session.get(Approval, run.approval_id)
+        batch = session.get(Batch, run.batch_id)
+        assert approval is not None and batch is not None
+        return {i: credential_manifest(i, batch, approval, run) for i in image_ids}
+
+
 @task(name="finish-run", cache_policy=NO_CACHE)
 def finish_run_task(
     rt: Runtime, run_id: str, actor: str, timing: dict[str, float], error: str | None = None
@@ -130,6 +142,23 @@ def finish_run_task(
         run = finish_run(session, actor, run_id, error)
         run.summary = {**run.summary, **{k: round(v, 3) for k, v in timing.items()}}
         return {"run_id": run.id, "batch_id": run.batch_id, "status": run.status, **run.summary}
+
+
+@task(name="emit-lineage", cache_policy=NO_CACHE)
+def emit_lineage_task(
+    rt: Runtime, run_id: str, event_type: str, error: str | None = None, must_deliver: bool = True
+) -> None:
+    """Send the run's OpenLineage event (START, COMPLETE or FAIL) to the configured sink (a file by default)."""
+    sink = open_sink(rt.settings.lineage_url, rt.settings.data_dir)
+    try:
+        with rt.sessions() as session:
+            emit_run_event(session, sink, run_id, event_type, error)
+    except LineageError:
+        if must_deliver:
+            raise
+        log.exception("lineage %s event of run %s was not delivered", event_type, run_id)
+    finally:
+        sink.close()
 
 
 @flow(name="produce-batch", flow_run_name="produce-{batch_id}")
@@ -146,13 +175,16 @@ def produce_batch(batch_id: str, actor: str) -> dict[str, Any]:
     timing = {"generate_s": 0.0, "after_decode_wait_s": 0.0}
     pool = BoundedPool(rt.settings.postprocess_workers, max_pending=2 * rt.settings.chunk_size)
     try:
+        emit_lineage_task(rt, run_id, "START")  # lineage
         for chunk in _chunks(todo, rt.settings.chunk_size):
             t0 = time.perf_counter()
             checked = generate_chunk_task(rt, chunk)
             timing["generate_s"] += time.perf_counter() - t0
+            manifests = _manifests(rt, run_id, [c.planned.image_id for c in checked])
             for item in checked:
                 if item.safety.verdict == "passed":
-                    item.marked = pool.submit(mark_and_encode, item.planned.image_id, item.pixels)
+                    image_id = item.planned.image_id
+                    item.marked = pool.submit(mark_and_encode, image_id, item.pixels, rt.credentials, manifests[image_id])
                 queue.append(item)
             publish_ready_task(rt, run_id, actor, queue, wait=False)
             logger.info("generated %d, %d waiting for after-decode work", len(chunk), len(queue))
@@ -161,9 +193,11 @@ def produce_batch(batch_id: str, actor: str) -> dict[str, Any]:
         pool.close()
         timing["after_decode_wait_s"] = pool.wait_seconds
         finish_run_task(rt, run_id, actor, timing, error=f"{type(exc).__name__}: {exc}")
+        emit_lineage_task(rt, run_id, "FAIL", f"{type(exc).__name__}: {exc}", must_deliver=False)  # lineage
         raise
     pool.close()
     timing["after_decode_wait_s"] = pool.wait_seconds
     summary = finish_run_task(rt, run_id, actor, timing)
+    emit_lineage_task(rt, run_id, "COMPLETE")  # lineage
     logger.info("run %s finished: %s", run_id, summary)
     return summary

@@ -21,6 +21,7 @@ from governance.db import ensure_schema, make_engine, make_sessionmaker
 from governance.store import ObjectStore, open_store
 
 if TYPE_CHECKING:
+    from governance.credentials import ContentCredentials
     from governance.safety import SafetyChecker
     from sdxl_core.engine import SDXLEngine
 
@@ -90,6 +91,15 @@ class Runtime:
             log.info("loading SDXL base %s and refiner %s on %s", base, refiner, config.device)
             _engines[key] = SDXLEngine.load(config)
         return _engines[key]
+
+    @cached_property
+    def credentials(self) -> ContentCredentials:
+        from governance.credentials import ContentCredentials
+
+        chain, key, anchors = self.settings.c2pa_paths()
+        return ContentCredentials.from_files(
+            chain, key, anchors, tsa_url=self.settings.c2pa_tsa_url, callback=self.settings.c2pa_sign_callback
+        )
 
     @property
     def safety(self) -> SafetyChecker:

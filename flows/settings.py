@@ -24,11 +24,17 @@ class Settings(BaseSettings):
     refiner_model: str | None = Field(None, description="diffusers folder or hub id of the refiner")
     model_revision: str | None = Field(None, description="hub revision (commit) when the models are hub ids")
     model_licence: str = Field("creativeml-openrail++-m", description="licence id of the configured models")
+    lineage_url: str | None = Field(None, description="OpenLineage endpoint (Marquez base URL); default: a file")
     device: str = Field("cpu", description="torch device for generation and safety: cpu, cuda, cuda:1")
     dtype: str = Field("float32", description="float32, float16 or bfloat16")
     safety_model: str = Field("atelier-tiny-clip", description="open_clip model name")
     safety_pretrained: str | None = Field(None, description="open_clip checkpoint file or tag; default: random")
     safety_policy: Path | None = Field(None, description="safety policy JSON; default: the packaged policy")
+    c2pa_cert: Path | None = Field(None, description="PEM chain of the C2PA signer; default: keys/ in the data dir")
+    c2pa_key: Path | None = Field(None, description="PEM private key of the C2PA signer")
+    c2pa_sign_callback: str | None = Field(None, description="module:function signing hook (KMS/HSM) instead of a key")
+    c2pa_trust_anchors: Path | None = Field(None, description="PEM trust anchors for validating manifests")
+    c2pa_tsa_url: str | None = Field(None, description="RFC 3161 timestamp authority; default: none")
     actor: str | None = Field(None, description="the acting user (the CLI's --as)")
     chunk_size: int = Field(4, ge=1, le=256, description="images generated per engine call")
     postprocess_workers: int = Field(
@@ -50,6 +56,20 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    def c2pa_paths(self) -> tuple[Path, Path, Path]:
+        """(certificate chain, private key, trust anchors), defaulting to `atelier keys init`'s files."""
+        from governance.credentials import ANCHOR_FILE, CHAIN_FILE, KEY_FILE
+
+        return (
+            self.c2pa_cert or self.keys_dir / CHAIN_FILE,
+            self.c2pa_key or self.keys_dir / KEY_FILE,
+            self.c2pa_trust_anchors or self.keys_dir / ANCHOR_FILE,
+        )
 
     def redacted(self) -> dict[str, str]:
         """Settings for display: passwords in URLs are hidden."""

@@ -1,8 +1,9 @@
-"""After safety: watermark, verify, encode, hash, provenance, upload, record.
+"""After safety: watermark -> verify -> encode -> sign (C2PA) -> hash -> record -> upload.
 
 Invariant 2: an image reaches the store only when it passed safety, its watermark was decoded
-back from the exact bytes being published, and its provenance JSON is written beside it. An
-image that fails any check is recorded as quarantined, with the reason, and never uploaded.
+back and matched, its C2PA manifest validated after signing, and its provenance JSON is written
+beside it. An image that fails any check is recorded as quarantined, with the reason, and never
+uploaded.
 
 Every function here writes its audit event in the caller's transaction (invariant 3), and is
 idempotent: an image that already has a record is left alone (invariant 4).
@@ -20,14 +21,16 @@ import numpy as np
 from PIL import Image as PILImage
 from sqlalchemy.orm import Session
 
-from governance import watermark
+from governance import fingerprint, watermark
 from governance.audit import record_event
+from governance.credentials import ContentCredentials, CredentialReport, manifest_for
 from governance.errors import GovernanceCheckFailed
 from governance.records import Approval, Batch, Image, ModelVersion, Prompt, Run, image_id_for, utcnow
 from governance.safety import SafetyResult
 from governance.store import ObjectStore, image_key, provenance_key
 
 PROVENANCE_SCHEMA = "atelier.provenance/1"
+WATERMARK_SCHEME = "invisible-watermark dwtDct"
 
 
 @dataclass(frozen=True)
@@ -37,14 +40,42 @@ class SafetyContext:
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
+    """Lossless PNG of uint8 HxWx3 RGB pixels: Pillow, ``compress_level=1`` with zlib's ``Z_RLE`` strategy.
+
+    Chosen by measurement (``bench/governance.py``; 1024x1024, one core of a shared AMD EPYC, median
+    of 7; Pillow 13 applies its adaptive per-row PNG filter at every setting):
+
+    ==================== ============= ================= ================= =================
+    setting              noise         photo-like+grain  real photo        smooth photo
+    ==================== ============= ================= ================= =================
+    level 0 (stored)      72 ms 3.15 MB  63 ms 3.15 MB     51 ms 3.15 MB     34 ms 3.15 MB
+    level 1              136 ms 3.15 MB 117 ms 1.99 MB    127 ms 1.82 MB     70 ms 0.61 MB
+    level 6 (default)    144 ms 3.15 MB 308 ms 1.75 MB    447 ms 1.61 MB    149 ms 0.45 MB
+    level 9              152 ms 3.15 MB 361 ms 1.75 MB    741 ms 1.61 MB    912 ms 0.44 MB
+    level 1 + Z_RLE      108 ms 3.15 MB 106 ms 1.74 MB     99 ms 1.61 MB     50 ms 0.51 MB
+    ==================== ============= ================= ================= =================
+
+    After PNG's filters a photograph is small residuals with few long repeats, so string matching
+    (what higher levels buy) gains little; ``Z_RLE`` ("almost as fast as Huffman-only, better
+    compression for PNG image data", zlib manual) gives files as small as level 6 on photo-like
+    images at a third of its time, and about 12% larger than level 6 only on very smooth images.
+    Under ``Z_RLE`` zlib ignores the level (any level >= 1 gives the same stream; level 0 would
+    store), and decoding costs the same (20-35 ms). Pillow passes ``compress_type`` to zlib as
+    the deflate strategy. The bytes depend on the zlib build; identity is the SHA-256 of the bytes.
+    """
+    import zlib
+
     buf = io.BytesIO()
-    PILImage.fromarray(pixels, mode="RGB").save(buf, format="PNG", compress_level=6)
+    PILImage.fromarray(pixels, mode="RGB").save(buf, format="PNG", compress_level=1, compress_type=zlib.Z_RLE)
     return buf.getvalue()
 
 
 def decode_png(data: bytes) -> np.ndarray:
+    """Pixels of a PNG as a read-only uint8 HxWx3 RGB array (converted only when not already RGB)."""
     with PILImage.open(io.BytesIO(data)) as img:
-        return np.asarray(img.convert("RGB"))
+        if img.mode != "RGB":
+            return np.asarray(img.convert("RGB"))
+        return np.asarray(img)
 
 
 def _model_record(mv: ModelVersion) -> dict[str, Any]:
@@ -92,7 +123,7 @@ def provenance_document(
             "scores": safety.scores, "verdict": safety.verdict,
         },
         "watermark": {
-            "scheme": "invisible-watermark dwtDct", "bits": check.total_bits,
+            "scheme": WATERMARK_SCHEME, "bits": check.total_bits,
             "payload": f"{check.expected:012x}", "matched_bits": check.matched_bits,
         },
     }
@@ -115,23 +146,42 @@ class MarkedImage:
     """The pure, CPU-heavy part of publishing one image: safe to run in a worker pool (no DB, no store)."""
 
     image_id: str
-    png: bytes
+    png: bytes  # the final bytes: PNG with its C2PA manifest
     sha256: str
     check: watermark.WatermarkCheck
-    height: int
-    width: int
+    credentials: CredentialReport
+    phash: str
 
 
-def mark_and_encode(image_id: str, pixels: np.ndarray) -> MarkedImage:
-    """Watermark, encode once, decode-verify once (from the very bytes to be published), hash."""
+def mark_and_encode(
+    image_id: str, pixels: np.ndarray, signer: ContentCredentials, manifest: dict[str, Any]
+) -> MarkedImage:
+    """Watermark, verify the mark, encode once, sign, read the manifest back, hash."""
     payload = watermark.payload_for_image(image_id)
     try:
         marked = watermark.embed(pixels, payload)
     except watermark.WatermarkError as exc:
         raise GovernanceCheckFailed(f"image {image_id}: watermark could not be embedded: {exc}") from exc
-    png = encode_png(marked)
-    check = watermark.verify(decode_png(png), payload)
-    return MarkedImage(image_id, png, hashlib.sha256(png).hexdigest(), check, pixels.shape[0], pixels.shape[1])
+    check = watermark.verify(marked, payload)  # PNG is lossless: these are the pixels the file will hold
+    signed = signer.sign_png(encode_png(marked), manifest)
+    return MarkedImage(
+        image_id=image_id, png=signed, sha256=hashlib.sha256(signed).hexdigest(), check=check,
+        credentials=signer.read(signed, "image/png"), phash=fingerprint.phash(marked),
+    )
+
+
+def credential_manifest(image_id: str, batch: Batch, approval: Approval, run: Run) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        software = version("atelier")
+    except PackageNotFoundError:
+        software = "dev"
+    return manifest_for(
+        title=f"{image_id}.png", image_id=image_id, batch_id=batch.id, approval_id=approval.id,
+        models=[_model_record(mv) for mv in sorted(run.model_versions, key=lambda m: m.role)],
+        licences=sorted({mv.licence_id for mv in run.model_versions}), software_version=software,
+    )
 
 
 def finalize_image(
@@ -147,10 +197,12 @@ def finalize_image(
     safety: SafetyResult,
     safety_ctx: SafetyContext,
     marked: MarkedImage | None = None,
+    signer: ContentCredentials | None = None,
 ) -> Image:
     """Quarantine or publish one generated image; returns its record (the existing one on a re-run).
 
-    `marked` is `mark_and_encode(image_id, pixels)` when the caller already ran it in a pool.
+    `marked` is what `mark_and_encode` gave when the caller already ran it in a pool; otherwise it
+    runs here, with `signer`.
     """
     image_id = image_id_for(prompt.id, image_index)
     existing = session.get(Image, image_id)
@@ -159,19 +211,26 @@ def finalize_image(
     if safety.verdict != "passed":
         return _quarantine(session, actor, image_id, prompt, run, image_index, seed, pixels, safety, safety_ctx,
                            list(safety.reasons), check=None)
+    batch = session.get(Batch, prompt.batch_id)
+    assert batch is not None
     if marked is None:
-        marked = mark_and_encode(image_id, pixels)
+        if signer is None:
+            raise GovernanceCheckFailed("no C2PA signer: images cannot be published without content credentials")
+        marked = mark_and_encode(image_id, pixels, signer, credential_manifest(image_id, batch, approval, run))
     if marked.image_id != image_id:
         raise ValueError(f"marked image {marked.image_id} handed in for image {image_id}")
     check, sha256 = marked.check, marked.sha256
+    reasons = []
     if not check.ok:
-        reason = f"watermark not verified: {check.matched_bits}/{check.total_bits} bits matched ({check.verdict})"
+        reasons.append(f"watermark not verified: {check.matched_bits}/{check.total_bits} bits matched ({check.verdict})")
+    if not marked.credentials.intact:
+        detail = "; ".join(marked.credentials.failures) or marked.credentials.error or "no manifest"
+        reasons.append(f"C2PA manifest did not validate ({marked.credentials.state}): {detail}")
+    if reasons:
         return _quarantine(session, actor, image_id, prompt, run, image_index, seed, pixels, safety, safety_ctx,
-                           [reason], check=check)
+                           reasons, check=check)
 
     key, prov_key = image_key(image_id, sha256), provenance_key(image_id, sha256)
-    batch = session.get(Batch, prompt.batch_id)
-    assert batch is not None
     doc = provenance_document(
         image_id=image_id, sha256=sha256, key=key, batch=batch, approval=approval, prompt=prompt,
         image_index=image_index, seed=seed, run=run, safety=safety, safety_ctx=safety_ctx, check=check,
@@ -191,6 +250,9 @@ def finalize_image(
     record.store_key = key
     record.store_version_id = stored.version_id
     record.provenance_key = prov_key
+    record.watermark_scheme = WATERMARK_SCHEME
+    record.phash = marked.phash
+    record.c2pa_manifest = marked.credentials.label
     session.add(record)
     session.flush()
     record_event(
@@ -199,6 +261,7 @@ def finalize_image(
             "batch_id": batch.id, "run_id": run.id, "prompt_id": prompt.id, "sha256": sha256,
             "store": store.url, "key": key, "version_id": stored.version_id,
             "watermark_matched_bits": check.matched_bits, "safety_verdict": safety.verdict,
+            "c2pa_manifest": marked.credentials.label, "phash": marked.phash,
         },
     )
     return record
