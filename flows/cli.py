@@ -296,6 +296,91 @@ def cmd_verify(rt: Runtime, args: argparse.Namespace) -> int:
     return VERDICT_EXIT_CODES[out["verdict"]]
 
 
+# ---------------------------------------------------------------- compliance
+
+
+def _filters(args: argparse.Namespace) -> Any:
+    from governance.compliance import SearchFilters, parse_when
+
+    return SearchFilters(
+        prompt=args.prompt, requester=args.requester, approver=args.approver, purpose=args.purpose,
+        use_category=args.use_category, model_version=args.model_version, licence=args.licence,
+        verdict=args.verdict, status=args.status, ref=args.ref,
+        since=parse_when(args.since, flag="--since") if args.since else None,
+        until=parse_when(args.until, end=True, flag="--until") if args.until else None,
+    )
+
+
+def _limit(value: int) -> int | None:
+    from governance.errors import InvalidInput
+
+    if value < 0:
+        raise InvalidInput(f"--limit must be 0 (no limit) or more, not {value}")
+    return value or None
+
+
+def cmd_compliance_search(rt: Runtime, args: argparse.Namespace) -> int:
+    from governance.compliance import require_compliance_access, search_images
+    from governance.trace import trace_images
+
+    filters, limit = _filters(args), _limit(args.limit)
+    with rt.sessions() as session:
+        require_compliance_access(session, rt.settings.actor, "search the records")
+        result = search_images(session, filters, limit)
+        if args.json:
+            _print_json(trace_images(session, [r["image_id"] for r in result.images]))
+    if result.truncated:
+        print(f"note: more than {limit} images match; showing the newest {limit} (--limit 0 shows all)",
+              file=sys.stderr)
+    if not args.json:
+        print_table(result.images, ["image_id", "status", "created_at", "ref", "requested_by", "use_category",
+                                    "safety_verdict", "sha256"])
+    return 0
+
+
+def cmd_compliance_impact(rt: Runtime, args: argparse.Namespace) -> int:
+    from governance.compliance import impact, require_compliance_access
+
+    with rt.sessions() as session:
+        require_compliance_access(session, rt.settings.actor, "query impact")
+        out = impact(session, model_version=args.model_version, licence=args.licence)
+    if args.json:
+        _print_json(out)
+        return 0
+    print("model versions:")
+    print_table(out["model_versions"], ["role", "sha256", "licence", "id"])
+    print(f"\n{out['published_images']} published images depend on them:")
+    print_table([{**i, "location": f"{i['store_url'] or ''}{i['store_key'] or ''}"} for i in out["images"]],
+                ["image_id", "created_at", "ref", "sha256", "location"])
+    return 0
+
+
+def cmd_compliance_export(rt: Runtime, args: argparse.Namespace) -> int:
+    from governance.compliance import export_lineage, require_compliance_access
+
+    filters, limit, out = _filters(args), _limit(args.limit), Path(args.out)
+    with rt.sessions() as session:
+        require_compliance_access(session, rt.settings.actor, "export the records")
+        count = export_lineage(session, out, args.format, filters, limit)
+    print(f"exported the lineage of {count} images to {out} ({args.format})")
+    return 0
+
+
+def cmd_compliance_report(rt: Runtime, args: argparse.Namespace) -> int:
+    from governance.compliance import parse_when, period_report, require_compliance_access
+
+    since = parse_when(args.from_, flag="--from")
+    until = parse_when(args.to, end=True, flag="--to")
+    with rt.sessions() as session:
+        user = require_compliance_access(session, rt.settings.actor, "write compliance reports")
+        summary = period_report(session, rt.store, since, until, Path(args.out), max_thumbnails=args.thumbnails,
+                                generated_by=user.name)
+    print(f"report {summary.path}: {summary.images} images ({summary.published} published, "
+          f"{summary.quarantined} quarantined), {summary.approvals} approval decisions, "
+          f"{summary.thumbnails} thumbnails")
+    return 0
+
+
 def cmd_demo(rt: Runtime, args: argparse.Namespace) -> int:
     from flows.demo import run_demo
 
@@ -388,6 +473,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="audit ledger").add_subparsers(dest="audit_command", required=True)
     add(audit, "verify", cmd_audit_verify, "recompute the audit hash chain", json_flag=True)
+
+    comp = sub.add_parser("compliance", help="legal and compliance queries (auditors)").add_subparsers(
+        dest="compliance_command", required=True
+    )
+
+    def filter_flags(sp: argparse.ArgumentParser) -> None:
+        f = sp.add_argument_group("filters (combinable: every one given must match)")
+        f.add_argument("--prompt", help="text contained in the prompt (case-insensitive)")
+        f.add_argument("--requester", help="user who submitted the batch")
+        f.add_argument("--approver", help="user who approved the batch")
+        f.add_argument("--purpose", help="catalogue or marketing")
+        f.add_argument("--use-category", help="declared use category, e.g. product-catalogue")
+        f.add_argument("--model-version", help="model version id, weight SHA-256 (or 8+ hex prefix) or ROLE/SHA256")
+        f.add_argument("--licence", help="licence id, e.g. creativeml-openrail++-m")
+        f.add_argument("--verdict", help="safety verdict: passed or quarantined")
+        f.add_argument("--status", help="published or quarantined")
+        f.add_argument("--since", help="created at or after: YYYY-MM-DD or ISO time (UTC unless given)")
+        f.add_argument("--until", help="created before; a date includes that whole day")
+        f.add_argument("--ref", help="external reference of the prompt row (SKU, campaign)")
+
+    sp = add(comp, "search", cmd_compliance_search, "find images; --json gives the `atelier trace` record of each",
+             json_flag=True)
+    filter_flags(sp)
+    sp.add_argument("--limit", type=int, default=1000, help="at most this many, newest first (0: no limit)")
+    sp = add(comp, "impact", cmd_compliance_impact,
+             "every published image that depends on a model version or a licence (recall, takedown)", json_flag=True)
+    which = sp.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model-version", help="model version id, weight SHA-256 (or 8+ hex prefix) or ROLE/SHA256")
+    which.add_argument("--licence", help="licence id")
+    sp = add(comp, "export", cmd_compliance_export, "full lineage per image to Parquet or CSV (formula-safe)")
+    sp.add_argument("--format", required=True, help="parquet or csv")
+    sp.add_argument("--out", required=True, help="file to write")
+    filter_flags(sp)
+    sp.add_argument("--limit", type=int, default=0, help="at most this many images, oldest first (0: all)")
+    sp = add(comp, "report", cmd_compliance_report, "self-contained HTML report for a period")
+    sp.add_argument("--from", dest="from_", required=True, help="start: YYYY-MM-DD or ISO time (inclusive)")
+    sp.add_argument("--to", required=True, help="end: YYYY-MM-DD (that whole day) or ISO time (exclusive)")
+    sp.add_argument("--out", required=True, help="HTML file to write")
+    sp.add_argument("--thumbnails", type=int, default=60, help="at most this many thumbnails (default 60)")
 
     sp = add(sub, "demo", cmd_demo, "the whole flow on the example catalogue")
     sp.add_argument("--file", default=str(Path(__file__).resolve().parent.parent / "examples" / "catalogue.csv"))

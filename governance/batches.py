@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from sqlalchemy.orm import Session
 from governance.audit import record_event
 from governance.errors import InvalidInput, InvalidState, NotFound
 from governance.intake import IntakeError, IntakeReport, PromptRow, content_sha256, load_prompts
+from governance.licences import DEFAULT_MODEL_LICENCE, DEFAULT_USE_CATEGORY, check_use_category
 from governance.records import PURPOSES, Approval, Batch, Image, Prompt, prompt_id_for, utcnow
 from governance.users import require_role
 
@@ -41,14 +43,27 @@ def _prompt_records(batch_id: str, rows: list[PromptRow]) -> list[Prompt]:
     ]
 
 
-def submit_batch(session: Session, actor: str | None, path: Path, purpose: str) -> Batch:
-    """Validate a prompt file and store it as a SUBMITTED batch (nothing is stored on any failure)."""
+def submit_batch(
+    session: Session,
+    actor: str | None,
+    path: Path,
+    purpose: str,
+    use_category: str = DEFAULT_USE_CATEGORY,
+    licence_ids: Sequence[str] = (DEFAULT_MODEL_LICENCE,),
+) -> Batch:
+    """Validate a prompt file and store it as a SUBMITTED batch (nothing is stored on any failure).
+
+    `use_category` is the declared use; it is refused when unknown or prohibited by any of
+    `licence_ids`, the licences configured for the models (see governance.licences).
+    """
     user = require_role(session, actor, "requester", "submit batches")
     if purpose not in PURPOSES:
         raise InvalidInput(f"unknown purpose {purpose!r}: choose one of {', '.join(PURPOSES)}")
+    check_use_category(session, use_category, licence_ids)
     rows = _read(path)
     batch = Batch(
         purpose=purpose,
+        use_category=use_category,
         requested_by=user,
         source_name=path.name,
         content_sha256=content_sha256(rows),
@@ -60,6 +75,8 @@ def submit_batch(session: Session, actor: str | None, path: Path, purpose: str) 
         session, user.name, "batch.submitted", "batch", batch.id,
         {
             "purpose": purpose,
+            "use_category": use_category,
+            "licences_checked": sorted(set(licence_ids)),
             "source": path.name,
             "content_sha256": batch.content_sha256,
             "prompts": len(rows),

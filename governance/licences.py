@@ -1,8 +1,31 @@
-"""The licence registry and model-version records (lineage of weights to licences)."""
+"""The licence registry, declared use categories, and model-version records (weights to licences).
+
+Use categories
+--------------
+Every batch declares what its images are for (`Batch.use_category`), from one vocabulary,
+`USE_CATEGORIES`. A licence prohibits some of these categories: its `restrictions` hold one entry
+per prohibited category with the clause it violates, e.g. CreativeML Open RAIL++-M prohibits
+"medical-advice" by Attachment A (10), "To provide medical advice and medical results
+interpretation". Intake (`check_use_category`) refuses an unknown category and any category that
+a licence in the lineage prohibits, naming the clause.
+
+Which licences are "in the lineage" at intake: a batch is submitted before any weights are
+hashed, so intake checks the licence(s) configured for the models (`Settings.model_licence`), as
+registered in the database (what runs will cite) or, when not yet registered, as Atelier knows
+it (`KNOWN_LICENCES`). A licence that is neither cannot be checked and is refused. The run checks
+again against the licences of the model versions it actually records (`check_use_category` with
+their licence ids), so a changed configuration cannot slip a prohibited use through.
+
+Obligations
+-----------
+The licence terms that pass downstream with every output (`obligations_for`) are recorded on each
+published image (`Image.licence_obligations`) and in its provenance JSON.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,8 +33,59 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from governance.audit import record_event
-from governance.errors import NotFound
+from governance.errors import InvalidInput, NotFound
 from governance.records import ATELIER_NAMESPACE, Licence, ModelVersion
+
+# ---------------------------------------------------------------- use categories
+
+# Every use a batch may declare. Whether a use is permitted depends on the licences in the
+# lineage; the prohibited ones are here so that declaring them is refused, not unknown.
+USE_CATEGORIES: dict[str, str] = {
+    "general": "general-purpose imagery with no more specific declared use",
+    "product-catalogue": "product photographs and renders for a catalogue or shop",
+    "marketing-campaign": "advertising and campaign material",
+    "editorial": "illustrations accompanying editorial content",
+    "social-media": "posts on the organisation's own social media channels",
+    "concept-art": "internal concept and mood boards, not published as such",
+    "unlawful-use": "any use that violates applicable law or regulation",
+    "exploit-minors": "exploiting or harming minors in any way",
+    "disinformation": "verifiably false information or content meant to harm others",
+    "personal-data-harm": "personal identifiable information that can be used to harm an individual",
+    "harassment-defamation": "defaming, disparaging or harassing others",
+    "automated-legal-decisions": "fully automated decisions that affect legal rights or binding obligations",
+    "social-scoring": "discrimination based on social behaviour or personal or personality characteristics",
+    "exploit-vulnerable-groups": "exploiting the vulnerabilities of a group to distort behaviour harmfully",
+    "discrimination-protected-characteristics": "discrimination based on legally protected characteristics",
+    "medical-advice": "medical advice or the interpretation of medical results",
+    "law-enforcement-prediction": "predicting that an individual will commit fraud or crime",
+    "justice-immigration-assessment": "administration of justice, law enforcement, immigration or asylum processes",
+}
+
+DEFAULT_USE_CATEGORY = "general"
+
+
+@dataclass(frozen=True)
+class UseRestriction:
+    """One use-based restriction of a licence: the category it prohibits and the clause that says so."""
+
+    category: str
+    clause: str
+    text: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"category": self.category, "clause": self.clause, "text": self.text}
+
+
+@dataclass(frozen=True)
+class Obligation:
+    """A licence term that passes downstream with every output."""
+
+    id: str
+    section: str
+    text: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"id": self.id, "section": self.section, "text": self.text}
 
 
 @dataclass(frozen=True)
@@ -20,36 +94,82 @@ class KnownLicence:
     name: str
     url: str
     text_sha256: str
-    obligations: list[str] = field(default_factory=list)
-    restrictions: list[str] = field(default_factory=list)
+    obligations: tuple[Obligation, ...] = ()
+    restrictions: tuple[UseRestriction, ...] = ()
+    clauses: tuple[str, ...] = field(default=(), repr=False)  # the restriction clauses, in the licence's order
 
 
-# CreativeML Open RAIL++-M, the licence of SDXL 1.0 base and refiner. The text hash is of the
-# unchanged LICENSE-SDXL1.0 file in Stability AI's generative-models repository.
+# CreativeML Open RAIL++-M, Attachment A "Use Restrictions", clause by clause in the licence's
+# order, verbatim (whitespace joined): "You agree not to use the Model or Derivatives of the Model: ..."
+OPENRAIL_PP_M_ATTACHMENT_A = (
+    "In any way that violates any applicable national, federal, state, local or international law or regulation",
+    "For the purpose of exploiting, harming or attempting to exploit or harm minors in any way",
+    "To generate or disseminate verifiably false information and/or content with the purpose of harming others",
+    "To generate or disseminate personal identifiable information that can be used to harm an individual",
+    "To defame, disparage or otherwise harass others",
+    "For fully automated decision making that adversely impacts an individual’s legal rights or otherwise "
+    "creates or modifies a binding, enforceable obligation",
+    "For any use intended to or which has the effect of discriminating against or harming individuals or groups "
+    "based on online or offline social behavior or known or predicted personal or personality characteristics",
+    "To exploit any of the vulnerabilities of a specific group of persons based on their age, social, physical or "
+    "mental characteristics, in order to materially distort the behavior of a person pertaining to that group in a "
+    "manner that causes or is likely to cause that person or another person physical or psychological harm",
+    "For any use intended to or which has the effect of discriminating against individuals or groups based on "
+    "legally protected characteristics or categories",
+    "To provide medical advice and medical results interpretation",
+    "To generate or disseminate information for the purpose to be used for administration of justice, law "
+    "enforcement, immigration or asylum processes, such as predicting an individual will commit fraud/crime "
+    "commitment (e.g. by text profiling, drawing causal relationships between assertions made in documents, "
+    "indiscriminate and arbitrarily-targeted use)",
+)
+
+# Prohibited use category -> Attachment A clause number (1-based, the licence's order).
+_OPENRAIL_PP_M_PROHIBITS = {
+    "unlawful-use": 1,
+    "exploit-minors": 2,
+    "disinformation": 3,
+    "personal-data-harm": 4,
+    "harassment-defamation": 5,
+    "automated-legal-decisions": 6,
+    "social-scoring": 7,
+    "exploit-vulnerable-groups": 8,
+    "discrimination-protected-characteristics": 9,
+    "medical-advice": 10,
+    "law-enforcement-prediction": 11,
+    "justice-immigration-assessment": 11,
+}
+
+# The licence of SDXL 1.0 base and refiner. The text hash is of the unchanged LICENSE-SDXL1.0 file
+# in Stability AI's generative-models repository.
 CREATIVEML_OPENRAIL_PP_M = KnownLicence(
     id="creativeml-openrail++-m",
     name="CreativeML Open RAIL++-M (SDXL 1.0)",
     url="https://github.com/Stability-AI/generative-models/blob/main/model_licenses/LICENSE-SDXL1.0",
     text_sha256="744afca95783155040321a97b52e56e19e38aaf28eb1340e46673ff76f8f719c",
-    obligations=[
-        "Pass on the use-based restrictions of Attachment A to every downstream user (Section III.4).",
-        "The user is accountable for the output and its use (Section III.5).",
-    ],
-    restrictions=[
-        "violate-law",
-        "exploit-harm-minors",
-        "false-information-to-harm",
-        "personal-information-harm",
-        "defame-disparage-harass",
-        "automated-legal-decisions",
-        "discriminate-protected-characteristics",
-        "exploit-vulnerable-groups",
-        "medical-advice",
-        "law-enforcement-prediction",
-    ],
+    obligations=(
+        Obligation(
+            "pass-on-use-restrictions", "Section III, paragraph 4",
+            "The use-based restrictions of Attachment A (paragraph 5) must be included as an enforceable "
+            "provision in any agreement governing use or distribution, with notice to subsequent users.",
+        ),
+        Obligation(
+            "output-accountability", "Section III, paragraph 5",
+            "The user is accountable for the output and its subsequent uses; no use of the output may "
+            "contravene the licence, including the use restrictions of Attachment A.",
+        ),
+    ),
+    restrictions=tuple(
+        UseRestriction(category, f"Attachment A ({n})", OPENRAIL_PP_M_ATTACHMENT_A[n - 1])
+        for category, n in _OPENRAIL_PP_M_PROHIBITS.items()
+    ),
+    clauses=OPENRAIL_PP_M_ATTACHMENT_A,
 )
 
 KNOWN_LICENCES = {CREATIVEML_OPENRAIL_PP_M.id: CREATIVEML_OPENRAIL_PP_M}
+DEFAULT_MODEL_LICENCE = CREATIVEML_OPENRAIL_PP_M.id
+
+
+# ---------------------------------------------------------------- registry
 
 
 def register_licence(session: Session, actor: str, known: KnownLicence) -> Licence:
@@ -62,14 +182,17 @@ def register_licence(session: Session, actor: str, known: KnownLicence) -> Licen
         name=known.name,
         url=known.url,
         text_sha256=known.text_sha256,
-        obligations=list(known.obligations),
-        restrictions=list(known.restrictions),
+        obligations=[o.to_dict() for o in known.obligations],
+        restrictions=[r.to_dict() for r in known.restrictions],
     )
     session.add(licence)
     session.flush()
     record_event(
         session, actor, "licence.registered", "licence", known.id,
-        {"name": known.name, "text_sha256": known.text_sha256},
+        {
+            "name": known.name, "text_sha256": known.text_sha256,
+            "prohibited_use_categories": sorted(r.category for r in known.restrictions),
+        },
     )
     return licence
 
@@ -83,6 +206,112 @@ def get_licence(session: Session, licence_id: str) -> Licence:
             "e.g. `atelier licences register creativeml-openrail++-m`"
         )
     return licence
+
+
+def restrictions_of(licence: Licence | KnownLicence) -> list[UseRestriction]:
+    """A licence's use restrictions, whether stored as dicts (now) or bare category ids (older rows)."""
+    out = []
+    known = KNOWN_LICENCES.get(licence.id)
+    by_category = {r.category: r for r in known.restrictions} if known else {}
+    for entry in licence.restrictions:
+        if isinstance(entry, UseRestriction):
+            out.append(entry)
+        elif isinstance(entry, dict):
+            out.append(UseRestriction(str(entry["category"]), str(entry.get("clause", "")), str(entry.get("text", ""))))
+        else:
+            out.append(by_category.get(str(entry), UseRestriction(str(entry), "use restrictions", "")))
+    return out
+
+
+# ---------------------------------------------------------------- use categories at intake
+
+
+@dataclass(frozen=True)
+class _Terms:
+    id: str
+    name: str
+    restrictions: list[UseRestriction]
+
+
+def _lineage_terms(session: Session, licence_ids: Iterable[str]) -> list[_Terms]:
+    terms = []
+    for licence_id in sorted(set(licence_ids)):
+        row: Licence | KnownLicence | None = session.get(Licence, licence_id) or KNOWN_LICENCES.get(licence_id)
+        if row is None:
+            raise InvalidInput(
+                f"the models' licence {licence_id!r} is neither registered nor known, so its use restrictions "
+                f"cannot be checked: register it, or set ATELIER_MODEL_LICENCE to one of "
+                f"{', '.join(sorted(KNOWN_LICENCES))}"
+            )
+        terms.append(_Terms(row.id, row.name, restrictions_of(row)))
+    return terms
+
+
+def allowed_use_categories(session: Session, licence_ids: Iterable[str]) -> list[str]:
+    """The categories no licence in the lineage prohibits, in vocabulary order."""
+    prohibited = {r.category for t in _lineage_terms(session, licence_ids) for r in t.restrictions}
+    return [c for c in USE_CATEGORIES if c not in prohibited]
+
+
+def check_use_category(session: Session, use_category: str, licence_ids: Iterable[str]) -> None:
+    """Refuse (InvalidInput) an unknown use category or one any of these licences prohibits, naming the clause."""
+    licence_ids = list(licence_ids)
+    terms = _lineage_terms(session, licence_ids)
+    if use_category not in USE_CATEGORIES:
+        allowed = allowed_use_categories(session, licence_ids)
+        raise InvalidInput(f"unknown use category {use_category!r}: choose one of {', '.join(allowed)}")
+    for t in terms:
+        for r in t.restrictions:
+            if r.category == use_category:
+                quoted = f': "{r.text}"' if r.text else ""
+                raise InvalidInput(
+                    f"use category {use_category!r} is prohibited by the models' licence {t.name} "
+                    f"({t.id}), {r.clause}{quoted}"
+                )
+
+
+# ---------------------------------------------------------------- obligations downstream
+
+
+def _obligation_dicts(licence: Licence) -> list[dict[str, str]]:
+    out = []
+    for entry in licence.obligations:
+        if isinstance(entry, dict):
+            out.append({"id": str(entry.get("id", "")), "section": str(entry.get("section", "")),
+                        "text": str(entry.get("text", ""))})
+        else:  # older rows: free text
+            out.append({"id": "", "section": "", "text": str(entry)})
+    return out
+
+
+def obligations_for(model_versions: Sequence[ModelVersion]) -> list[dict[str, Any]]:
+    """The licence obligations an output of these model versions carries downstream.
+
+    One entry per (licence, obligation), licences in id order, each naming the licence, its text
+    hash, the obligation and the model roles under that licence. Pure: reads the loaded records.
+    """
+    licences: dict[str, Licence] = {}
+    roles: dict[str, list[str]] = {}
+    for mv in model_versions:
+        licences[mv.licence.id] = mv.licence
+        roles.setdefault(mv.licence.id, []).append(mv.role)
+    return [
+        {
+            "licence": lic.id,
+            "licence_name": lic.name,
+            "licence_url": lic.url,
+            "licence_text_sha256": lic.text_sha256,
+            "obligation": ob["id"],
+            "section": ob["section"],
+            "text": ob["text"],
+            "models": sorted(roles[lic.id]),
+        }
+        for lic in (licences[k] for k in sorted(licences))
+        for ob in _obligation_dicts(lic)
+    ]
+
+
+# ---------------------------------------------------------------- model versions
 
 
 def record_model_version(

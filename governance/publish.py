@@ -151,6 +151,7 @@ class MarkedImage:
     check: watermark.WatermarkCheck
     credentials: CredentialReport
     phash: str
+    pixels_sha256: str
 
 
 def mark_and_encode(
@@ -167,7 +168,14 @@ def mark_and_encode(
     return MarkedImage(
         image_id=image_id, png=signed, sha256=hashlib.sha256(signed).hexdigest(), check=check,
         credentials=signer.read(signed, "image/png"), phash=fingerprint.phash(marked),
+        pixels_sha256=pixels_sha256(marked),
     )
+
+
+def pixels_sha256(pixels: np.ndarray) -> str:
+    digest = hashlib.sha256(f"{pixels.shape[0]}x{pixels.shape[1]}x{pixels.shape[2]}:".encode())
+    digest.update(np.ascontiguousarray(pixels, dtype=np.uint8).data)
+    return digest.hexdigest()
 
 
 def credential_manifest(image_id: str, batch: Batch, approval: Approval, run: Run) -> dict[str, Any]:
@@ -230,7 +238,7 @@ def finalize_image(
         return _quarantine(session, actor, image_id, prompt, run, image_index, seed, pixels, safety, safety_ctx,
                            reasons, check=check)
 
-    key, prov_key = image_key(image_id, sha256), provenance_key(image_id, sha256)
+    key, prov_key = image_key(image_id, marked.pixels_sha256), provenance_key(image_id, marked.pixels_sha256)
     doc = provenance_document(
         image_id=image_id, sha256=sha256, key=key, batch=batch, approval=approval, prompt=prompt,
         image_index=image_index, seed=seed, run=run, safety=safety, safety_ctx=safety_ctx, check=check,
@@ -252,6 +260,7 @@ def finalize_image(
     record.provenance_key = prov_key
     record.watermark_scheme = WATERMARK_SCHEME
     record.phash = marked.phash
+    record.pixels_sha256 = marked.pixels_sha256
     record.c2pa_manifest = marked.credentials.label
     session.add(record)
     session.flush()

@@ -252,6 +252,9 @@ class Image(Base):
     provenance_key: Mapped[str | None] = mapped_column(String(1000), nullable=True)
     watermark_scheme: Mapped[str | None] = mapped_column(String(40), nullable=True)
     phash: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)  # 64-bit perceptual hash, hex
+    # SHA-256 of the published pixels (shape + RGB bytes): deterministic, unlike the signed file's
+    # bytes (a C2PA signature differs on every signing), so the store key is built from it.
+    pixels_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     c2pa_manifest: Mapped[str | None] = mapped_column(String(200), nullable=True)  # active manifest label
     licence_obligations: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -37,13 +37,18 @@ class ObjectStore(Protocol):
     def location(self, key: str) -> str: ...
 
 
-def image_key(image_id: str, sha256: str) -> str:
-    """Invariant 4: the key is derived from the image id and its content hash."""
-    return f"images/{image_id}/{sha256}.png"
+def image_key(image_id: str, pixels_sha256: str) -> str:
+    """Invariant 4: the key is derived from the image id and its content hash.
+
+    The content hash is of the pixels, not of the file: the file carries a C2PA signature that
+    differs on every signing, so a re-run after a crash writes the same key again (and replaces
+    an unrecorded upload) instead of leaving an orphan beside it.
+    """
+    return f"images/{image_id}/{pixels_sha256}.png"
 
 
-def provenance_key(image_id: str, sha256: str) -> str:
-    return f"images/{image_id}/{sha256}.provenance.json"
+def provenance_key(image_id: str, pixels_sha256: str) -> str:
+    return f"images/{image_id}/{pixels_sha256}.provenance.json"
 
 
 class LocalStore:

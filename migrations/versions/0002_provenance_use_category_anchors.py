@@ -40,6 +40,7 @@ def upgrade() -> None:
     with op.batch_alter_table("images", schema=None) as batch_op:
         batch_op.add_column(sa.Column("watermark_scheme", sa.String(length=40), nullable=True))
         batch_op.add_column(sa.Column("phash", sa.String(length=16), nullable=True))
+        batch_op.add_column(sa.Column("pixels_sha256", sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column("c2pa_manifest", sa.String(length=200), nullable=True))
         batch_op.add_column(sa.Column("licence_obligations", sa.JSON(), server_default="[]", nullable=False))
         batch_op.create_index(batch_op.f("ix_images_phash"), ["phash"], unique=False)
@@ -74,6 +75,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_images_phash"))
         batch_op.drop_column("licence_obligations")
         batch_op.drop_column("c2pa_manifest")
+        batch_op.drop_column("pixels_sha256")
         batch_op.drop_column("phash")
         batch_op.drop_column("watermark_scheme")
 

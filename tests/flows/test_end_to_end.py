@@ -17,6 +17,7 @@ import pytest
 from PIL import Image as PILImage
 
 from governance import watermark
+from governance.credentials import read_credentials
 from governance.records import image_id_for, prompt_id_for
 from tests.flows.conftest import write_prompts
 
@@ -50,6 +51,7 @@ def test_governed_batch_end_to_end(make_cli, flags, tmp_path, s3_server, s3_env,
     for name, role in [("maria", "requester"), ("omar", "approver"), ("ops", "operator")]:
         assert cli("users", "add", name, "--role", role, actor="admin")[0] == 0
     assert cli("licences", "register", "creativeml-openrail++-m", actor="admin")[0] == 0
+    assert cli("keys", "init")[0] == 0
 
     submitted = cli.json("batch", "submit", str(write_prompts(tmp_path / "p.csv", ROWS)), "--purpose",
                          "catalogue", actor="maria")
@@ -75,6 +77,11 @@ def test_governed_batch_end_to_end(make_cli, flags, tmp_path, s3_server, s3_env,
     # under keys derived from image id and content hash, each carrying a verified watermark.
     s3 = boto3.client("s3", endpoint_url=s3_server)
     listed = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=s3_env).get("Contents", []))
+    import c2pa
+
+    anchors = c2pa.Context.from_dict(
+        {"trust": {"trust_anchors": (tmp_path / "data" / "keys" / "trust-anchors.pem").read_text()}}
+    )
     traces = []
     for row in ROWS:
         pid = prompt_id_for(batch_id, row["row_id"])
@@ -87,11 +94,14 @@ def test_governed_batch_end_to_end(make_cli, flags, tmp_path, s3_server, s3_env,
     )
     assert listed == expected_keys
     for t in published:
-        assert t["store"]["key"] == f"images/{t['image_id']}/{t['sha256']}.png"
+        assert t["store"]["key"] == f"images/{t['image_id']}/{t['pixels_sha256']}.png"
         body = s3.get_object(Bucket=s3_env, Key=f"published/{t['store']['key']}")["Body"].read()
         import hashlib
 
         assert hashlib.sha256(body).hexdigest() == t["sha256"]
+        creds = read_credentials(body, "image/png", anchors)
+        assert creds.state == "Trusted" and creds.atelier["image_id"] == t["image_id"]
+        assert creds.atelier["approval_id"] == t["approval"]["id"] and creds.atelier["batch_id"] == batch_id
         pixels = np.asarray(PILImage.open(io.BytesIO(body)).convert("RGB"))
         check = watermark.verify(pixels, int(t["watermark"]["payload"], 16))
         assert check.ok and check.matched_bits == t["watermark"]["matched_bits"]
@@ -146,6 +156,7 @@ def test_crash_mid_batch_then_rerun_publishes_everything_once(
     for name, role in [("maria", "requester"), ("omar", "approver"), ("ops", "operator")]:
         cli("users", "add", name, "--role", role, actor="admin")
     cli("licences", "register", "creativeml-openrail++-m", actor="admin")
+    cli("keys", "init")
     batch_id = cli.json("batch", "submit", str(write_prompts(tmp_path / "p.csv", ROWS)), "--purpose", "marketing",
                         actor="maria")["batch_id"]
     cli("batch", "approve", batch_id, actor="omar")

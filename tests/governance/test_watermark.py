@@ -1,8 +1,11 @@
 import hashlib
 import io
 
+import cv2
 import numpy as np
 import pytest
+import pywt
+from imwatermark import WatermarkDecoder, WatermarkEncoder
 from PIL import Image
 
 from governance.watermark import (
@@ -11,6 +14,8 @@ from governance.watermark import (
     VERY_LIKELY_MIN_MATCH,
     WATERMARK_BITS,
     WatermarkError,
+    _haar_dwt2,
+    _haar_idwt2,
     bits_of,
     decode,
     embed,
@@ -184,3 +189,151 @@ def test_flat_white_image_cannot_carry_a_watermark_and_verify_says_so():
     check = verify(embed(white, payload), payload)
 
     assert not check.ok
+
+
+# --- bit-compatibility of the vectorised dwtDct with invisible-watermark itself -------------------------
+#
+# governance.watermark reimplements the library's dwtDct without its per-4x4-block Python loops. These
+# tests run the library (imwatermark) on the same images and require identical pixels out of embed and
+# identical bits out of either decoder, on every image kind and size below.
+
+COMPAT_SIZES = [(256, 256), (320, 256), (256, 320), (512, 768), (1024, 1024), (258, 262), (257, 301)]  # H x W
+
+
+def library_embed(pixels: np.ndarray, payload: int) -> np.ndarray:
+    encoder = WatermarkEncoder()
+    encoder.set_watermark("bits", bits_of(payload))
+    return np.ascontiguousarray(encoder.encode(np.ascontiguousarray(pixels[:, :, ::-1]), "dwtDct")[:, :, ::-1])
+
+
+def library_decode(pixels: np.ndarray) -> int:
+    bits = WatermarkDecoder("bits", WATERMARK_BITS).decode(np.ascontiguousarray(pixels[:, :, ::-1]), "dwtDct")
+    return int("".join("1" if b else "0" for b in bits), 2)
+
+
+def photo_like(height: int, width: int, seed: int) -> np.ndarray:
+    """A picture-like image: smooth colour fields, soft shapes in random (often saturated) colours, grain."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    img = np.empty((height, width, 3))
+    for c in range(3):
+        a, b, d = rng.uniform(-1, 1, 3)
+        img[..., c] = 128 + 80 * np.sin(3 * a * x + 2 * b * y + d)
+    img = img.astype(np.uint8)
+    for _ in range(12):
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        cx, cy = int(rng.integers(0, width)), int(rng.integers(0, height))
+        if rng.random() < 0.5:
+            axes = (int(rng.integers(10, width // 3)), int(rng.integers(10, height // 3)))
+            cv2.ellipse(img, (cx, cy), axes, float(rng.uniform(0, 180)), 0, 360, colour, -1, cv2.LINE_AA)
+        else:
+            corner = (cx + int(rng.integers(10, width // 2)), cy + int(rng.integers(10, height // 2)))
+            cv2.rectangle(img, (cx, cy), corner, colour, -1)
+    out = cv2.GaussianBlur(img, (0, 0), 2.0) + rng.normal(0, 3, img.shape)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def compat_image(kind: str, height: int, width: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    if kind == "noise":
+        return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    if kind == "gradient":  # constant chroma
+        value = 25 + 100 * (x / width + y / height)
+        return np.stack([value + 20, value, value - 20], axis=-1).round().astype(np.uint8)
+    if kind == "colour_gradient":
+        channels = [60 + 150 * x / width, 90 + 100 * y / height, 200 - 120 * x / width]
+        return np.stack(channels, -1).round().astype(np.uint8)
+    if kind == "photo":
+        return photo_like(height, width, seed)
+    if kind == "saturated":  # pure blue / yellow tiles: chroma at its limits, RGB clipping on the way back
+        tiles = ((x // 37 + y // 23) % 2 == 0)[..., None]
+        return np.where(tiles, np.array([0, 0, 255], np.uint8), np.array([255, 255, 0], np.uint8)).astype(np.uint8)
+    if kind == "white":
+        return np.full((height, width, 3), 255, np.uint8)
+    if kind == "low_noise":
+        return np.clip(128 + rng.normal(0, 2, (height, width, 3)), 0, 255).astype(np.uint8)
+    raise AssertionError(kind)
+
+
+COMPAT_KINDS = ["noise", "gradient", "colour_gradient", "photo", "saturated", "white", "low_noise"]
+
+
+@pytest.mark.parametrize("size", COMPAT_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("kind", COMPAT_KINDS)
+def test_embed_is_bit_identical_to_the_library_and_decoders_agree(kind, size):
+    height, width = size
+    pixels = compat_image(kind, height, width, seed=height * 7 + width)
+    payload = payload_for_image(f"{kind}/{height}x{width}")
+
+    ours = embed(pixels, payload)
+    theirs = library_embed(pixels, payload)
+
+    assert ours.dtype == np.uint8 and ours.shape == pixels.shape and ours.flags["C_CONTIGUOUS"]
+    assert int(np.count_nonzero(ours != theirs)) == 0  # exactly equal: no +-1 anywhere
+    # Each decoder reads the other's marks with identical bits (whatever the match count on this image).
+    assert decode(theirs) == library_decode(ours) == library_decode(theirs) == decode(ours)
+    # And they agree on unmarked images too.
+    assert decode(pixels) == library_decode(pixels)
+
+
+def test_many_random_payloads_and_images_match_the_library():
+    rng = np.random.default_rng(2024)
+    for trial in range(24):
+        height, width = (int(v) for v in rng.integers(256, 420, 2))
+        kind = COMPAT_KINDS[trial % len(COMPAT_KINDS)]
+        pixels = compat_image(kind, height, width, seed=trial)
+        payload = int(rng.integers(0, 2**WATERMARK_BITS))
+        ours, theirs = embed(pixels, payload), library_embed(pixels, payload)
+        np.testing.assert_array_equal(ours, theirs, err_msg=f"trial {trial}: {kind} {height}x{width}")
+        assert decode(ours) == library_decode(ours), (trial, kind, height, width)
+
+
+def test_library_marks_verify_with_our_decoder_and_ours_with_the_library():
+    pixels = compat_image("noise", 512, 512, seed=5)
+    payload = payload_for_image(IMAGE_ID)
+
+    assert verify(library_embed(pixels, payload), payload).matched_bits == WATERMARK_BITS
+    assert library_decode(embed(pixels, payload)) == payload
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (260, 300), (130, 6)])
+def test_haar_transforms_match_pywavelets_bit_for_bit(shape):
+    rng = np.random.default_rng(shape[0])
+    channel = rng.integers(0, 256, shape, dtype=np.uint8)
+    approx, (horizontal, vertical, diagonal) = pywt.dwt2(channel, "haar")
+
+    ours = _haar_dwt2(channel)
+    for mine, theirs in zip(ours, (approx, horizontal, vertical, diagonal), strict=True):
+        assert mine.dtype == np.float64
+        np.testing.assert_array_equal(mine, theirs)
+
+    bands = [approx + rng.normal(0, 20, approx.shape), horizontal, vertical, diagonal]
+    np.testing.assert_array_equal(_haar_idwt2(*bands), pywt.idwt2((bands[0], tuple(bands[1:])), "haar"))
+
+
+def test_marks_survive_the_publish_png_round_trip():
+    from governance.publish import decode_png, encode_png
+
+    payload = payload_for_image(IMAGE_ID)
+    marked = embed(compat_image("photo", 512, 512, seed=1), payload)
+
+    data = encode_png(marked)
+    back = decode_png(data)
+
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    np.testing.assert_array_equal(back, marked)
+    assert back.dtype == np.uint8 and back.shape == marked.shape
+    assert decode(back) == decode(marked) == library_decode(back)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "P"])
+def test_decode_png_converts_other_modes_to_rgb(mode):
+    from governance.publish import decode_png
+
+    buffer = io.BytesIO()
+    Image.fromarray(compat_image("gradient", 256, 256, seed=0)).convert(mode).save(buffer, format="PNG")
+
+    pixels = decode_png(buffer.getvalue())
+
+    assert pixels.shape == (256, 256, 3) and pixels.dtype == np.uint8

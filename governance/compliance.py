@@ -1,0 +1,609 @@
+"""Compliance queries: search, impact, export and a period report, over the records.
+
+Who asked for what, who approved it, which model weights and licences made it, under which
+declared use, where it went. Every query is set-based SQL (joins and IN-subqueries, a fixed
+number of statements whatever the number of images), so it answers in seconds at a million
+images (`bench/compliance.py`):
+
+- `search_images`: any combination of `SearchFilters`; prompt text is a case-insensitive substring
+  (PostgreSQL: ILIKE, served by the pg_trgm index on prompts; SQLite: LIKE);
+- `impact`: every published image that depends on a model version or a licence (recall, takedown);
+- `export_lineage`: one row per image with its full lineage, to Parquet or CSV, streamed;
+- `period_report`: a self-contained HTML page for a period, thumbnails inlined as data: URIs.
+
+Exports are for people who open them in spreadsheets: a text cell that a spreadsheet would run
+as a formula (it starts with = + - @, a tab or a carriage return) gets a leading apostrophe, in
+both formats. The database and `atelier trace` keep the exact text.
+
+`--json` output of search is one `atelier trace` object per image (`governance.trace.trace_images`).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, Text, cast, func, or_, select
+from sqlalchemy.orm import Session, aliased
+
+from governance.errors import InvalidInput, NotFound, PermissionDenied
+from governance.records import (
+    Approval,
+    Batch,
+    Image,
+    Licence,
+    ModelVersion,
+    Prompt,
+    Run,
+    RunModelVersion,
+    User,
+)
+from governance.safety import PASSED, QUARANTINED
+from governance.store import ObjectStore
+from governance.users import get_user
+
+VERDICTS = (PASSED, QUARANTINED)
+STATUSES = ("published", "quarantined")
+EXPORT_FORMATS = ("parquet", "csv")
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+ACCESS_ROLES = ("auditor", "admin")
+
+_SHA_PREFIX = re.compile(r"^[0-9a-f]{8,64}$")
+_Requester = aliased(User, name="requester")
+_Approver = aliased(User, name="approver")
+
+
+def require_compliance_access(session: Session, actor: str | None, doing: str) -> User:
+    """Compliance queries disclose every prompt and person: auditors and admins only."""
+    user = get_user(session, actor)
+    if not user.role_names & set(ACCESS_ROLES):
+        raise PermissionDenied(
+            f"{user.name} cannot {doing}: that needs the auditor or admin role "
+            f"({user.name} has: {', '.join(sorted(user.role_names)) or 'none'})"
+        )
+    return user
+
+
+# ---------------------------------------------------------------- filters
+
+
+def parse_when(value: str, *, end: bool = False, flag: str = "--since") -> datetime:
+    """A date (YYYY-MM-DD) or an ISO 8601 time; naive means UTC. A date as an end bound covers that whole day."""
+    text = value.strip()
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            day = date.fromisoformat(text)
+            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            return start + timedelta(days=1) if end else start
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(
+            f"{flag} {value!r} is not a date: use YYYY-MM-DD or an ISO time such as 2026-01-31T18:00:00Z"
+        ) from None
+    return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class SearchFilters:
+    """What to look for; every given field must match (AND). Times: since <= created_at < until."""
+
+    prompt: str | None = None
+    requester: str | None = None
+    approver: str | None = None
+    purpose: str | None = None
+    use_category: str | None = None
+    model_version: str | None = None  # model version id, weight SHA-256 (or >= 8-hex prefix), or ROLE/SHA256
+    licence: str | None = None
+    verdict: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    ref: str | None = None
+
+    def given(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) not in (None, "")}
+
+
+def resolve_model_versions(session: Session, ref: str) -> list[ModelVersion]:
+    """Model versions named by id, full or prefix (>= 8 hex) weight SHA-256, or ROLE/SHA256."""
+    ref = ref.strip()
+    stmt = select(ModelVersion)
+    if "/" in ref:
+        role, _, sha = ref.partition("/")
+        stmt = stmt.where(ModelVersion.role == role, ModelVersion.sha256 == sha.lower())
+    elif _SHA_PREFIX.match(ref.lower()):
+        stmt = stmt.where(
+            or_(ModelVersion.id == ref, ModelVersion.sha256.startswith(ref.lower(), autoescape=True))
+        )
+    else:
+        stmt = stmt.where(ModelVersion.id == ref)
+    found = list(session.scalars(stmt.order_by(ModelVersion.role, ModelVersion.sha256)))
+    if not found:
+        raise NotFound(
+            f"no model version matches {ref!r}: give its id, its weight SHA-256 (or the first 8+ hex digits) "
+            "or ROLE/SHA256, as `atelier trace` shows them"
+        )
+    return found
+
+
+def _require_licence(session: Session, licence_id: str) -> Licence:
+    licence = session.get(Licence, licence_id)
+    if licence is None:
+        known = ", ".join(session.scalars(select(Licence.id).order_by(Licence.id))) or "none"
+        raise NotFound(f"no licence {licence_id!r} in the registry (registered: {known})")
+    return licence
+
+
+def _user_id(session: Session, name: str, flag: str) -> int:
+    uid = session.scalar(select(User.id).where(User.name == name))
+    if uid is None:
+        raise NotFound(f"{flag} {name!r}: no such user (`atelier users list` shows them)")
+    return uid
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _conditions(session: Session, f: SearchFilters) -> list[ColumnElement[bool]]:
+    """WHERE conditions over images joined to prompts and batches; validates every filter first."""
+    if f.verdict is not None and f.verdict not in VERDICTS:
+        raise InvalidInput(f"unknown verdict {f.verdict!r}: choose one of {', '.join(VERDICTS)}")
+    if f.status is not None and f.status not in STATUSES:
+        raise InvalidInput(f"unknown status {f.status!r}: choose one of {', '.join(STATUSES)}")
+    if f.since and f.until and f.since >= f.until:
+        raise InvalidInput(f"--since {f.since.isoformat()} is not before --until {f.until.isoformat()}")
+    if f.prompt is not None and not f.prompt.strip():
+        raise InvalidInput("--prompt needs some text to look for")
+    where: list[ColumnElement[bool]] = []
+    if f.prompt:
+        pattern = _like_pattern(f.prompt.strip())
+        if session.get_bind().dialect.name == "postgresql":
+            where.append(Prompt.prompt.ilike(pattern, escape="\\"))  # pg_trgm GIN index
+        else:
+            where.append(Prompt.prompt.like(pattern, escape="\\"))  # SQLite: case-insensitive for ASCII
+    if f.ref:
+        where.append(Prompt.ref == f.ref)
+    if f.requester:
+        where.append(Batch.requested_by_id == _user_id(session, f.requester, "--requester"))
+    if f.approver:
+        uid = _user_id(session, f.approver, "--approver")
+        where.append(
+            Image.run_id.in_(
+                select(Run.id).join(Approval, Approval.id == Run.approval_id).where(Approval.decided_by_id == uid)
+            )
+        )
+    if f.purpose:
+        where.append(Batch.purpose == f.purpose)
+    if f.use_category:
+        where.append(Batch.use_category == f.use_category)
+    if f.model_version:
+        ids = [mv.id for mv in resolve_model_versions(session, f.model_version)]
+        where.append(
+            Image.run_id.in_(select(RunModelVersion.run_id).where(RunModelVersion.model_version_id.in_(ids)))
+        )
+    if f.licence:
+        _require_licence(session, f.licence)
+        where.append(
+            Image.run_id.in_(
+                select(RunModelVersion.run_id)
+                .join(ModelVersion, ModelVersion.id == RunModelVersion.model_version_id)
+                .where(ModelVersion.licence_id == f.licence)
+            )
+        )
+    if f.verdict:
+        where.append(Image.safety_verdict == f.verdict)
+    if f.status:
+        where.append(Image.status == f.status)
+    if f.since:
+        where.append(Image.created_at >= f.since)
+    if f.until:
+        where.append(Image.created_at < f.until)
+    return where
+
+
+def _joined(stmt: Select[Any]) -> Select[Any]:
+    return stmt.join(Prompt, Prompt.id == Image.prompt_id).join(Batch, Batch.id == Image.batch_id)
+
+
+# ---------------------------------------------------------------- search
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    images: list[dict[str, Any]]
+    truncated: bool  # more images matched than the limit
+
+
+def search_images(session: Session, filters: SearchFilters, limit: int | None = 1000) -> SearchResult:
+    """Images matching every filter, newest first: one summary row each (`trace_images` for the full record)."""
+    if limit is not None and limit < 1:
+        raise InvalidInput(f"--limit must be at least 1, not {limit} (0 on the command line means no limit)")
+    where = _conditions(session, filters)
+    stmt = (
+        _joined(
+            select(
+                Image.id, Image.status, Image.created_at, Image.sha256, Image.store_url, Image.store_key,
+                Image.safety_verdict, Image.batch_id, Image.run_id, Prompt.row_id, Prompt.ref, Batch.purpose,
+                Batch.use_category, _Requester.name.label("requested_by"),
+            )
+        )
+        .join(_Requester, _Requester.id == Batch.requested_by_id)
+        .where(*where)
+        .order_by(Image.created_at.desc(), Image.id.desc())
+    )
+    if limit is not None:
+        stmt = stmt.limit(limit + 1)
+    rows = [dict(r._mapping) for r in session.execute(stmt)]
+    truncated = limit is not None and len(rows) > limit
+    rows = rows[:limit] if limit is not None else rows
+    for r in rows:
+        r["created_at"] = _iso(r["created_at"])
+    return SearchResult(rows, truncated)
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+
+
+# ---------------------------------------------------------------- impact
+
+
+def impact(session: Session, model_version: str | None = None, licence: str | None = None) -> dict[str, Any]:
+    """Every published image that depends on a model version (or several, by SHA-256) or on a licence."""
+    if (model_version is None) == (licence is None):
+        raise InvalidInput("give exactly one of --model-version or --licence")
+    if model_version is not None:
+        versions = resolve_model_versions(session, model_version)
+    else:
+        assert licence is not None
+        _require_licence(session, licence)
+        versions = list(
+            session.scalars(
+                select(ModelVersion).where(ModelVersion.licence_id == licence)
+                .order_by(ModelVersion.role, ModelVersion.sha256)
+            )
+        )
+    ids = [mv.id for mv in versions]
+    stmt = (
+        select(
+            Image.id, Image.sha256, Image.store_url, Image.store_key, Image.store_version_id, Image.provenance_key,
+            Image.batch_id, Image.run_id, Image.created_at, Prompt.ref,
+        )
+        .join(Prompt, Prompt.id == Image.prompt_id)
+        .where(
+            Image.status == "published",
+            Image.run_id.in_(select(RunModelVersion.run_id).where(RunModelVersion.model_version_id.in_(ids))),
+        )
+        .order_by(Image.created_at, Image.id)
+    )
+    images = [
+        {
+            "image_id": i, "sha256": sha, "store_url": url, "store_key": key, "version_id": vid,
+            "provenance_key": pkey, "batch_id": b, "run_id": r, "created_at": _iso(t), "ref": ref,
+        }
+        for i, sha, url, key, vid, pkey, b, r, t, ref in session.execute(stmt)
+    ]
+    return {
+        "query": {"model_version": model_version} if model_version is not None else {"licence": licence},
+        "model_versions": [
+            {"id": mv.id, "role": mv.role, "name": mv.name, "sha256": mv.sha256, "licence": mv.licence_id}
+            for mv in versions
+        ],
+        "published_images": len(images),
+        "images": images,
+    }
+
+
+# ---------------------------------------------------------------- export
+
+
+def neutralise(value: str) -> str:
+    """A cell a spreadsheet would evaluate as a formula becomes text, by a leading apostrophe."""
+    return "'" + value if value.startswith(FORMULA_PREFIXES) else value
+
+
+def _export_selection() -> list[tuple[str, Any]]:
+    """(column name, SQL expression) of an export row, in order; the model columns are filled per run."""
+    return [
+        ("image_id", Image.id), ("status", Image.status), ("created_at", Image.created_at),
+        ("sha256", Image.sha256), ("pixels_sha256", Image.pixels_sha256), ("store_url", Image.store_url),
+        ("store_key", Image.store_key), ("store_version_id", Image.store_version_id),
+        ("provenance_key", Image.provenance_key), ("c2pa_manifest", Image.c2pa_manifest), ("phash", Image.phash),
+        ("watermark_payload", Image.watermark_payload), ("watermark_matched_bits", Image.watermark_matched_bits),
+        ("safety_verdict", Image.safety_verdict), ("safety_reasons", cast(Image.safety_reasons, Text)),
+        ("safety_policy", Image.safety_policy), ("safety_model", Image.safety_model),
+        ("prompt_id", Prompt.id), ("row_id", Prompt.row_id), ("ref", Prompt.ref), ("prompt", Prompt.prompt),
+        ("negative_prompt", Prompt.negative_prompt), ("prompt_seed", Prompt.seed),
+        ("image_index", Image.image_index), ("seed", Image.seed), ("width", Image.width), ("height", Image.height),
+        ("batch_id", Batch.id), ("purpose", Batch.purpose), ("use_category", Batch.use_category),
+        ("requested_by", _Requester.name), ("batch_content_sha256", Batch.content_sha256),
+        ("batch_created_at", Batch.created_at), ("approval_id", Approval.id), ("approved_by", _Approver.name),
+        ("approved_at", Approval.decided_at), ("approval_content_sha256", Approval.content_sha256),
+        ("run_id", Run.id), ("run_started_at", Run.started_at),
+        ("licence_obligations", cast(Image.licence_obligations, Text)),
+    ]
+
+
+_MODEL_COLUMNS = ("model_version_ids", "models", "licences")
+EXPORT_COLUMNS: tuple[str, ...] = (
+    *(name for name, _ in _export_selection() if name != "licence_obligations"), *_MODEL_COLUMNS,
+    "licence_obligations",
+)
+_INT_COLUMNS = {"watermark_matched_bits", "prompt_seed", "image_index", "width", "height"}
+
+
+def _run_models(session: Session, run_ids: Iterable[str]) -> dict[str, tuple[str, str, str]]:
+    """run id -> (model version ids, models JSON, licence ids), in one query."""
+    per_run: dict[str, list[ModelVersion]] = {}
+    ids = sorted(set(run_ids))
+    for i in range(0, len(ids), 5000):
+        stmt = (
+            select(RunModelVersion.run_id, ModelVersion)
+            .join(ModelVersion, ModelVersion.id == RunModelVersion.model_version_id)
+            .where(RunModelVersion.run_id.in_(ids[i : i + 5000]))
+        )
+        for run_id, mv in session.execute(stmt):
+            per_run.setdefault(run_id, []).append(mv)
+    out = {}
+    for run_id, mvs in per_run.items():
+        mvs.sort(key=lambda m: m.role)
+        out[run_id] = (
+            ";".join(m.id for m in mvs),
+            json.dumps([{"role": m.role, "sha256": m.sha256, "licence": m.licence_id} for m in mvs],
+                       separators=(",", ":")),
+            ";".join(sorted({m.licence_id for m in mvs})),
+        )
+    return out
+
+
+def _lineage_rows(
+    session: Session, filters: SearchFilters, limit: int | None, chunk: int
+) -> Iterator[list[tuple[Any, ...]]]:
+    """Rows of EXPORT_COLUMNS, `chunk` at a time, from one streamed query (plus one per chunk for new runs)."""
+    where = _conditions(session, filters)
+    selection = _export_selection()
+    names = [name for name, _ in selection]
+    run_at, obligations_at = names.index("run_id"), names.index("licence_obligations")
+    stmt = (
+        _joined(select(*(expr for _, expr in selection)))
+        .join(_Requester, _Requester.id == Batch.requested_by_id)
+        .join(Run, Run.id == Image.run_id)
+        .join(Approval, Approval.id == Run.approval_id)
+        .join(_Approver, _Approver.id == Approval.decided_by_id)
+        .where(*where)
+        .order_by(Image.created_at, Image.id)
+        .execution_options(yield_per=chunk)
+    )
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    models: dict[str, tuple[str, str, str]] = {}
+    none = ("", "", "")
+    for part in session.execute(stmt).partitions(chunk):
+        new_runs = {r[run_at] for r in part} - models.keys()
+        if new_runs:  # the model versions of runs not seen yet: one query per chunk at most
+            models.update(_run_models(session, new_runs))
+        yield [
+            (*r[:obligations_at], *models.get(r[run_at], none), *r[obligations_at + 1 :], r[obligations_at])
+            for r in part
+        ]
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, str):
+        return neutralise(value)
+    if isinstance(value, datetime):
+        return _iso(value)
+    return value
+
+
+def export_lineage(
+    session: Session, out: Path, fmt: str, filters: SearchFilters | None = None, limit: int | None = None,
+    chunk: int = 20_000,
+) -> int:
+    """Write one row per image with its full lineage (EXPORT_COLUMNS); returns the number of rows."""
+    if fmt not in EXPORT_FORMATS:
+        raise InvalidInput(f"unknown export format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
+    if limit is not None and limit < 1:
+        raise InvalidInput(f"--limit must be at least 1, not {limit}")
+    if not out.parent.is_dir():
+        raise InvalidInput(f"cannot write {out}: folder {out.parent} does not exist")
+    rows = _lineage_rows(session, filters or SearchFilters(), limit, chunk)
+    tmp = out.with_name(f".{out.name}.partial")
+    count = 0
+    try:
+        if fmt == "csv":
+            with tmp.open("w", newline="", encoding="utf-8") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(EXPORT_COLUMNS)
+                for part in rows:
+                    writer.writerows([_cell(v) for v in r] for r in part)
+                    count += len(part)
+        else:
+            count = _write_parquet(tmp, rows)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return count
+
+
+def _write_parquet(path: Path, rows: Iterator[list[tuple[Any, ...]]]) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema(
+        [(c, pa.int64() if c in _INT_COLUMNS else pa.string()) for c in EXPORT_COLUMNS],
+        metadata={b"atelier.export": b"image lineage; formula-like text cells prefixed with an apostrophe"},
+    )
+    count = 0
+    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+        for part in rows:
+            columns = list(zip(*part, strict=True)) if part else [[] for _ in EXPORT_COLUMNS]
+            arrays = []
+            for name, values in zip(EXPORT_COLUMNS, columns, strict=True):
+                if name in _INT_COLUMNS:
+                    arrays.append(pa.array(values, type=pa.int64()))
+                else:
+                    arrays.append(pa.array([_cell(v) if v is not None else None for v in values], type=pa.string()))
+            writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+            count += len(part)
+    return count
+
+
+# ---------------------------------------------------------------- report
+
+
+@dataclass(frozen=True)
+class ReportSummary:
+    path: Path
+    images: int
+    published: int
+    quarantined: int
+    approvals: int
+    thumbnails: int
+
+
+def _thumbnail(data: bytes, size: int) -> str:
+    from PIL import Image as PILImage
+
+    with PILImage.open(io.BytesIO(data)) as img:
+        img = img.convert("RGB")
+        img.thumbnail((size, size))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def period_report(
+    session: Session, store: ObjectStore, since: datetime, until: datetime, out: Path, *,
+    max_thumbnails: int = 60, thumbnail_px: int = 160, generated_by: str = "",
+) -> ReportSummary:
+    """A self-contained HTML report of [since, until): counts, approvals, quarantines, licences, thumbnails."""
+    if since >= until:
+        raise InvalidInput(f"--from {since.isoformat()} is not before --to {until.isoformat()}")
+    if not out.parent.is_dir():
+        raise InvalidInput(f"cannot write {out}: folder {out.parent} does not exist")
+    in_period = (Image.created_at >= since, Image.created_at < until)
+
+    status = Counter(dict(session.execute(select(Image.status, func.count()).where(*in_period).group_by(Image.status))))
+    by_use = session.execute(
+        select(Batch.use_category, Batch.purpose, Image.status, func.count())
+        .join(Batch, Batch.id == Image.batch_id).where(*in_period)
+        .group_by(Batch.use_category, Batch.purpose, Image.status)
+        .order_by(Batch.use_category, Batch.purpose, Image.status)
+    ).all()
+    approvals = session.execute(
+        select(Approval.decided_at, Approval.decision, Approval.batch_id, _Approver.name, _Requester.name,
+               Batch.purpose, Batch.use_category, Approval.content_sha256, Approval.voided_at, Approval.reason)
+        .join(Batch, Batch.id == Approval.batch_id)
+        .join(_Approver, _Approver.id == Approval.decided_by_id)
+        .join(_Requester, _Requester.id == Batch.requested_by_id)
+        .where(Approval.decided_at >= since, Approval.decided_at < until)
+        .order_by(Approval.decided_at)
+    ).all()
+    quarantines = session.execute(
+        select(Image.id, Image.created_at, Image.batch_id, Prompt.ref, Prompt.row_id, cast(Image.safety_reasons, Text))
+        .join(Prompt, Prompt.id == Image.prompt_id)
+        .where(*in_period, Image.status == "quarantined")
+        .order_by(Image.created_at, Image.id)
+    ).all()
+    licences = session.execute(
+        select(Licence.id, Licence.name, Licence.text_sha256, ModelVersion.role, ModelVersion.sha256,
+               func.count(Image.id))
+        .select_from(Image)
+        .join(RunModelVersion, RunModelVersion.run_id == Image.run_id)
+        .join(ModelVersion, ModelVersion.id == RunModelVersion.model_version_id)
+        .join(Licence, Licence.id == ModelVersion.licence_id)
+        .where(*in_period, Image.status == "published")
+        .group_by(Licence.id, Licence.name, Licence.text_sha256, ModelVersion.role, ModelVersion.sha256)
+        .order_by(Licence.id, ModelVersion.role, ModelVersion.sha256)
+    ).all()
+    runs = Counter(dict(session.execute(
+        select(Run.status, func.count()).where(Run.started_at >= since, Run.started_at < until).group_by(Run.status)
+    )))
+    shown = session.execute(
+        select(Image.id, Image.store_key, Prompt.ref, Prompt.row_id)
+        .join(Prompt, Prompt.id == Image.prompt_id)
+        .where(*in_period, Image.status == "published", Image.store_key.is_not(None))
+        .order_by(Image.created_at, Image.id)
+        .limit(max_thumbnails)
+    ).all()
+    thumbs = [(i, ref or row, _thumbnail(store.get(key), thumbnail_px)) for i, key, ref, row in shown]
+
+    e = html.escape
+    total = sum(status.values())
+
+    def table(head: Sequence[str], body: Iterable[Sequence[Any]]) -> str:
+        rows = "".join("<tr>" + "".join(f"<td>{e('' if c is None else str(c))}</td>" for c in r) + "</tr>"
+                       for r in body)
+        return ("<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr></thead><tbody>"
+                + (rows or f'<tr><td colspan="{len(head)}">none</td></tr>') + "</tbody></table>")
+
+    def reasons(text: str | None) -> str:
+        try:
+            return "; ".join(map(str, json.loads(text or "[]")))
+        except ValueError:
+            return text or ""
+
+    period = f"{since.isoformat()} to {until.isoformat()}"
+    parts = [
+        "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        f"<title>Atelier compliance report {e(period)}</title>",
+        "<style>body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}"
+        "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .5em;"
+        "text-align:left;vertical-align:top}th{background:#f3f3f3}.num{font-size:1.6em;font-weight:600}"
+        ".cards{display:flex;gap:1.5em}.card{border:1px solid #ddd;padding:.6em 1em;border-radius:6px}"
+        "figure{display:inline-block;margin:.3em;text-align:center;font-size:11px}"
+        "figure img{display:block;border:1px solid #ccc}code{font-size:12px}</style></head><body>",
+        "<h1>Atelier compliance report</h1>",
+        f"<p>Period: <b>{e(period)}</b> (start inclusive, end exclusive). Generated "
+        f"{e(datetime.now(UTC).isoformat(timespec='seconds'))}" + (f" by {e(generated_by)}" if generated_by else "")
+        + ".</p>",
+        "<div class=cards>"
+        + "".join(
+            f"<div class=card><div class=num>{n}</div>{e(label)}</div>"
+            for label, n in (
+                ("images", total), ("published", status.get("published", 0)),
+                ("quarantined", status.get("quarantined", 0)), ("approval decisions", len(approvals)),
+                ("runs started", sum(runs.values())),
+            )
+        )
+        + "</div>",
+        "<h2>Images by declared use</h2>",
+        table(["use category", "purpose", "status", "images"], by_use),
+        "<h2>Approvals</h2>",
+        table(
+            ["decided at", "decision", "batch", "approver", "requester", "purpose", "use category",
+             "content sha256", "voided at", "reason"],
+            [(_iso(a[0]), *a[1:8], _iso(a[8]), a[9]) for a in approvals],
+        ),
+        "<h2>Quarantined images</h2>",
+        table(["image", "created", "batch", "ref", "row", "reasons"],
+              [(q[0], _iso(q[1]), q[2], q[3], q[4], reasons(q[5])) for q in quarantines]),
+        "<h2>Licences of the published images</h2>",
+        table(["licence", "name", "text sha256", "model role", "weights sha256", "published images"], licences),
+        f"<h2>Published images ({len(thumbs)} of {status.get('published', 0)} shown)</h2><div>",
+        "".join(
+            f'<figure><img src="{src}" alt="{e(i)}"><figcaption>{e(label or "")}<br><code>{e(i[:8])}</code>'
+            "</figcaption></figure>"
+            for i, label, src in thumbs
+        ),
+        "</div></body></html>",
+    ]
+    out.write_text("".join(parts), encoding="utf-8")
+    return ReportSummary(out, total, status.get("published", 0), status.get("quarantined", 0), len(approvals),
+                         len(thumbs))
+
