@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from transformers import CLIPTokenizer
 BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
 CLIP_VOCAB_SIZE = 49408
 CLIP_MAX_LENGTH = 77
+_CHECK_TEXT = "a photo of a cat"
+_CHECK_IDS = [49406, 320, 1125, 539, 320, 2368, 49407]
 
 
 def bpe_vocab_path() -> Path:
@@ -79,11 +82,25 @@ def build_clip_tokenizer(pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
     """A CLIPTokenizer over the real CLIP vocabulary.
 
     SDXL's first tokenizer pads with ``<|endoftext|>``, its second (OpenCLIP bigG) with ``!`` (id 0).
+    Built from the in-memory vocabulary; if this transformers version's constructor does not take it
+    (or encodes differently), from the written ``vocab.json``/``merges.txt`` files instead. Either way
+    the result is checked against CLIP's known ids.
     """
     vocab, merges = clip_vocab_and_merges()
-    return CLIPTokenizer(
-        vocab=dict(vocab),
-        merges=list(merges),
-        pad_token=pad_token,
-        model_max_length=CLIP_MAX_LENGTH,
-    )
+    try:
+        tokenizer = CLIPTokenizer(
+            vocab=dict(vocab), merges=list(merges), pad_token=pad_token, model_max_length=CLIP_MAX_LENGTH
+        )
+        ok = tokenizer(_CHECK_TEXT).input_ids == _CHECK_IDS
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        with tempfile.TemporaryDirectory() as folder:
+            write_clip_bpe_files(Path(folder))
+            tokenizer = CLIPTokenizer.from_pretrained(
+                folder, pad_token=pad_token, model_max_length=CLIP_MAX_LENGTH, local_files_only=True
+            )
+    ids = tokenizer(_CHECK_TEXT).input_ids
+    if ids != _CHECK_IDS:
+        raise RuntimeError(f"CLIP tokenizer encodes {_CHECK_TEXT!r} as {ids}, expected {_CHECK_IDS}")
+    return tokenizer
