@@ -190,8 +190,13 @@ def run_batches(rt: Runtime, batch_ids: list[str]) -> list[dict[str, Any]]:
         require_role(session, rt.settings.actor, "operator", "run batches")
         for batch_id in batch_ids:
             require_runnable(get_batch(session, batch_id))
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP
+    from prefect.settings import temporary_settings
+
     results = []
-    with using_settings(rt.settings):
+    # Prefect's ephemeral server migrates its own database on a first start: 20 s is not enough on a
+    # busy laptop. A configured value (environment or profile) wins.
+    with using_settings(rt.settings), temporary_settings({STARTUP: max(STARTUP.value(), 180)}):
         for batch_id in batch_ids:
             results.append(produce_batch(batch_id=batch_id, actor=rt.settings.actor or ""))
     return results
@@ -234,17 +239,39 @@ def cmd_trace(rt: Runtime, args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(rt: Runtime, args: argparse.Namespace) -> int:
-    from governance.audit import verify_chain
+    from governance.ledger import verify_ledger
 
     with rt.sessions() as session:
-        report = verify_chain(session)
+        report = verify_ledger(session, rt.store, rt.anchor_store, rt.signing_certificate())
     if args.json:
         _print_json(report.to_dict())
     elif report.ok:
-        print(f"audit chain intact: {report.events} events, head {report.head_seq} {report.head_hash}")
+        chain = report.chain
+        print(f"audit ledger intact: {chain['events']} events, head {chain['head_seq']} {chain['head_hash']}; "
+              f"{report.anchors_checked} anchors and {report.objects_checked} published objects checked")
     else:
-        print(f"audit chain BROKEN at event {report.first_bad_seq}: {report.problem}", file=sys.stderr)
+        print(f"audit ledger BROKEN: {report.problems[0]}", file=sys.stderr)
+        for more in report.problems[1:6]:
+            print(f"  also: {more}", file=sys.stderr)
+    for warning in report.warnings[:3]:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0 if report.ok else EXIT_AUDIT_FAILED
+
+
+def cmd_audit_anchor(rt: Runtime, args: argparse.Namespace) -> int:
+    from governance.ledger import anchor_chain
+    from governance.users import require_role
+
+    signer = rt.checkpoint_signer()
+    with rt.sessions.begin() as session:
+        actor = require_role(session, rt.settings.actor, "operator", "anchor the audit chain").name
+        anchor = anchor_chain(session, actor, rt.anchor_store, signer, rt.settings.audit_retention_days)
+        if anchor is None:
+            print("nothing to anchor: the audit chain is empty")
+            return 0
+        print(f"anchored event {anchor.seq} ({anchor.head_hash}) at {rt.anchor_store.location(anchor.key)}"
+              + (f", retained until {anchor.retain_until}" if anchor.retain_until else " (no Object Lock here)"))
+    return 0
 
 
 def cmd_keys_init(rt: Runtime, args: argparse.Namespace) -> int:
@@ -472,7 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--force", action="store_true", help="replace existing keys")
 
     audit = sub.add_parser("audit", help="audit ledger").add_subparsers(dest="audit_command", required=True)
-    add(audit, "verify", cmd_audit_verify, "recompute the audit hash chain", json_flag=True)
+    add(audit, "verify", cmd_audit_verify, "check the hash chain, every anchor and every published object",
+        json_flag=True)
+    add(audit, "anchor", cmd_audit_anchor, "write a signed checkpoint of the chain head to WORM storage (operators)")
 
     comp = sub.add_parser("compliance", help="legal and compliance queries (auditors)").add_subparsers(
         dest="compliance_command", required=True

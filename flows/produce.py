@@ -31,6 +31,7 @@ from prefect.context import get_run_context
 from flows.pool import BoundedPool
 from flows.runtime import Runtime, active_settings
 from governance.batches import get_batch
+from governance.ledger import anchor_chain
 from governance.licences import record_model_version
 from governance.lineage import LineageError, emit_run_event, open_sink
 from governance.publish import MarkedImage, SafetyContext, credential_manifest, finalize_image, mark_and_encode
@@ -61,6 +62,7 @@ def _chunks(items: Sequence[PlannedImage], size: int) -> list[list[PlannedImage]
 def start_run_task(rt: Runtime, batch_id: str, actor: str, flow_run_id: str) -> str:
     """Record the model versions in use and open the run (the approval gate)."""
     rt.credentials  # no signer, no run: fail before any GPU work  # noqa: B018
+    rt.checkpoint_signer()
     engine = rt.engine
     with rt.sessions.begin() as session:
         get_batch(session, batch_id)  # a clear error for an unknown batch before anything else
@@ -141,7 +143,11 @@ def finish_run_task(
     with rt.sessions.begin() as session:
         run = finish_run(session, actor, run_id, error)
         run.summary = {**run.summary, **{k: round(v, 3) for k, v in timing.items()}}
-        return {"run_id": run.id, "batch_id": run.batch_id, "status": run.status, **run.summary}
+        result = {"run_id": run.id, "batch_id": run.batch_id, "status": run.status, **run.summary}
+    with rt.sessions.begin() as session:  # every run ends with its audit trail anchored to WORM storage
+        anchor = anchor_chain(session, actor, rt.anchor_store, rt.checkpoint_signer(), rt.settings.audit_retention_days)
+        result["anchored_seq"] = anchor.seq if anchor else None
+    return result
 
 
 @task(name="emit-lineage", cache_policy=NO_CACHE)

@@ -22,6 +22,7 @@ from governance.store import ObjectStore, open_store
 
 if TYPE_CHECKING:
     from governance.credentials import ContentCredentials
+    from governance.ledger import CheckpointSigner
     from governance.safety import SafetyChecker
     from sdxl_core.engine import SDXLEngine
 
@@ -91,6 +92,29 @@ class Runtime:
             log.info("loading SDXL base %s and refiner %s on %s", base, refiner, config.device)
             _engines[key] = SDXLEngine.load(config)
         return _engines[key]
+
+    @cached_property
+    def anchor_store(self) -> ObjectStore:
+        s = self.settings
+        return open_store(s.audit_store_url, s.s3_endpoint_url) if s.audit_store_url else self.store
+
+    def checkpoint_signer(self) -> CheckpointSigner:
+        from governance.credentials import load_callback
+        from governance.errors import GovernanceCheckFailed
+        from governance.ledger import CheckpointSigner
+
+        chain, key, _anchors = self.settings.c2pa_paths()
+        callback = load_callback(self.settings.c2pa_sign_callback) if self.settings.c2pa_sign_callback else None
+        try:
+            return CheckpointSigner(chain.read_bytes(), None if callback else key.read_bytes(), callback)
+        except OSError:
+            raise GovernanceCheckFailed(
+                f"no signing key for audit checkpoints at {chain}: run `atelier keys init` or set ATELIER_C2PA_CERT/KEY"
+            ) from None
+
+    def signing_certificate(self) -> bytes | None:
+        chain, _key, _anchors = self.settings.c2pa_paths()
+        return chain.read_bytes() if chain.exists() else None
 
     @cached_property
     def credentials(self) -> ContentCredentials:

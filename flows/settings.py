@@ -20,6 +20,10 @@ class Settings(BaseSettings):
         None, description="file:///path or s3://bucket/prefix; default: a folder in the data dir"
     )
     s3_endpoint_url: str | None = Field(None, description="endpoint of an S3-compatible server")
+    audit_store_url: str | None = Field(
+        None, description="where audit anchors go: an S3 bucket with Object Lock; default: the store"
+    )
+    audit_retention_days: int = Field(2557, ge=1, description="Object Lock retention of each audit anchor (7 years)")
     base_model: str | None = Field(None, description="diffusers folder or hub id of SDXL base; default: tiny")
     refiner_model: str | None = Field(None, description="diffusers folder or hub id of the refiner")
     model_revision: str | None = Field(None, description="hub revision (commit) when the models are hub ids")

@@ -21,7 +21,6 @@ both formats. The database and `atelier trace` keep the exact text.
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import json
@@ -234,9 +233,9 @@ def search_images(session: Session, filters: SearchFilters, limit: int | None = 
     stmt = (
         _joined(
             select(
-                Image.id, Image.status, Image.created_at, Image.sha256, Image.store_url, Image.store_key,
-                Image.safety_verdict, Image.batch_id, Image.run_id, Prompt.row_id, Prompt.ref, Batch.purpose,
-                Batch.use_category, _Requester.name.label("requested_by"),
+                Image.id.label("image_id"), Image.status, Image.created_at, Image.sha256, Image.store_url,
+                Image.store_key, Image.safety_verdict, Image.batch_id, Image.run_id, Prompt.row_id, Prompt.ref,
+                Batch.purpose, Batch.use_category, _Requester.name.label("requested_by"),
             )
         )
         .join(_Requester, _Requester.id == Batch.requested_by_id)
@@ -402,19 +401,55 @@ def _lineage_rows(
         ]
 
 
-def _cell(value: Any) -> Any:
-    if isinstance(value, str):
-        return neutralise(value)
-    if isinstance(value, datetime):
-        return _iso(value)
-    return value
+def _arrow_batch(part: list[tuple[Any, ...]]) -> Any:
+    """One chunk of rows as an Arrow table (typed columns), formula-like text cells neutralised, vectorised."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    columns = list(zip(*part, strict=True)) if part else [() for _ in EXPORT_COLUMNS]
+    arrays = []
+    for name, values in zip(EXPORT_COLUMNS, columns, strict=True):
+        kind = _EXPORT_SCHEMA.field(name).type
+        array = pa.array(values, type=kind)
+        if pa.types.is_string(kind):
+            formula = pc.match_substring_regex(array, _FORMULA_REGEX)
+            array = pc.if_else(formula, pc.binary_join_element_wise("'", array, ""), array)
+        arrays.append(array)
+    return pa.Table.from_arrays(arrays, schema=_EXPORT_SCHEMA)
+
+
+def _export_schema() -> Any:
+    import pyarrow as pa
+
+    def kind(name: str) -> Any:
+        if name in _INT_COLUMNS:
+            return pa.int64()
+        if name in _TIME_COLUMNS:
+            return pa.timestamp("us", tz="UTC")
+        return pa.string()
+
+    return pa.schema(
+        [(c, kind(c)) for c in EXPORT_COLUMNS],
+        metadata={b"atelier.export": b"image lineage; formula-like text cells prefixed with an apostrophe"},
+    )
+
+
+_TIME_COLUMNS = {"created_at", "batch_created_at", "approved_at", "run_started_at"}
+_FORMULA_REGEX = "^[=+\\-@\t\r]"
+_EXPORT_SCHEMA = _export_schema()
 
 
 def export_lineage(
     session: Session, out: Path, fmt: str, filters: SearchFilters | None = None, limit: int | None = None,
     chunk: int = 20_000,
 ) -> int:
-    """Write one row per image with its full lineage (EXPORT_COLUMNS); returns the number of rows."""
+    """Write one row per image with its full lineage (EXPORT_COLUMNS); returns the number of rows.
+
+    Parquet keeps types (times as UTC timestamps, counts as integers); CSV writes times as ISO 8601.
+    """
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
     if fmt not in EXPORT_FORMATS:
         raise InvalidInput(f"unknown export format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
     if limit is not None and limit < 1:
@@ -424,42 +459,24 @@ def export_lineage(
     rows = _lineage_rows(session, filters or SearchFilters(), limit, chunk)
     tmp = out.with_name(f".{out.name}.partial")
     count = 0
+    writer: Any
     try:
         if fmt == "csv":
-            with tmp.open("w", newline="", encoding="utf-8") as fh:
-                writer = csv.writer(fh)
-                writer.writerow(EXPORT_COLUMNS)
-                for part in rows:
-                    writer.writerows([_cell(v) for v in r] for r in part)
-                    count += len(part)
+            writer = pacsv.CSVWriter(str(tmp), _EXPORT_SCHEMA, write_options=pacsv.WriteOptions(quoting_style="needed"))
         else:
-            count = _write_parquet(tmp, rows)
+            writer = pq.ParquetWriter(str(tmp), _EXPORT_SCHEMA, compression="zstd")
+        with writer:
+            wrote = False
+            for part in rows:
+                if part or not wrote:
+                    writer.write_table(_arrow_batch(part))
+                    wrote = True
+                count += len(part)
+            if not wrote:
+                writer.write_table(_arrow_batch([]))
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
-    return count
-
-
-def _write_parquet(path: Path, rows: Iterator[list[tuple[Any, ...]]]) -> int:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    schema = pa.schema(
-        [(c, pa.int64() if c in _INT_COLUMNS else pa.string()) for c in EXPORT_COLUMNS],
-        metadata={b"atelier.export": b"image lineage; formula-like text cells prefixed with an apostrophe"},
-    )
-    count = 0
-    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
-        for part in rows:
-            columns = list(zip(*part, strict=True)) if part else [[] for _ in EXPORT_COLUMNS]
-            arrays = []
-            for name, values in zip(EXPORT_COLUMNS, columns, strict=True):
-                if name in _INT_COLUMNS:
-                    arrays.append(pa.array(values, type=pa.int64()))
-                else:
-                    arrays.append(pa.array([_cell(v) if v is not None else None for v in values], type=pa.string()))
-            writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
-            count += len(part)
     return count
 
 
@@ -498,7 +515,9 @@ def period_report(
         raise InvalidInput(f"cannot write {out}: folder {out.parent} does not exist")
     in_period = (Image.created_at >= since, Image.created_at < until)
 
-    status = Counter(dict(session.execute(select(Image.status, func.count()).where(*in_period).group_by(Image.status))))
+    status = Counter(dict(
+        session.execute(select(Image.status, func.count()).where(*in_period).group_by(Image.status)).all()
+    ))
     by_use = session.execute(
         select(Batch.use_category, Batch.purpose, Image.status, func.count())
         .join(Batch, Batch.id == Image.batch_id).where(*in_period)
@@ -533,7 +552,7 @@ def period_report(
     ).all()
     runs = Counter(dict(session.execute(
         select(Run.status, func.count()).where(Run.started_at >= since, Run.started_at < until).group_by(Run.status)
-    )))
+    ).all()))
     shown = session.execute(
         select(Image.id, Image.store_key, Prompt.ref, Prompt.row_id)
         .join(Prompt, Prompt.id == Image.prompt_id)

@@ -17,6 +17,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -159,7 +160,7 @@ class Prompt(Base):
     guidance_scale: Mapped[float] = mapped_column(Float)
     refiner_split: Mapped[float] = mapped_column(Float)
     num_images: Mapped[int] = mapped_column(Integer)
-    ref: Mapped[str] = mapped_column(String(200), default="")
+    ref: Mapped[str] = mapped_column(String(200), default="", index=True)
 
     batch: Mapped[Batch] = relationship(back_populates="prompts")
 
@@ -219,7 +220,7 @@ class RunModelVersion(Base):
     __tablename__ = "run_model_versions"
 
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), primary_key=True)
-    model_version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"), primary_key=True)
+    model_version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"), primary_key=True, index=True)
 
 
 class Image(Base):
@@ -227,6 +228,7 @@ class Image(Base):
     __table_args__ = (
         UniqueConstraint("prompt_id", "image_index"),
         CheckConstraint("status IN ('quarantined', 'published')", name="status_known"),
+        Index("ix_images_created_at_id", "created_at", "id"),  # time ranges and ordered compliance queries
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -249,7 +251,7 @@ class Image(Base):
     store_url: Mapped[str | None] = mapped_column(String(1000), nullable=True)
     store_key: Mapped[str | None] = mapped_column(String(1000), nullable=True, index=True)
     store_version_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    provenance_key: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    provenance_key: Mapped[str | None] = mapped_column(String(1000), nullable=True, index=True)
     watermark_scheme: Mapped[str | None] = mapped_column(String(40), nullable=True)
     phash: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)  # 64-bit perceptual hash, hex
     # SHA-256 of the published pixels (shape + RGB bytes): deterministic, unlike the signed file's

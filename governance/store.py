@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import unquote, urlparse
@@ -30,8 +31,11 @@ class StoredObject:
 class ObjectStore(Protocol):
     url: str
 
+    worm: bool  # True when put_retained really cannot be overwritten or deleted (S3 Object Lock)
+
     def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> StoredObject: ...
-    def get(self, key: str) -> bytes: ...
+    def put_retained(self, key: str, data: bytes, content_type: str, retain_until: datetime) -> StoredObject: ...
+    def get(self, key: str, version_id: str | None = None) -> bytes: ...
     def sha256_of(self, key: str) -> str | None: ...
     def keys(self, prefix: str = "") -> list[str]: ...
     def location(self, key: str) -> str: ...
@@ -54,10 +58,20 @@ def provenance_key(image_id: str, pixels_sha256: str) -> str:
 class LocalStore:
     """A folder; metadata goes to a `.meta.json` sidecar next to each object."""
 
+    worm = False
+
     def __init__(self, root: Path):
         self.root = root
         self.url = root.resolve().as_uri()
 
+    def put_retained(self, key: str, data: bytes, content_type: str, retain_until: datetime) -> StoredObject:
+        """A folder cannot enforce retention: the object is written read-only, and `worm` says so."""
+        path = self._path(key)
+        if path.exists():
+            raise FileExistsError(f"{key} already exists and is retained")
+        stored = self.put(key, data, content_type, {"retain-until": retain_until.isoformat()})
+        path.chmod(0o444)
+        return stored
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
         if self.root.resolve() not in path.parents:
@@ -78,7 +92,7 @@ class LocalStore:
             os.replace(tmp, target)
         return StoredObject(key, digest, None, created=True)
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, version_id: str | None = None) -> bytes:
         return self._path(key).read_bytes()
 
     def sha256_of(self, key: str) -> str | None:
@@ -116,8 +130,27 @@ class S3Store:
             config=Config(retries={"max_attempts": 5, "mode": "standard"}),
         )
 
+    worm = True
+
     def _key(self, key: str) -> str:
         return self.prefix + key
+
+    def put_retained(self, key: str, data: bytes, content_type: str, retain_until: datetime) -> StoredObject:
+        """PUT under S3 Object Lock in COMPLIANCE mode: nobody, root included, can overwrite or delete
+        this version before `retain_until`. The bucket must have Object Lock enabled."""
+        digest = hashlib.sha256(data)
+        resp = self.client.put_object(
+            Bucket=self.bucket,
+            Key=self._key(key),
+            Body=data,
+            ContentType=content_type,
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=base64.b64encode(digest.digest()).decode(),
+            Metadata={"sha256": digest.hexdigest()},
+            ObjectLockMode="COMPLIANCE",
+            ObjectLockRetainUntilDate=retain_until,
+        )
+        return StoredObject(key, digest.hexdigest(), resp.get("VersionId"), created=True)
 
     def put(self, key: str, data: bytes, content_type: str, metadata: dict[str, str]) -> StoredObject:
         digest = hashlib.sha256(data)
@@ -145,13 +178,22 @@ class S3Store:
                 return None
             raise
 
-    def get(self, key: str) -> bytes:
-        return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+    def get(self, key: str, version_id: str | None = None) -> bytes:
+        extra = {"VersionId": version_id} if version_id else {}
+        return self.client.get_object(Bucket=self.bucket, Key=self._key(key), **extra)["Body"].read()
 
     def sha256_of(self, key: str) -> str | None:
-        head = self._head(key)
-        if head is None:
-            return None
+        """The object's SHA-256: from the checksum S3 stored at upload when there is one (no download)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        if head.get("ChecksumSHA256") and "-" not in head["ChecksumSHA256"]:
+            return base64.b64decode(head["ChecksumSHA256"]).hex()
         return hashlib.sha256(self.get(key)).hexdigest()
 
     def keys(self, prefix: str = "") -> list[str]:

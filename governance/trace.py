@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defaultload, lazyload
 
 from governance.errors import InvalidInput, NotFound
-from governance.records import Approval, AuditEvent, Batch, Image, ModelVersion, Run, RunModelVersion
+from governance.records import Approval, AuditEvent, Batch, Image, ModelVersion, Run, RunModelVersion, User
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -76,6 +76,11 @@ def trace_images(session: Session, image_ids: Sequence[str]) -> list[dict[str, A
             .join(Run, Run.id == Image.run_id)
             .join(Approval, Approval.id == Run.approval_id)
             .where(Image.id.in_(chunk))
+            .options(  # loaded below for all runs at once; roles are not needed
+                lazyload(Run.model_versions),
+                defaultload(Batch.requested_by).lazyload(User.roles),
+                defaultload(Approval.decided_by).lazyload(User.roles),
+            )
         )
         for image, batch, run, approval in session.execute(stmt).unique():
             loaded[image.id] = (image, batch, run, approval)

@@ -77,14 +77,15 @@ def s3_server() -> Iterator[str]:
 
 @pytest.fixture
 def s3_env(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Dummy credentials for the local S3 server; returns a fresh bucket name."""
+    """Dummy credentials for the local S3 server; returns a fresh bucket name (with Object Lock,
+    so audit anchors can be retained in it, as in production)."""
     import boto3
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     bucket = f"atelier-{uuid.uuid4().hex[:10]}"
-    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
     return bucket
 
 

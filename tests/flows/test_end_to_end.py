@@ -76,7 +76,7 @@ def test_governed_batch_end_to_end(make_cli, flags, tmp_path, s3_server, s3_env,
     # Invariants 2 and 4: what is in the bucket is exactly the published images and their provenance,
     # under keys derived from image id and content hash, each carrying a verified watermark.
     s3 = boto3.client("s3", endpoint_url=s3_server)
-    listed = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=s3_env).get("Contents", []))
+    listed = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=s3_env, Prefix="published/images/")["Contents"])
     import c2pa
 
     anchors = c2pa.Context.from_dict(
@@ -129,16 +129,25 @@ def test_governed_batch_end_to_end(make_cli, flags, tmp_path, s3_server, s3_env,
     local.write_bytes(s3.get_object(Bucket=s3_env, Key=f"published/{first['store']['key']}")["Body"].read())
     assert cli.json("trace", str(local))["image_id"] == first["image_id"]
 
-    # Invariants 3 and 6: every change is in the chain, and the chain verifies.
+    # Invariants 3 and 6: every change is in the chain, the chain verifies, and the run's end was
+    # anchored to Object Lock storage.
     report = cli.json("audit", "verify")
-    assert report["ok"]
+    assert report["ok"] and report["anchors_checked"] == 1 and report["objects_checked"] == len(published)
+    assert result["anchored_seq"] is not None
+    anchors = s3.list_objects_v2(Bucket=s3_env, Prefix="published/audit/anchors/")["Contents"]
+    assert len(anchors) == 1
 
     # Invariant 4: running again duplicates nothing.
     [again] = cli.json("run", "--batch", batch_id, actor="ops")
     assert again["published"] == 0 and again["quarantined"] == 0 and again["remaining"] == 0
-    assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket=s3_env)["Contents"]) == listed
+    assert sorted(o["Key"] for o in s3.list_objects_v2(Bucket=s3_env, Prefix="published/images/")["Contents"]) == listed
     assert cli.json("batch", "show", batch_id)["images_published"] == result["published"]
-    assert cli.json("audit", "verify")["events"] > report["events"]
+    assert cli.json("audit", "verify")["chain"]["events"] > report["chain"]["events"]
+
+    # A published object replaced behind Atelier's back is reported, naming the image.
+    s3.put_object(Bucket=s3_env, Key=f"published/{first['store']['key']}", Body=b"not the published image")
+    code, out, err = cli("audit", "verify")
+    assert code == 8 and f"image {first['image_id']}: published object" in err and "changed" in err
 
 
 def test_crash_mid_batch_then_rerun_publishes_everything_once(
@@ -181,7 +190,7 @@ def test_crash_mid_batch_then_rerun_publishes_everything_once(
     shown = cli.json("batch", "show", batch_id)
     assert shown["images_published"] + shown["images_quarantined"] == sum(r["num_images"] for r in ROWS)
     s3 = boto3.client("s3", endpoint_url=s3_server)
-    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=s3_env)["Contents"])
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=s3_env, Prefix="p/images/")["Contents"])
     assert len(keys) == 2 * shown["images_published"]  # no orphan, no duplicate
     assert cli.json("audit", "verify")["ok"]
 
