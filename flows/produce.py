@@ -207,3 +207,15 @@ def produce_batch(batch_id: str, actor: str) -> dict[str, Any]:
     emit_lineage_task(rt, run_id, "COMPLETE")  # lineage
     logger.info("run %s finished: %s", run_id, summary)
     return summary
+
+
+@flow(name="produce-approved", flow_run_name="produce-approved-{purpose}")
+def produce_approved(purpose: str, actor: str) -> list[dict[str, Any]]:
+    """Run every approved batch of one purpose, oldest first (the scheduled catalogue deployment)."""
+    from governance.batches import list_batches
+
+    rt = Runtime(active_settings())
+    with rt.sessions() as session:
+        ids = [b.id for b in list_batches(session, "approved") if b.purpose == purpose]
+    get_run_logger().info("%d approved %s batches", len(ids), purpose)
+    return [produce_batch(batch_id=batch_id, actor=actor) for batch_id in ids]
