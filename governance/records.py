@@ -265,6 +265,26 @@ class Image(Base):
     run: Mapped[Run] = relationship()
 
 
+class WorkChunk(Base):
+    """A fixed slice of a batch's planned images that one worker at a time claims with a lease."""
+
+    __tablename__ = "work_chunks"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "position"),
+        CheckConstraint("status IN ('pending', 'claimed', 'done')", name="status_known"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    image_ids: Mapped[list[Any]] = mapped_column(default=list)
+    status: Mapped[str] = mapped_column(String(10), default="pending")
+    claimed_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
 class AuditAnchor(Base):
     """A signed checkpoint of the audit chain head, also written to WORM storage (S3 Object Lock)."""
 
