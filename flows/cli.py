@@ -370,7 +370,7 @@ def cmd_compliance_impact(rt: Runtime, args: argparse.Namespace) -> int:
 
     with rt.sessions() as session:
         require_compliance_access(session, rt.settings.actor, "query impact")
-        out = impact(session, model_version=args.model_version, licence=args.licence)
+        out = impact(session, model_version=args.model_version, licence=args.licence).to_dict()
     if args.json:
         _print_json(out)
         return 0
@@ -406,6 +406,32 @@ def cmd_compliance_report(rt: Runtime, args: argparse.Namespace) -> int:
           f"{summary.quarantined} quarantined), {summary.approvals} approval decisions, "
           f"{summary.thumbnails} thumbnails")
     return 0
+
+
+def cmd_reproduce(rt: Runtime, args: argparse.Namespace) -> int:
+    """Regenerate a published image from its record; exit 0 when its pixels match (bit-exact or within tolerance)."""
+    from flows.reproduce import reproduce_image
+
+    out = reproduce_image(rt, args.image_id)
+    if args.json:
+        _print_json(out)
+        return 0 if out["matches"] else 1
+    tol = out["tolerance"]
+    if out["verdict"] == "identical":
+        print(f"image {out['image_id']}: IDENTICAL pixels (bit-exact) to the published file")
+    else:
+        summary = "MATCHES within tolerance" if out["matches"] else "DIFFERENT"
+        diff = ("sizes differ" if out["max_abs_diff"] is None
+                else f"max abs diff {out['max_abs_diff']}, mean abs diff {out['mean_abs_diff']:.4f}")
+        print(f"image {out['image_id']}: {summary}: {diff} (tolerance: mean <= {tol['mean_abs_diff']}, "
+              f"max <= {tol['max_abs_diff']})")
+    r, e = out["request"], out["engine"]
+    print(f"regenerated with run {out['run_id']}'s settings: sampler {e['scheduler']}, {e['dtype']} on {e['device']} "
+          f"(run: {e['recorded_device']}), seed {r['seed']}, {r['width']}x{r['height']}, {r['steps']} steps, "
+          f"guidance {r['guidance_scale']}, split {r['refiner_split']}; model hashes equal to the run's")
+    for note in out["notes"]:
+        print(f"note: {note}")
+    return 0 if out["matches"] else 1
 
 
 def cmd_demo(rt: Runtime, args: argparse.Namespace) -> int:
@@ -541,6 +567,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--to", required=True, help="end: YYYY-MM-DD (that whole day) or ISO time (exclusive)")
     sp.add_argument("--out", required=True, help="HTML file to write")
     sp.add_argument("--thumbnails", type=int, default=60, help="at most this many thumbnails (default 60)")
+
+    sp = add(sub, "reproduce", cmd_reproduce, "regenerate a published image from its record and compare its pixels "
+             "(exit 0 identical or within tolerance, 1 different)", json_flag=True)
+    sp.add_argument("image_id")
 
     sp = add(sub, "demo", cmd_demo, "the whole flow on the example catalogue")
     sp.add_argument("--file", default=str(Path(__file__).resolve().parent.parent / "examples" / "catalogue.csv"))

@@ -16,9 +16,10 @@ Each task is a thin wrapper around governance or sdxl_core functions.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from collections import deque
-from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from prefect.context import get_run_context
 from flows.pool import BoundedPool
 from flows.runtime import Runtime, active_settings
 from governance.batches import get_batch
+from governance.claims import claim_chunk, complete_chunk, plan_chunks, release_chunks, renew_lease
 from governance.ledger import anchor_chain
 from governance.licences import record_model_version
 from governance.lineage import LineageError, emit_run_event, open_sink
@@ -52,10 +54,7 @@ class Checked:
     pixels: np.ndarray
     safety: SafetyResult
     marked: Future[MarkedImage] | None = None
-
-
-def _chunks(items: Sequence[PlannedImage], size: int) -> list[list[PlannedImage]]:
-    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+    chunk_id: str = ""
 
 
 @task(name="start-run", cache_policy=NO_CACHE)
@@ -74,7 +73,7 @@ def start_run_task(rt: Runtime, batch_id: str, actor: str, flow_run_id: str) -> 
         ]
         run = start_run(
             session, actor, batch_id, versions,
-            engine={"device": rt.settings.device, "dtype": rt.settings.dtype, "safety_model": rt.safety.model_id},
+            engine={**engine.describe(), "safety_model": rt.safety.model_id},
             flow_run_id=flow_run_id,
         )
         return run.id
@@ -106,9 +105,11 @@ def generate_chunk_task(rt: Runtime, chunk: list[PlannedImage]) -> list[Checked]
 
 
 @task(name="publish-ready", cache_policy=NO_CACHE)
-def publish_ready_task(rt: Runtime, run_id: str, actor: str, queue: deque[Checked], wait: bool) -> dict[str, int]:
-    """Upload and record, in order, every image whose after-decode work is done (all of them if `wait`)."""
-    counts = {"published": 0, "quarantined": 0}
+def publish_ready_task(rt: Runtime, run_id: str, actor: str, queue: deque[Checked], wait: bool) -> list[str]:
+    """Upload and record, in order, every image whose after-decode work is done (all of them if `wait`).
+
+    Returns the chunk id of each image finalized."""
+    finished: list[str] = []
     ctx = SafetyContext(model_id=rt.safety.model_id, policy_version=rt.safety.policy.version)
     while queue and (wait or queue[0].marked is None or queue[0].marked.done()):
         item = queue.popleft()
@@ -118,12 +119,12 @@ def publish_ready_task(rt: Runtime, run_id: str, actor: str, queue: deque[Checke
             approval = session.get(Approval, run.approval_id) if run else None
             assert run is not None and approval is not None
             prompt = prompts_by_id(session, [item.planned.prompt_id])[item.planned.prompt_id]
-            record = finalize_image(
+            finalize_image(
                 session, actor, rt.store, run, approval, prompt, item.planned.image_index, item.seed,
                 item.pixels, item.safety, ctx, marked=marked,
             )
-            counts[record.status] += 1
-    return counts
+        finished.append(item.chunk_id)
+    return finished
 
 
 def _manifests(rt: Runtime, run_id: str, image_ids: list[str]) -> dict[str, dict[str, Any]]:
@@ -167,37 +168,88 @@ def emit_lineage_task(
         sink.close()
 
 
+@task(name="claim-chunk", cache_policy=NO_CACHE)
+def claim_chunk_task(rt: Runtime, batch_id: str, worker: str) -> tuple[str, list[PlannedImage]] | None:
+    """Claim the next chunk of the batch (lease) and return its images that still lack a record."""
+    with rt.sessions.begin() as session:
+        plan_chunks(session, batch_id, rt.settings.chunk_size)
+        chunk = claim_chunk(session, batch_id, worker, rt.settings.lease_seconds)
+        if chunk is None:
+            return None
+        wanted = set(chunk.image_ids)
+        chunk_id = chunk.id
+    with rt.sessions() as session:
+        return chunk_id, [p for p in pending_images(session, batch_id) if p.image_id in wanted]
+
+
+@task(name="complete-chunks", cache_policy=NO_CACHE)
+def complete_chunks_task(rt: Runtime, worker: str, chunk_ids: list[str], in_flight: list[str]) -> None:
+    with rt.sessions.begin() as session:
+        for chunk_id in chunk_ids:
+            complete_chunk(session, chunk_id, worker)
+        for chunk_id in in_flight:  # still working on these: keep them
+            renew_lease(session, chunk_id, worker, rt.settings.lease_seconds)
+
+
+def _release(rt: Runtime, worker: str, chunk_ids: list[str]) -> None:
+    with rt.sessions.begin() as session:
+        release_chunks(session, chunk_ids, worker)
+
+
 @flow(name="produce-batch", flow_run_name="produce-{batch_id}")
 def produce_batch(batch_id: str, actor: str) -> dict[str, Any]:
-    """Generate, check, watermark and publish every pending image of an approved batch."""
+    """Generate, check, watermark and publish pending images of an approved batch, chunk by claimed chunk.
+
+    Several flow runs (workers) may work on one batch at once: each claims chunks with a lease.
+    """
     logger = get_run_logger()
     rt = Runtime(active_settings())
     flow_run_id = str(get_run_context().flow_run.id)  # type: ignore[union-attr]
+    worker = f"{socket.gethostname()}:{os.getpid()}:{flow_run_id[:8]}"
     run_id = start_run_task(rt, batch_id, actor, flow_run_id)
     with rt.sessions() as session:
-        todo = pending_images(session, batch_id)
-    logger.info("run %s: %d images to make for batch %s", run_id, len(todo), batch_id)
+        logger.info("run %s (%s): %d images to make for batch %s", run_id, worker,
+                    len(pending_images(session, batch_id)), batch_id)
     queue: deque[Checked] = deque()
+    outstanding: dict[str, int] = {}
     timing = {"generate_s": 0.0, "after_decode_wait_s": 0.0}
     pool = BoundedPool(rt.settings.postprocess_workers, max_pending=2 * rt.settings.chunk_size)
+
+    def publish(wait: bool) -> None:
+        finished = publish_ready_task(rt, run_id, actor, queue, wait=wait)
+        for chunk_id in finished:
+            outstanding[chunk_id] -= 1
+        done = [c for c, n in outstanding.items() if n == 0]
+        for c in done:
+            del outstanding[c]
+        complete_chunks_task(rt, worker, done, list(outstanding))
+
     try:
         emit_lineage_task(rt, run_id, "START")  # lineage
-        for chunk in _chunks(todo, rt.settings.chunk_size):
-            t0 = time.perf_counter()
-            checked = generate_chunk_task(rt, chunk)
-            timing["generate_s"] += time.perf_counter() - t0
-            manifests = _manifests(rt, run_id, [c.planned.image_id for c in checked])
-            for item in checked:
-                if item.safety.verdict == "passed":
-                    image_id = item.planned.image_id
-                    item.marked = pool.submit(mark_and_encode, image_id, item.pixels, rt.credentials, manifests[image_id])
-                queue.append(item)
-            publish_ready_task(rt, run_id, actor, queue, wait=False)
-            logger.info("generated %d, %d waiting for after-decode work", len(chunk), len(queue))
-        publish_ready_task(rt, run_id, actor, queue, wait=True)
+        while (claimed := claim_chunk_task(rt, batch_id, worker)) is not None:
+            chunk_id, chunk = claimed
+            outstanding[chunk_id] = len(chunk)
+            if chunk:
+                t0 = time.perf_counter()
+                checked = generate_chunk_task(rt, chunk)
+                timing["generate_s"] += time.perf_counter() - t0
+                manifests = _manifests(rt, run_id, [c.planned.image_id for c in checked])
+                for item in checked:
+                    item.chunk_id = chunk_id
+                    if item.safety.verdict == "passed":
+                        image_id = item.planned.image_id
+                        item.marked = pool.submit(
+                            mark_and_encode, image_id, item.pixels, rt.credentials, manifests[image_id]
+                        )
+                    queue.append(item)
+            publish(wait=False)
+            logger.info("chunk %s: %d generated, %d waiting for after-decode work", chunk_id[:8], len(chunk),
+                        len(queue))
+        publish(wait=True)
     except Exception as exc:
         pool.close()
         timing["after_decode_wait_s"] = pool.wait_seconds
+        _release(rt, worker, list(outstanding))  # hand unfinished chunks back at once, not after the lease
         finish_run_task(rt, run_id, actor, timing, error=f"{type(exc).__name__}: {exc}")
         emit_lineage_task(rt, run_id, "FAIL", f"{type(exc).__name__}: {exc}", must_deliver=False)  # lineage
         raise

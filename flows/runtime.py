@@ -80,17 +80,20 @@ class Runtime:
 
     @property
     def engine(self) -> SDXLEngine:
-        from sdxl_core.engine import EngineConfig, SDXLEngine
+        from governance.errors import GovernanceCheckFailed, InvalidInput
+        from sdxl_core.engine import SDXLEngine, WeightHashMismatch
 
         base, refiner = self.model_sources()
-        config = EngineConfig(
-            base=base, refiner=refiner, revision=self.settings.model_revision,
-            device=self.settings.device, dtype=self.settings.dtype,
-        )
-        key = repr(config)
-        if key not in _engines:
-            log.info("loading SDXL base %s and refiner %s on %s", base, refiner, config.device)
-            _engines[key] = SDXLEngine.load(config)
+        try:
+            config = self.settings.engine_config(base, refiner)
+            key = repr(config)
+            if key not in _engines:
+                log.info("loading SDXL base %s and refiner %s on %s", base, refiner, config.device)
+                _engines[key] = SDXLEngine.load(config)
+        except WeightHashMismatch as exc:  # ATELIER_MODEL_SHA256: refuse the run before any GPU work
+            raise GovernanceCheckFailed(str(exc)) from None
+        except ValueError as exc:  # a bad engine setting (scheduler, dtype, VAE, single-file config)
+            raise InvalidInput(f"engine settings: {exc}") from None
         return _engines[key]
 
     @cached_property

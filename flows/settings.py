@@ -6,9 +6,13 @@ Every field is an `ATELIER_*` environment variable; the CLI's global flags overr
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from sdxl_core.engine import EngineConfig
 
 
 class Settings(BaseSettings):
@@ -28,6 +32,19 @@ class Settings(BaseSettings):
     refiner_model: str | None = Field(None, description="diffusers folder or hub id of the refiner")
     model_revision: str | None = Field(None, description="hub revision (commit) when the models are hub ids")
     model_licence: str = Field("creativeml-openrail++-m", description="licence id of the configured models")
+    # SDXL engine (issue 3): single-file configs, VAE, sampler, expected weight hashes.
+    base_model_config: str | None = Field(
+        None, description="local diffusers config folder of a single-file (.safetensors) base checkpoint"
+    )
+    refiner_model_config: str | None = Field(None, description="config folder of a single-file refiner checkpoint")
+    vae_model: str | None = Field(None, description="local VAE folder used instead of the model's (fp16-fix VAE)")
+    upcast_vae: bool = Field(False, description="decode in float32 a VAE that needs it when dtype is float16")
+    vae_tiling: bool = Field(False, description="decode in tiles (very large images)")
+    scheduler: str = Field("euler", description="sampler: euler, euler_a, dpmpp_2m, dpmpp_2m_karras, ddim")
+    model_sha256: dict[str, str] = Field(
+        default_factory=dict,
+        description='expected component hashes, JSON {"base_unet": "<sha256>", ...}; a mismatch refuses the run',
+    )
     lineage_url: str | None = Field(None, description="OpenLineage endpoint (Marquez base URL); default: a file")
     device: str = Field("cpu", description="torch device for generation and safety: cpu, cuda, cuda:1")
     dtype: str = Field("float32", description="float32, float16 or bfloat16")
@@ -41,6 +58,9 @@ class Settings(BaseSettings):
     c2pa_tsa_url: str | None = Field(None, description="RFC 3161 timestamp authority; default: none")
     actor: str | None = Field(None, description="the acting user (the CLI's --as)")
     chunk_size: int = Field(4, ge=1, le=256, description="images generated per engine call")
+    lease_seconds: float = Field(
+        120, gt=0, description="how long a claimed chunk stays a worker's without news before others may take it"
+    )
     postprocess_workers: int = Field(
         2, ge=1, le=64, description="threads that watermark, encode and hash images while the next chunk generates"
     )
@@ -64,6 +84,17 @@ class Settings(BaseSettings):
     @property
     def keys_dir(self) -> Path:
         return self.data_dir / "keys"
+
+    def engine_config(self, base: str, refiner: str) -> EngineConfig:
+        """The SDXL engine's config for these base and refiner models (paths or hub ids) from the settings."""
+        from sdxl_core.engine import EngineConfig
+
+        return EngineConfig(
+            base=base, refiner=refiner, revision=self.model_revision, device=self.device, dtype=self.dtype,
+            base_config=self.base_model_config, refiner_config=self.refiner_model_config, vae=self.vae_model,
+            upcast_vae=self.upcast_vae, vae_tiling=self.vae_tiling, scheduler=self.scheduler,
+            expected_sha256=dict(self.model_sha256),
+        )
 
     def c2pa_paths(self) -> tuple[Path, Path, Path]:
         """(certificate chain, private key, trust anchors), defaulting to `atelier keys init`'s files."""

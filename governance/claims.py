@@ -108,3 +108,17 @@ def chunk_progress(session: Session, batch_id: str) -> dict[str, int]:
         select(WorkChunk.status, func.count()).where(WorkChunk.batch_id == batch_id).group_by(WorkChunk.status)
     ).all()
     return {status: int(n) for status, n in rows}
+
+
+def release_chunks(session: Session, chunk_ids: list[str], worker: str) -> int:
+    """Hand chunks back to the queue at once (a worker that failed cleanly need not wait for its lease)."""
+    if not chunk_ids:
+        return 0
+    result = session.execute(
+        update(WorkChunk).where(WorkChunk.id.in_(chunk_ids), WorkChunk.claimed_by == worker,
+                                WorkChunk.status == "claimed")
+        .values(status="pending", claimed_by=None, lease_until=None)
+    )
+    for chunk_id in chunk_ids:
+        record_event(session, worker, "chunk.released", "chunk", chunk_id, {})
+    return int(result.rowcount)  # type: ignore[attr-defined]
