@@ -17,6 +17,7 @@ import uuid
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from governance.audit import record_event
@@ -31,12 +32,15 @@ def plan_chunks(session: Session, batch_id: str, chunk_size: int) -> int:
     if existing:
         return int(existing)
     planned = planned_images(get_batch(session, batch_id))
-    for position, start in enumerate(range(0, len(planned), chunk_size)):
-        session.add(WorkChunk(
-            id=str(uuid.uuid5(ATELIER_NAMESPACE, f"chunk:{batch_id}:{position}")), batch_id=batch_id,
-            position=position, image_ids=[p.image_id for p in planned[start : start + chunk_size]],
-        ))
-    session.flush()
+    try:
+        with session.begin_nested():  # another worker may be planning the same batch right now
+            for position, start in enumerate(range(0, len(planned), chunk_size)):
+                session.add(WorkChunk(
+                    id=str(uuid.uuid5(ATELIER_NAMESPACE, f"chunk:{batch_id}:{position}")), batch_id=batch_id,
+                    position=position, image_ids=[p.image_id for p in planned[start : start + chunk_size]],
+                ))
+    except IntegrityError:
+        return int(session.scalar(select(func.count()).select_from(WorkChunk).where(WorkChunk.batch_id == batch_id)))
     return -(-len(planned) // chunk_size)
 
 

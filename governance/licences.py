@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from governance.audit import record_event
@@ -327,8 +328,13 @@ def record_model_version(
         id=str(uuid.uuid5(ATELIER_NAMESPACE, f"model:{role}:{sha256}")),
         role=role, name=name, source=source, sha256=sha256, files=files, licence=licence,
     )
-    session.add(mv)
-    session.flush()
+    try:
+        with session.begin_nested():  # two workers starting at once both try to register it
+            session.add(mv)
+    except IntegrityError:
+        winner = session.scalar(select(ModelVersion).where(ModelVersion.role == role, ModelVersion.sha256 == sha256))
+        assert winner is not None
+        return winner
     record_event(
         session, actor, "model_version.registered", "model_version", mv.id,
         {"role": role, "name": name, "source": source, "sha256": sha256, "licence_id": licence_id},

@@ -42,26 +42,29 @@ class SafetyContext:
 def encode_png(pixels: np.ndarray) -> bytes:
     """Lossless PNG of uint8 HxWx3 RGB pixels: Pillow, ``compress_level=1`` with zlib's ``Z_RLE`` strategy.
 
-    Chosen by measurement (``bench/governance.py``; 1024x1024, one core of a shared AMD EPYC, median
-    of 7; Pillow 13 applies its adaptive per-row PNG filter at every setting):
+    Chosen by measurement (``bench/governance.py``, "PNG settings" in ``bench/RESULTS.md``): CPU ms
+    to encode a 1024x1024 image and its size, Pillow 13 / zlib 1.2.13 on an AMD EPYC core. Pillow
+    applies its adaptive per-row PNG filter at every setting; decoding costs 10-25 ms whatever the
+    setting.
 
-    ==================== ============= ================= ================= =================
-    setting              noise         photo-like+grain  real photo        smooth photo
-    ==================== ============= ================= ================= =================
-    level 0 (stored)      72 ms 3.15 MB  63 ms 3.15 MB     51 ms 3.15 MB     34 ms 3.15 MB
-    level 1              136 ms 3.15 MB 117 ms 1.99 MB    127 ms 1.82 MB     70 ms 0.61 MB
-    level 6 (default)    144 ms 3.15 MB 308 ms 1.75 MB    447 ms 1.61 MB    149 ms 0.45 MB
-    level 9              152 ms 3.15 MB 361 ms 1.75 MB    741 ms 1.61 MB    912 ms 0.44 MB
-    level 1 + Z_RLE      108 ms 3.15 MB 106 ms 1.74 MB     99 ms 1.61 MB     50 ms 0.51 MB
-    ==================== ============= ================= ================= =================
+    ===================== ================ ================= =================
+    setting               noise            photo-like        smooth photo
+    ===================== ================ ================= =================
+    level 0 (stored)       71 ms, 3.15 MB   66 ms, 3.15 MB    29 ms, 3.15 MB
+    level 1               137 ms, 3.15 MB  121 ms, 1.98 MB    45 ms, 0.48 MB
+    level 6 (Pillow's)    143 ms, 3.15 MB  270 ms, 1.73 MB   107 ms, 0.34 MB
+    level 9               139 ms, 3.15 MB  268 ms, 1.73 MB   562 ms, 0.33 MB
+    level 1 + Z_RLE       104 ms, 3.15 MB   98 ms, 1.73 MB    40 ms, 0.41 MB
+    ===================== ================ ================= =================
 
-    After PNG's filters a photograph is small residuals with few long repeats, so string matching
-    (what higher levels buy) gains little; ``Z_RLE`` ("almost as fast as Huffman-only, better
-    compression for PNG image data", zlib manual) gives files as small as level 6 on photo-like
-    images at a third of its time, and about 12% larger than level 6 only on very smooth images.
-    Under ``Z_RLE`` zlib ignores the level (any level >= 1 gives the same stream; level 0 would
-    store), and decoding costs the same (20-35 ms). Pillow passes ``compress_type`` to zlib as
-    the deflate strategy. The bytes depend on the zlib build; identity is the SHA-256 of the bytes.
+    After PNG's filters a photograph is small residuals with few long repeats, so the string
+    matching that higher levels buy gains little: ``Z_RLE`` (zlib: "almost as fast as
+    Huffman-only, but better compression for PNG image data") gives files as small as level 6 on
+    photo-like images (and on a real photograph, 1.61 MB either way) in about a third of the CPU,
+    and files about 20% larger than level 6 only on very smooth images, which are small anyway.
+    Noise does not compress at any setting. Under ``Z_RLE`` the level does not change the
+    compressed data (level 0 would store). Pillow passes ``compress_type`` to zlib as the deflate
+    strategy. The bytes depend on the zlib build; identity is the SHA-256 of the bytes.
     """
     import zlib
 
@@ -163,8 +166,9 @@ def mark_and_encode(
         marked = watermark.embed(pixels, payload)
     except watermark.WatermarkError as exc:
         raise GovernanceCheckFailed(f"image {image_id}: watermark could not be embedded: {exc}") from exc
-    check = watermark.verify(marked, payload)  # PNG is lossless: these are the pixels the file will hold
-    signed = signer.sign_png(encode_png(marked), manifest)
+    png = encode_png(marked)
+    check = watermark.verify(decode_png(png), payload)  # decoded from the very bytes to be published (~20 ms)
+    signed = signer.sign_png(png, manifest)
     return MarkedImage(
         image_id=image_id, png=signed, sha256=hashlib.sha256(signed).hexdigest(), check=check,
         credentials=signer.read(signed, "image/png"), phash=fingerprint.phash(marked),
