@@ -29,10 +29,11 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, timedelta
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Text, cast, func, or_, select
+from sqlalchemy import ColumnElement, Select, Text, cast, func, or_, select, true
 from sqlalchemy.orm import Session, aliased
 
 from governance.errors import InvalidInput, NotFound, PermissionDenied
@@ -226,25 +227,35 @@ class SearchResult:
 
 
 def search_images(session: Session, filters: SearchFilters, limit: int | None = 1000) -> SearchResult:
-    """Images matching every filter, newest first: one summary row each (`trace_images` for the full record)."""
+    """Images matching every filter, newest first: one summary row each (`trace_images` for the full record).
+
+    One statement in two steps: the matching image ids, ordered and limited, joining only what the
+    filters need; then the summary columns for those ids alone.
+    """
     if limit is not None and limit < 1:
         raise InvalidInput(f"--limit must be at least 1, not {limit} (0 on the command line means no limit)")
     where = _conditions(session, filters)
+    hits = select(Image.id, Image.created_at)
+    if filters.prompt or filters.ref:
+        hits = hits.join(Prompt, Prompt.id == Image.prompt_id)
+    if filters.requester or filters.purpose or filters.use_category:
+        hits = hits.join(Batch, Batch.id == Image.batch_id)
+    hits = hits.where(*where).order_by(Image.created_at.desc(), Image.id.desc())
+    if limit is not None:
+        hits = hits.limit(limit + 1)
+    found = hits.subquery("hits")
     stmt = (
         _joined(
             select(
                 Image.id.label("image_id"), Image.status, Image.created_at, Image.sha256, Image.store_url,
                 Image.store_key, Image.safety_verdict, Image.batch_id, Image.run_id, Prompt.row_id, Prompt.ref,
                 Batch.purpose, Batch.use_category, _Requester.name.label("requested_by"),
-            )
+            ).join(found, found.c.id == Image.id)
         )
         .join(_Requester, _Requester.id == Batch.requested_by_id)
-        .where(*where)
-        .order_by(Image.created_at.desc(), Image.id.desc())
+        .order_by(found.c.created_at.desc(), found.c.id.desc())
     )
-    if limit is not None:
-        stmt = stmt.limit(limit + 1)
-    rows = [dict(r._mapping) for r in session.execute(stmt)]
+    rows = [dict(r._mapping) for r in session.connection().execute(stmt)]
     truncated = limit is not None and len(rows) > limit
     rows = rows[:limit] if limit is not None else rows
     for r in rows:
@@ -261,8 +272,46 @@ def _iso(value: datetime | None) -> str | None:
 # ---------------------------------------------------------------- impact
 
 
-def impact(session: Session, model_version: str | None = None, licence: str | None = None) -> dict[str, Any]:
-    """Every published image that depends on a model version (or several, by SHA-256) or on a licence."""
+def _plain_rows(session: Session, stmt: Select[Any]) -> list[tuple[Any, ...]]:
+    """The driver's own tuples for a large result: a quarter-million rows without a Row object each."""
+    conn = session.connection()
+    compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(str(compiled), compiled.params)
+        return list(cursor.fetchall())
+    finally:
+        cursor.close()
+
+
+IMPACT_COLUMNS = ("image_id", "sha256", "store_url", "store_key", "provenance_key", "version_id", "batch_id",
+                  "run_id", "created_at")
+
+
+@dataclass(frozen=True)
+class Impact:
+    """The published images that depend on some model versions; `images` rows follow IMPACT_COLUMNS."""
+
+    query: dict[str, str]
+    model_versions: list[dict[str, str]]
+    images: Sequence[Sequence[Any]]  # oldest first
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "query": self.query,
+            "model_versions": self.model_versions,
+            "published_images": len(self.images),
+            "images": [
+                {**dict(zip(IMPACT_COLUMNS, row, strict=True)), "created_at": _iso(row[-1])} for row in self.images
+            ],
+        }
+
+
+def impact(session: Session, model_version: str | None = None, licence: str | None = None) -> Impact:
+    """Every published image that depends on a model version (or several, by SHA-256) or on a licence.
+
+    One statement; rows are kept as the driver returns them (a recall can reach every image).
+    """
     if (model_version is None) == (licence is None):
         raise InvalidInput("give exactly one of --model-version or --licence")
     if model_version is not None:
@@ -276,35 +325,36 @@ def impact(session: Session, model_version: str | None = None, licence: str | No
                 .order_by(ModelVersion.role, ModelVersion.sha256)
             )
         )
-    ids = [mv.id for mv in versions]
-    stmt = (
-        select(
-            Image.id, Image.sha256, Image.store_url, Image.store_key, Image.store_version_id, Image.provenance_key,
-            Image.batch_id, Image.run_id, Image.created_at, Prompt.ref,
-        )
-        .join(Prompt, Prompt.id == Image.prompt_id)
-        .where(
-            Image.status == "published",
-            Image.run_id.in_(select(RunModelVersion.run_id).where(RunModelVersion.model_version_id.in_(ids))),
-        )
-        .order_by(Image.created_at, Image.id)
+    using = select(RunModelVersion.run_id).where(RunModelVersion.model_version_id.in_([mv.id for mv in versions]))
+    runs = select(Run.id.label("run_id")).where(Run.id.in_(using))  # each run once, however many versions match
+    columns = (
+        Image.id, Image.sha256, Image.store_url, Image.store_key, Image.provenance_key, Image.store_version_id,
+        Image.batch_id, Image.run_id, Image.created_at,
     )
-    images = [
-        {
-            "image_id": i, "sha256": sha, "store_url": url, "store_key": key, "version_id": vid,
-            "provenance_key": pkey, "batch_id": b, "run_id": r, "created_at": _iso(t), "ref": ref,
-        }
-        for i, sha, url, key, vid, pkey, b, r, t, ref in session.execute(stmt)
-    ]
-    return {
-        "query": {"model_version": model_version} if model_version is not None else {"licence": licence},
-        "model_versions": [
+    if session.get_bind().dialect.name == "postgresql":
+        # Run by run: a run's images were written together, so each run's rows sit in a few pages.
+        # PostgreSQL's cost model sees random run ids, no physical order, and (with the default
+        # random_page_cost) reads the whole table instead; OFFSET 0 keeps the per-run index lookups.
+        affected = runs.subquery("affected")
+        per_run = (
+            select(*columns)
+            .where(Image.run_id == affected.c.run_id, Image.status == "published")
+            .offset(0)
+            .lateral("per_run")
+        )
+        stmt = select(*per_run.c).select_from(affected).join(per_run, true())
+    else:
+        stmt = select(*columns).where(Image.status == "published", Image.run_id.in_(runs))
+    images = _plain_rows(session, stmt)
+    images.sort(key=itemgetter(8, 0))  # oldest first (created_at, id)
+    return Impact(
+        query={"model_version": model_version} if model_version is not None else {"licence": licence or ""},
+        model_versions=[
             {"id": mv.id, "role": mv.role, "name": mv.name, "sha256": mv.sha256, "licence": mv.licence_id}
             for mv in versions
         ],
-        "published_images": len(images),
-        "images": images,
-    }
+        images=images,
+    )
 
 
 # ---------------------------------------------------------------- export
@@ -391,7 +441,7 @@ def _lineage_rows(
         stmt = stmt.limit(limit)
     models: dict[str, tuple[str, str, str]] = {}
     none = ("", "", "")
-    for part in session.execute(stmt).partitions(chunk):
+    for part in session.connection().execute(stmt).partitions(chunk):  # Core rows, streamed
         new_runs = {r[run_at] for r in part} - models.keys()
         if new_runs:  # the model versions of runs not seen yet: one query per chunk at most
             models.update(_run_models(session, new_runs))
@@ -406,14 +456,18 @@ def _arrow_batch(part: list[tuple[Any, ...]]) -> Any:
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    global _FORMULA_FIRST
+    if _FORMULA_FIRST is None:
+        _FORMULA_FIRST = pa.array(FORMULA_PREFIXES)
     columns = list(zip(*part, strict=True)) if part else [() for _ in EXPORT_COLUMNS]
     arrays = []
     for name, values in zip(EXPORT_COLUMNS, columns, strict=True):
         kind = _EXPORT_SCHEMA.field(name).type
         array = pa.array(values, type=kind)
-        if pa.types.is_string(kind):
-            formula = pc.match_substring_regex(array, _FORMULA_REGEX)
-            array = pc.if_else(formula, pc.binary_join_element_wise("'", array, ""), array)
+        if pa.types.is_string(kind) and len(array):
+            formula = pc.is_in(pc.utf8_slice_codeunits(array, 0, 1), value_set=_FORMULA_FIRST)
+            if pc.any(formula).as_py():
+                array = pc.if_else(formula, pc.binary_join_element_wise("'", array, ""), array)
         arrays.append(array)
     return pa.Table.from_arrays(arrays, schema=_EXPORT_SCHEMA)
 
@@ -435,7 +489,7 @@ def _export_schema() -> Any:
 
 
 _TIME_COLUMNS = {"created_at", "batch_created_at", "approved_at", "run_started_at"}
-_FORMULA_REGEX = "^[=+\\-@\t\r]"
+_FORMULA_FIRST: Any = None  # pyarrow array of FORMULA_PREFIXES, made on first use
 _EXPORT_SCHEMA = _export_schema()
 
 

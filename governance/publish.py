@@ -25,6 +25,7 @@ from governance import fingerprint, watermark
 from governance.audit import record_event
 from governance.credentials import ContentCredentials, CredentialReport, manifest_for
 from governance.errors import GovernanceCheckFailed
+from governance.licences import obligations_for
 from governance.records import Approval, Batch, Image, ModelVersion, Prompt, Run, image_id_for, utcnow
 from governance.safety import SafetyResult
 from governance.store import ObjectStore, image_key, provenance_key
@@ -116,6 +117,7 @@ def provenance_document(
         "seed": str(seed),
         "run_id": run.id,
         "models": [_model_record(mv) for mv in run.model_versions],
+        "licence_obligations": obligations_for(run.model_versions),
         "licences": [
             {"id": lic.id, "name": lic.name, "url": lic.url, "text_sha256": lic.text_sha256,
              "obligations": lic.obligations, "use_restrictions": lic.restrictions}
@@ -265,6 +267,7 @@ def finalize_image(
     record.watermark_scheme = WATERMARK_SCHEME
     record.phash = marked.phash
     record.pixels_sha256 = marked.pixels_sha256
+    record.licence_obligations = obligations_for(run.model_versions)
     record.c2pa_manifest = marked.credentials.label
     session.add(record)
     session.flush()

@@ -229,10 +229,11 @@ class Image(Base):
         UniqueConstraint("prompt_id", "image_index"),
         CheckConstraint("status IN ('quarantined', 'published')", name="status_known"),
         Index("ix_images_created_at_id", "created_at", "id"),  # time ranges and ordered compliance queries
+        Index("ix_images_prompt_id_created_at", "prompt_id", "created_at", "id"),  # prompt search, newest first
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    prompt_id: Mapped[str] = mapped_column(ForeignKey("prompts.id"), index=True)
+    prompt_id: Mapped[str] = mapped_column(ForeignKey("prompts.id"))  # indexed with created_at, below
     batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id"), index=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
     image_index: Mapped[int] = mapped_column(Integer)

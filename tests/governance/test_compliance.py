@@ -164,9 +164,9 @@ def test_queries_are_set_based(sessions, world, tmp_path) -> None:
 
 def test_impact_of_a_model_version_and_of_a_licence(sessions, world) -> None:
     with sessions() as s:
-        one = impact(s, model_version=GEN1["base_unet"])
-        shared = impact(s, model_version=f"vae/{GEN1['vae']}")
-        lic = impact(s, licence="creativeml-openrail++-m")
+        one = impact(s, model_version=GEN1["base_unet"]).to_dict()
+        shared = impact(s, model_version=f"vae/{GEN1['vae']}").to_dict()
+        lic = impact(s, licence="creativeml-openrail++-m").to_dict()
         with pytest.raises(InvalidInput, match="exactly one"):
             impact(s)
     assert {i["image_id"] for i in one["images"]} == set(world.published[:2])  # quarantined ones never left
@@ -175,6 +175,8 @@ def test_impact_of_a_model_version_and_of_a_licence(sessions, world) -> None:
     assert lic["published_images"] == len(world.published) and len(lic["model_versions"]) == 7
     for i in one["images"]:
         assert i["store_key"].startswith(f"images/{i['image_id']}/") and i["sha256"] and i["store_url"]
+        assert i["provenance_key"] and i["run_id"] == world.run_a and i["created_at"].startswith("2026-03-02T")
+    assert [i["created_at"] for i in lic["images"]] == sorted(i["created_at"] for i in lic["images"])
 
 
 # ---------------------------------------------------------------- export
@@ -426,3 +428,20 @@ def test_real_run_search_impact_export_report(produced) -> None:
     page = report.read_text()
     assert page.count("data:image/jpeg;base64,") == n_pub  # thumbnails fetched from S3 and inlined
     assert "omar" in page and "creativeml-openrail++-m" in page
+
+
+def test_real_run_images_record_their_licence_obligations(produced) -> None:
+    """Each published image carries `licences.obligations_for(its run's model versions)`."""
+    from governance.db import make_engine, make_sessionmaker
+    from governance.licences import obligations_for
+    from governance.records import Image, Run
+
+    engine = make_engine(f"sqlite:///{produced['tmp'] / 'e2e.db'}")
+    with make_sessionmaker(engine)() as s:
+        images = s.query(Image).filter_by(status="published").all()
+        run = s.get(Run, produced["result"]["run_id"])
+        expected = obligations_for(run.model_versions)
+        recorded = [i.licence_obligations for i in images]
+    engine.dispose()
+    assert expected and {o["obligation"] for o in expected} == {"pass-on-use-restrictions", "output-accountability"}
+    assert recorded and all(r == expected for r in recorded)
