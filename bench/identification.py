@@ -25,11 +25,11 @@ from PIL import Image
 _here = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here] + [str(_here.parent)]
 
-from flows.cli import main
-from flows.runtime import Runtime
-from flows.settings import get_settings
-from governance.records import Image as ImageRecord
-from governance.verify import verify_file
+from flows.cli import main  # noqa: E402 - after the sys.path fix above
+from flows.runtime import Runtime  # noqa: E402
+from flows.settings import get_settings  # noqa: E402
+from governance.records import Image as ImageRecord  # noqa: E402
+from governance.verify import verify_file  # noqa: E402
 
 TRANSFORMS = {
     "resize 50%": ("png", lambda im, out: im.resize((im.width // 2, im.height // 2), Image.Resampling.LANCZOS)

@@ -236,7 +236,9 @@ def finalize_image(
     check, sha256 = marked.check, marked.sha256
     reasons = []
     if not check.ok:
-        reasons.append(f"watermark not verified: {check.matched_bits}/{check.total_bits} bits matched ({check.verdict})")
+        reasons.append(
+            f"watermark not verified: {check.matched_bits}/{check.total_bits} bits matched ({check.verdict})"
+        )
     if not marked.credentials.intact:
         detail = "; ".join(marked.credentials.failures) or marked.credentials.error or "no manifest"
         reasons.append(f"C2PA manifest did not validate ({marked.credentials.state}): {detail}")

@@ -6,7 +6,6 @@ a file as compliance would receive it.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 

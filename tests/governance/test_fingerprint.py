@@ -23,7 +23,8 @@ def _picture(seed: int) -> np.ndarray:
         x0, y0 = rng.integers(0, 300, 2)
         w, h = rng.integers(40, 200, 2)
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)([int(x0), int(y0), int(x0 + w), int(y0 + h)], fill=colour)
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape([int(x0), int(y0), int(x0 + w), int(y0 + h)], fill=colour)
     noisy = np.asarray(img, dtype=np.float64) + rng.normal(0, 4, (384, 384, 3))
     return np.clip(noisy, 0, 255).astype(np.uint8)
 
