@@ -34,6 +34,11 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
 
 
+def progress_bar(done: int, total: int, width: int = 30) -> str:
+    filled = int(width * done / total) if total else width
+    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+
+
 def _kv(pairs: dict[str, Any], indent: str = "") -> None:
     width = max((len(k) for k in pairs), default=0)
     for k, v in pairs.items():
@@ -173,7 +178,11 @@ def cmd_batch_show(rt: Runtime, args: argparse.Namespace) -> int:
         _print_json(out)
         return 0
     detail = out.pop("prompts_detail")
+    progress = out.pop("progress")
     _kv(out)
+    print(f"progress    {progress_bar(progress['done'], progress['planned'])}"
+          + (f"  {progress['images_per_minute']}/min" if progress["images_per_minute"] else "")
+          + (f", ETA {progress['eta_seconds']} s" if progress["eta_seconds"] else ""))
     print()
     print_table(detail, ["row_id", "seed", "width", "height", "steps", "num_images", "ref", "prompt"])
     return 0

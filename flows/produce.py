@@ -196,6 +196,25 @@ def _release(rt: Runtime, worker: str, chunk_ids: list[str]) -> None:
         release_chunks(session, chunk_ids, worker)
 
 
+def _run_artifact(rt: Runtime, run_id: str, summary: dict[str, Any]) -> None:
+    """A table per run in Prefect's UI: every image this run recorded, with where it went."""
+    from prefect.artifacts import create_table_artifact
+
+    from governance.records import Image as ImageRecord
+
+    with rt.sessions() as session:
+        rows = [
+            {"image": i.id, "row": i.prompt.row_id, "status": i.status, "key": i.store_key or "",
+             "reasons": "; ".join(i.safety_reasons)}
+            for i in session.query(ImageRecord).filter(ImageRecord.run_id == run_id)
+        ]
+    create_table_artifact(
+        key=f"run-{run_id[:8]}", table=rows,
+        description=f"batch {summary['batch_id']}: {summary['published']} published, "
+                    f"{summary['quarantined']} quarantined, {summary['remaining']} remaining",
+    )
+
+
 @flow(name="produce-batch", flow_run_name="produce-{batch_id}")
 def produce_batch(batch_id: str, actor: str) -> dict[str, Any]:
     """Generate, check, watermark and publish pending images of an approved batch, chunk by claimed chunk.
@@ -256,6 +275,7 @@ def produce_batch(batch_id: str, actor: str) -> dict[str, Any]:
     pool.close()
     timing["after_decode_wait_s"] = pool.wait_seconds
     summary = finish_run_task(rt, run_id, actor, timing)
+    _run_artifact(rt, run_id, summary)
     emit_lineage_task(rt, run_id, "COMPLETE")  # lineage
     logger.info("run %s finished: %s", run_id, summary)
     return summary

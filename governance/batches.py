@@ -152,6 +152,14 @@ def batch_summary(session: Session, batch: Batch) -> dict[str, Any]:
         ).all()
     )
     approval = current_approval(batch)
+    planned = sum(p.num_images for p in batch.prompts)
+    done = counts.get("published", 0) + counts.get("quarantined", 0)
+    first, last = session.execute(
+        select(func.min(Image.created_at), func.max(Image.created_at)).where(Image.batch_id == batch.id)
+    ).one()
+    rate = None
+    if first is not None and last is not None and done > 1 and last > first:
+        rate = (done - 1) / (last - first).total_seconds()  # images per second while it was producing
     return {
         "batch_id": batch.id,
         "status": batch.status,
@@ -167,6 +175,11 @@ def batch_summary(session: Session, batch: Batch) -> dict[str, Any]:
         "images_planned": sum(p.num_images for p in batch.prompts),
         "images_published": counts.get("published", 0),
         "images_quarantined": counts.get("quarantined", 0),
+        "progress": {
+            "done": done, "planned": planned, "percent": round(100 * done / planned, 1) if planned else 100.0,
+            "images_per_minute": round(rate * 60, 2) if rate else None,
+            "eta_seconds": (0 if done >= planned else round((planned - done) / rate) if rate else None),
+        },
     }
 
 

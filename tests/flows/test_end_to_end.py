@@ -72,6 +72,9 @@ def test_governed_batch_end_to_end(make_cli, flags, tmp_path, s3_server, s3_env,
     shown = cli.json("batch", "show", batch_id)
     assert shown["status"] == "completed" and shown["decided_by"] == "omar" and shown["requested_by"] == "maria"
     assert shown["images_published"] == result["published"]
+    assert shown["progress"]["done"] == shown["progress"]["planned"] == 4 and shown["progress"]["percent"] == 100
+    code, out, _ = cli("batch", "show", batch_id)
+    assert "[##############################] 4/4" in out
 
     # Invariants 2 and 4: what is in the bucket is exactly the published images and their provenance,
     # under keys derived from image id and content hash, each carrying a verified watermark.
