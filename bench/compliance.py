@@ -129,6 +129,7 @@ def fill(url: str, n_images: int, seed: int) -> dict[str, Any]:
     n_batches = max(1, -(-n_prompts // PROMPTS_PER_BATCH))
     span = dt.timedelta(days=365) / n_batches
     chain = Chain()
+    sample_p = min(1.0, 500 / n_images)  # about 500 sample images and SKUs to query, whatever the size
     sample_images: list[tuple[str, str]] = []  # (sha256, store key) of published images
     skus: list[str] = []
     image_columns = [c.name for c in Image.__table__.columns]
@@ -243,7 +244,7 @@ def fill(url: str, n_images: int, seed: int) -> dict[str, Any]:
                          f"{rng.choice(SETTINGS)}, {sku}")
                 prompt_rows.append((prompt_id, batch_id, p, row_id, text_, "", 1000 + p, 1024, 1024, 40, 5.0, 0.8,
                                     IMAGES_PER_PROMPT, sku))
-                if rng.random() < 0.001:
+                if rng.random() < sample_p:
                     skus.append(sku)
                 for index in range(IMAGES_PER_PROMPT):
                     if made >= n_images:
@@ -273,7 +274,7 @@ def fill(url: str, n_images: int, seed: int) -> dict[str, Any]:
                             "c2pa_manifest": f"urn:c2pa:{image_id}",
                         })
                         published += 1
-                        if rng.random() < 0.001:
+                        if rng.random() < sample_p:
                             sample_images.append((digest, key))
                         event_rows.append(chain.row(at, operator, "image.published", "image", image_id,
                                                     {"batch_id": batch_id, "run_id": run_id, "prompt_id": prompt_id,

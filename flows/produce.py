@@ -9,6 +9,8 @@
          chunk generates while the CPU works; publish-ready uploads and records finished images
          in order, one transaction per image                [image.published / image.quarantined]
       4. finish-run                                                            [run.completed]
+    emit-lineage sends the run's OpenLineage event: START once the run is open, COMPLETE or FAIL
+    after finish-run (governance.lineage; a file by default, Marquez with ATELIER_LINEAGE_URL).
 
 Each task is a thin wrapper around governance or sdxl_core functions.
 """

@@ -12,6 +12,7 @@ from governance.approvals import require_runnable
 from governance.audit import record_event
 from governance.batches import get_batch
 from governance.errors import InvalidState, NotFound
+from governance.licences import check_use_category
 from governance.records import Batch, Image, ModelVersion, Prompt, Run, image_id_for, utcnow
 from governance.users import require_role
 
@@ -37,6 +38,9 @@ def start_run(
     user = require_role(session, actor, "operator", "run batches")
     batch = get_batch(session, batch_id)
     approval = require_runnable(batch)
+    # The declared use was checked at intake against the configured licence; check it again against
+    # the licences of the weights this run actually loaded.
+    check_use_category(session, batch.use_category, {mv.licence_id for mv in model_versions})
     run = Run(
         batch_id=batch.id, approval_id=approval.id, started_by_id=user.id, flow_run_id=flow_run_id, engine=engine
     )
