@@ -9,7 +9,7 @@ from typing import Any
 
 from flows.runtime import Runtime
 from governance.approvals import approve_batch
-from governance.audit import verify_chain
+from governance.ledger import verify_ledger
 from governance.batches import submit_batch
 from governance.credentials import init_test_ca
 from governance.db import make_engine, upgrade
@@ -52,7 +52,7 @@ def run_demo(rt: Runtime, csv: Path, run_batches: Callable, print_table: Callabl
     run_actor = rt.settings.model_copy(update={"actor": "ops"})
     [result] = run_batches(Runtime(run_actor, rt._sessions), [batch_id])
     with rt.sessions() as session:
-        report = verify_chain(session)
+        report = verify_ledger(session, rt.store, rt.anchor_store, rt.signing_certificate())
         images = session.query(Image).filter(Image.batch_id == batch_id).all()
         rows: list[dict[str, Any]] = [
             {
@@ -64,7 +64,9 @@ def run_demo(rt: Runtime, csv: Path, run_batches: Callable, print_table: Callabl
             }
             for img in sorted(images, key=lambda i: (i.prompt.position, i.image_index))
         ]
-    print(f"7. audit chain: {'intact' if report.ok else 'BROKEN: ' + report.problem} ({report.events} events)\n")
+    state = "intact" if report.ok else "BROKEN: " + report.problems[0]
+    print(f"7. audit ledger: {state} ({report.chain['events']} events, {report.anchors_checked} signed anchors, "
+          f"{report.objects_checked} published objects checked)\n")
     print_table(rows, ["row_id", "image_id", "status", "watermark", "where"])
     print(
         f"\nbatch {batch_id}: {result['published']} published, {result['quarantined']} quarantined "

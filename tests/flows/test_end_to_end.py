@@ -204,6 +204,6 @@ def test_demo_runs_twice(make_cli, tmp_path, tiny_models, prefect_server) -> Non
     for _ in range(2):
         code, out, err = cli("demo")
         assert code == 0, err
-        assert "audit chain: intact" in out and "published" in out
+        assert "audit ledger: intact" in out and "published" in out
     store = Path(tmp_path / "demo" / "store" / "images")
     assert len([p for p in store.rglob("*.png")]) >= 2
