@@ -13,8 +13,12 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def make_engine(url: str) -> Engine:
+    # JSON is stored in canonical form (sorted keys, no spaces), so the audit chain can hash a
+    # payload's stored text without parsing it (governance.audit.verify_chain).
+    from governance.audit import canonical_json
+
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": 30}, json_serializer=canonical_json)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
@@ -24,7 +28,7 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, json_serializer=canonical_json)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
