@@ -43,3 +43,34 @@ def write_prompts(path: Path, rows: list[dict[str, Any]]) -> Path:
         w.writeheader()
         w.writerows(rows)
     return path
+
+
+def governed_run(data: Path, tiny_models: tuple[Path, Path], rows: list[dict[str, Any]], purpose: str) -> tuple[
+    list[str], str
+]:
+    """Through the CLI: users, licence, test signer, a batch submitted, approved by another user and run.
+
+    Returns the settings flags and the batch id."""
+    from flows.cli import main as atelier
+    from flows.runtime import Runtime
+    from flows.settings import get_settings
+    from governance.batches import list_batches
+
+    base, refiner = tiny_models
+    flags = ["--data-dir", str(data / "d"), "--base-model", str(base), "--refiner-model", str(refiner)]
+
+    def run(*args: str) -> None:
+        assert atelier([*args, *flags]) == 0, args
+
+    run("users", "add", "admin", "--role", "admin")
+    for name, role in [("maria", "requester"), ("omar", "approver"), ("ops", "operator")]:
+        run("users", "add", name, "--role", role, "--as", "admin")
+    run("licences", "register", "creativeml-openrail++-m", "--as", "admin")
+    run("keys", "init")
+    run("batch", "submit", str(write_prompts(data / "p.csv", rows)), "--purpose", purpose, "--as", "maria")
+    rt = Runtime(get_settings(data_dir=data / "d", base_model=str(base), refiner_model=str(refiner)))
+    with rt.sessions() as s:
+        batch_id = list_batches(s)[-1].id
+    run("batch", "approve", batch_id, "--as", "omar")
+    run("run", "--batch", batch_id, "--as", "ops")
+    return flags, batch_id

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from flows.cli import main
-from tests.flows.conftest import write_prompts
+from tests.flows.conftest import governed_run
 
 ROWS = [
     {"row_id": f"sku-{i}", "prompt": f"catalogue photo of item {i}", "seed": 900 + i, "width": 256, "height": 256,
@@ -28,28 +28,12 @@ ROWS = [
 @pytest.fixture(scope="module")
 def published(tmp_path_factory, tiny_models, prefect_server) -> tuple[list[str], Path, list[dict]]:
     data = tmp_path_factory.mktemp("reproduce")
-    base, refiner = tiny_models
-    flags = ["--data-dir", str(data / "d"), "--base-model", str(base), "--refiner-model", str(refiner)]
-
-    def run(*args: str) -> None:
-        assert main([*args, *flags]) == 0, args
-
-    run("users", "add", "admin", "--role", "admin")
-    for name, role in [("maria", "requester"), ("omar", "approver"), ("ops", "operator")]:
-        run("users", "add", name, "--role", role, "--as", "admin")
-    run("licences", "register", "creativeml-openrail++-m", "--as", "admin")
-    run("keys", "init")
-    run("batch", "submit", str(write_prompts(data / "p.csv", ROWS)), "--purpose", "catalogue", "--as", "maria")
+    flags, _batch_id = governed_run(data, tiny_models, ROWS, "catalogue")
     from flows.runtime import Runtime
     from flows.settings import get_settings
-    from governance.batches import list_batches
     from governance.records import Image as ImageRecord
 
-    rt = Runtime(get_settings(data_dir=data / "d", base_model=str(base), refiner_model=str(refiner)))
-    with rt.sessions() as s:
-        batch_id = list_batches(s)[0].id
-    run("batch", "approve", batch_id, "--as", "omar")
-    run("run", "--batch", batch_id, "--as", "ops")
+    rt = Runtime(get_settings(data_dir=data / "d"))
     with rt.sessions() as s:
         records = [
             {"id": i.id, "key": i.store_key, "engine": i.run.engine}
