@@ -1,0 +1,160 @@
+"""Fault-injection soak (issue 6): workers killed with SIGKILL at random moments, over many trials.
+
+Each trial: a fresh PostgreSQL database, a batch of N images (tiny models), two `atelier run`
+worker processes reporting to one Prefect server; after a random number of recorded images one
+worker is SIGKILLed; when the other has finished and the leases have expired, a final run
+completes the batch. Checked after every trial: every planned image recorded exactly once, no
+orphan object in the bucket, no chunk left claimed, `audit verify` intact. Prints a table.
+
+    .venv/bin/python bench/faults.py --trials 20 --images 200 [--out bench/RESULTS.md]
+
+Needs PostgreSQL (ATELIER_TEST_PG_URL, default 127.0.0.1:5432); starts moto's S3 server and a
+Prefect test server itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+_here = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here] + [str(_here.parent)]
+
+import boto3  # noqa: E402
+from sqlalchemy import create_engine, func, select, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from flows.cli import main  # noqa: E402
+from flows.runtime import Runtime  # noqa: E402
+from flows.settings import get_settings  # noqa: E402
+from governance.claims import chunk_progress  # noqa: E402
+from governance.ledger import verify_ledger  # noqa: E402
+from governance.records import Image  # noqa: E402
+from sdxl_core.tiny import ensure_tiny_models  # noqa: E402
+
+PG = os.environ.get("ATELIER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def trial(n: int, images: int, s3_url: str, prefect_url: str, models: tuple[Path, Path], rng: random.Random) -> dict:
+    name = f"atelier_faults_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(PG).set(database=name).render_as_string(hide_password=False)
+    bucket = f"faults-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_url).create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    work = Path(tempfile.mkdtemp(prefix="atelier-faults-"))
+    flags = ["--data-dir", str(work / "d"), "--database-url", url, "--store-url", f"s3://{bucket}/p",
+             "--s3-endpoint-url", s3_url, "--base-model", str(models[0]), "--refiner-model", str(models[1])]
+    with (work / "p.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["row_id", "prompt", "seed", "width", "height", "steps", "num_images"])
+        for i in range(images // 2):
+            w.writerow([f"r{i}", f"product {i}", 100 + i, 256, 256, 2, 2])
+    for argv in (["db", "upgrade"], ["users", "add", "admin", "--role", "admin"],
+                 ["users", "add", "req", "--role", "requester", "--as", "admin"],
+                 ["users", "add", "app", "--role", "approver", "--as", "admin"],
+                 ["users", "add", "ops", "--role", "operator", "--as", "admin"],
+                 ["licences", "register", "creativeml-openrail++-m", "--as", "admin"], ["keys", "init"],
+                 ["batch", "submit", str(work / "p.csv"), "--purpose", "catalogue", "--as", "req"]):
+        assert main([*argv, *flags]) == 0, argv
+    rt = Runtime(get_settings(database_url=url, data_dir=work / "d", store_url=f"s3://{bucket}/p",
+                              s3_endpoint_url=s3_url))
+    with rt.sessions() as s:
+        from governance.batches import list_batches
+
+        batch_id = list_batches(s)[0].id
+    assert main(["batch", "approve", batch_id, "--as", "app", *flags]) == 0
+
+    def recorded() -> int:
+        with rt.sessions() as s:
+            return int(s.scalar(select(func.count()).select_from(Image).where(Image.batch_id == batch_id)))
+
+    env = {**os.environ, "PREFECT_API_URL": prefect_url, "ATELIER_CHUNK_SIZE": "4", "ATELIER_LEASE_SECONDS": "8"}
+    cmd = [sys.executable, "-m", "flows.cli", "run", "--batch", batch_id, "--as", "ops", *flags]
+    workers = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    kill_at = rng.randint(1, max(1, images - 4))
+    t0 = time.time()
+    while recorded() < kill_at and workers[0].poll() is None and time.time() - t0 < 1800:
+        time.sleep(0.1)
+    killed = workers[0].poll() is None
+    if killed:
+        workers[0].send_signal(signal.SIGKILL)
+    workers[0].wait()
+    workers[1].wait()
+    time.sleep(9)  # leases of the killed worker expire
+    assert main(["run", "--batch", batch_id, "--as", "ops", *flags]) == 0
+    with rt.sessions() as s:
+        ids = list(s.scalars(select(Image.id).where(Image.batch_id == batch_id)))
+        published = set(s.scalars(select(Image.store_key).where(Image.batch_id == batch_id,
+                                                                Image.status == "published")))
+        chunks = chunk_progress(s, batch_id)
+        ledger = verify_ledger(s, rt.store, rt.anchor_store, rt.signing_certificate())
+    keys = set(rt.store.keys("images/"))
+    pngs = {k for k in keys if k.endswith(".png")}
+    row = {
+        "trial": n, "killed_after": kill_at if killed else "(finished first)", "recorded": len(ids),
+        "unique": len(set(ids)), "orphans": len(pngs - published), "missing": len(published - pngs),
+        "chunks_not_done": sum(v for k, v in chunks.items() if k != "done"), "ledger": ledger.ok,
+        "seconds": round(time.time() - t0),
+    }
+    admin.dispose()
+    rt.sessions.kw["bind"].dispose()
+    with create_engine(PG, isolation_level="AUTOCOMMIT").connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    return row
+
+
+def run(args: argparse.Namespace) -> str:
+    from moto.server import ThreadedMotoServer
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    models = ensure_tiny_models(Path(".atelier/test-cache/models"))
+    rng = random.Random(args.seed)
+    rows = []
+    with prefect_test_harness(server_startup_timeout=180):
+        for n in range(1, args.trials + 1):
+            rows.append(trial(n, args.images, f"http://{host}:{port}", PREFECT_API_URL.value(), models, rng))
+            print(rows[-1], flush=True)
+    server.stop()
+    ok = all(r["recorded"] == r["unique"] == args.images and not r["orphans"] and not r["missing"]
+             and not r["chunks_not_done"] and r["ledger"] for r in rows)
+    cols = list(rows[0])
+    lines = [f"### {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {args.trials} trials of {args.images} images, "
+             f"2 workers, one SIGKILLed at a random point: {'all exactly once' if ok else 'FAILURES'}", "",
+             "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trials", type=int, default=20)
+    p.add_argument("--images", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path)
+    a = p.parse_args()
+    table = run(a)
+    print(table)
+    if a.out:
+        text_ = a.out.read_text() if a.out.exists() else "# Benchmark results\n"
+        if "## faults (issue 6)" not in text_:
+            text_ += "\n## faults (issue 6)\n\n`python bench/faults.py --trials N --images M`\n\n"
+        a.out.write_text(text_ + "\n" + table)
