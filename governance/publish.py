@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -184,13 +185,18 @@ def pixels_sha256(pixels: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def credential_manifest(image_id: str, batch: Batch, approval: Approval, run: Run) -> dict[str, Any]:
+@lru_cache(maxsize=1)
+def _software_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        software = version("atelier")
+        return version("atelier")
     except PackageNotFoundError:
-        software = "dev"
+        return "dev"
+
+
+def credential_manifest(image_id: str, batch: Batch, approval: Approval, run: Run) -> dict[str, Any]:
+    software = _software_version()
     return manifest_for(
         title=f"{image_id}.png", image_id=image_id, batch_id=batch.id, approval_id=approval.id,
         models=[_model_record(mv) for mv in sorted(run.model_versions, key=lambda m: m.role)],
