@@ -9,10 +9,10 @@ from typing import Any
 
 from flows.runtime import Runtime
 from governance.approvals import approve_batch
-from governance.ledger import verify_ledger
 from governance.batches import submit_batch
 from governance.credentials import init_test_ca
 from governance.db import make_engine, upgrade
+from governance.ledger import verify_ledger
 from governance.licences import CREATIVEML_OPENRAIL_PP_M, register_licence
 from governance.records import Image
 from governance.users import add_user
