@@ -118,11 +118,12 @@ def release_chunks(session: Session, chunk_ids: list[str], worker: str) -> int:
     """Hand chunks back to the queue at once (a worker that failed cleanly need not wait for its lease)."""
     if not chunk_ids:
         return 0
-    result = session.execute(
+    released = list(session.scalars(
         update(WorkChunk).where(WorkChunk.id.in_(chunk_ids), WorkChunk.claimed_by == worker,
                                 WorkChunk.status == "claimed")
         .values(status="pending", claimed_by=None, lease_until=None)
-    )
-    for chunk_id in chunk_ids:
+        .returning(WorkChunk.id)
+    ))
+    for chunk_id in sorted(released):  # only what this worker still held: the audit says what happened
         record_event(session, worker, "chunk.released", "chunk", chunk_id, {})
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    return len(released)

@@ -101,7 +101,7 @@ def verify_file(session: Session, path: Path, trust_anchors_pem: bytes | None) -
         if min(h, w) >= watermark.MIN_SIDE_PX:
             decoded = watermark.decode(pixels)
             match, matched = _nearest_watermark(session, decoded)
-            verdict = watermark._verdict(matched) if match else "none"
+            verdict = watermark.verdict_for(matched) if match else "none"
             signals["watermark"] = {
                 "decoded": f"{decoded:012x}", "best_match": match.id if match else None,
                 "matched_bits": matched, "verdict": verdict,

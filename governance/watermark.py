@@ -169,7 +169,7 @@ def verify(pixels: np.ndarray, expected: int, *, method: str = WATERMARK_METHOD)
         decoded=decoded,
         matched_bits=matched,
         total_bits=WATERMARK_BITS,
-        verdict=_verdict(matched),
+        verdict=verdict_for(matched),
     )
 
 
@@ -244,7 +244,7 @@ def _strongest_coefficients(approx: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     return tiles[index, pos], rows, cols
 
 
-def _verdict(matched_bits: int) -> str:
+def verdict_for(matched_bits: int) -> str:
     if matched_bits >= VERY_LIKELY_MIN_MATCH:
         return "very_likely"
     if matched_bits >= LIKELY_MIN_MATCH:

@@ -98,3 +98,18 @@ def test_concurrent_workers_claim_every_chunk_exactly_once(sessions, batch_id, d
         claims = list(s.scalars(select(AuditEvent.subject_id).where(AuditEvent.action == "chunk.claimed")))
         assert chunk_progress(s, batch_id) == {"done": 12}
     assert len(claims) == 12 == len(set(claims))
+
+
+def test_release_hands_back_only_what_the_worker_still_holds(sessions, batch_id) -> None:
+    from governance.claims import release_chunks
+
+    with sessions.begin() as s:
+        plan_chunks(s, batch_id, 6)
+        mine = claim_chunk(s, batch_id, "w1", lease_seconds=60).id
+        theirs = claim_chunk(s, batch_id, "w2", lease_seconds=60).id
+    with sessions.begin() as s:
+        assert release_chunks(s, [mine, theirs], "w1") == 1
+    with sessions() as s:
+        assert chunk_progress(s, batch_id) == {"pending": 1, "claimed": 1}
+        released = list(s.scalars(select(AuditEvent.subject_id).where(AuditEvent.action == "chunk.released")))
+    assert released == [mine]
