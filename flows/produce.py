@@ -22,14 +22,16 @@ import os
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
+from sqlalchemy.orm import Session
 
 from flows.pool import BoundedPool
 from flows.runtime import Runtime, active_settings
@@ -45,6 +47,19 @@ from governance.safety import SafetyResult
 from sdxl_core.seeds import image_seed
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _transaction(rt: Runtime, what: str, fn: Callable[[Session], T]) -> T:
+    """Run `fn` in one transaction, retried whole through a database or object-store outage.
+
+    Safe because every step is idempotent (governance.retry says what counts as transient)."""
+
+    def attempt() -> T:
+        with rt.sessions.begin() as session:
+            return fn(session)
+
+    return rt.backoff.run(attempt, what)
 
 
 @dataclass
@@ -65,7 +80,8 @@ def start_run_task(rt: Runtime, batch_id: str, actor: str, flow_run_id: str) -> 
     rt.credentials  # no signer, no run: fail before any GPU work  # noqa: B018
     rt.checkpoint_signer()
     engine = rt.engine
-    with rt.sessions.begin() as session:
+
+    def open_run(session: Session) -> str:
         get_batch(session, batch_id)  # a clear error for an unknown batch before anything else
         versions = [
             record_model_version(
@@ -80,14 +96,15 @@ def start_run_task(rt: Runtime, batch_id: str, actor: str, flow_run_id: str) -> 
         )
         return run.id
 
+    return _transaction(rt, "start-run", open_run)
+
 
 @task(name="generate-chunk", cache_policy=NO_CACHE)
 def generate_chunk_task(rt: Runtime, chunk: list[PlannedImage]) -> list[Checked]:
     """Generate one chunk (base -> refiner) and score it against the safety policy."""
     from sdxl_core.engine import ImageRequest
 
-    with rt.sessions() as session:
-        prompts = prompts_by_id(session, sorted({p.prompt_id for p in chunk}))
+    prompts = _transaction(rt, "read prompts", lambda s: prompts_by_id(s, sorted({p.prompt_id for p in chunk})))
     requests = []
     for planned in chunk:
         p = prompts[planned.prompt_id]
@@ -107,16 +124,25 @@ def generate_chunk_task(rt: Runtime, chunk: list[PlannedImage]) -> list[Checked]
 
 
 @task(name="publish-ready", cache_policy=NO_CACHE)
-def publish_ready_task(rt: Runtime, run_id: str, actor: str, queue: deque[Checked], wait: bool) -> list[str]:
+def publish_ready_task(
+    rt: Runtime, run_id: str, actor: str, queue: deque[Checked], wait: bool
+) -> tuple[list[str], float]:
     """Upload and record, in order, every image whose after-decode work is done (all of them if `wait`).
 
-    Returns the chunk id of each image finalized."""
+    Returns the chunk id of each image finalized and the seconds spent waiting for after-decode work.
+    An image leaves the queue only once it is recorded,
+    so an outage that outlasts the retries leaves it for the next run, never half-done."""
     finished: list[str] = []
+    waited = 0.0
     ctx = SafetyContext(model_id=rt.safety.model_id, policy_version=rt.safety.policy.version)
     while queue and (wait or queue[0].marked is None or queue[0].marked.done()):
-        item = queue.popleft()
+        item = queue[0]
+        t0 = time.perf_counter()
         marked = item.marked.result() if item.marked is not None else None
-        with rt.sessions.begin() as session:  # one image, its record and its audit event: one transaction
+        waited += time.perf_counter() - t0
+
+        def record(session: Session, item: Checked = item, marked: MarkedImage | None = marked) -> None:
+            # one image: its upload, record and audit event
             run = session.get(Run, run_id)
             approval = session.get(Approval, run.approval_id) if run else None
             assert run is not None and approval is not None
@@ -125,12 +151,15 @@ def publish_ready_task(rt: Runtime, run_id: str, actor: str, queue: deque[Checke
                 session, actor, rt.store, run, approval, prompt, item.planned.image_index, item.seed,
                 item.pixels, item.safety, ctx, marked=marked,
             )
+
+        _transaction(rt, f"publish {item.planned.image_id}", record)
+        queue.popleft()
         finished.append(item.chunk_id)
-    return finished
+    return finished, waited
 
 
 def _manifests(rt: Runtime, run_id: str, image_ids: list[str]) -> dict[str, dict[str, Any]]:
-    with rt.sessions() as session:
+    def read(session: Session) -> dict[str, dict[str, Any]]:
         run = session.get(Run, run_id)
         assert run is not None
         approval = session.get(Approval, run.approval_id)
@@ -138,18 +167,25 @@ def _manifests(rt: Runtime, run_id: str, image_ids: list[str]) -> dict[str, dict
         assert approval is not None and batch is not None
         return {i: credential_manifest(i, batch, approval, run) for i in image_ids}
 
+    return _transaction(rt, "read manifests", read)
+
 
 @task(name="finish-run", cache_policy=NO_CACHE)
 def finish_run_task(
     rt: Runtime, run_id: str, actor: str, timing: dict[str, float], error: str | None = None
 ) -> dict[str, Any]:
-    with rt.sessions.begin() as session:
+    def close(session: Session) -> dict[str, Any]:
         run = finish_run(session, actor, run_id, error)
         run.summary = {**run.summary, **{k: round(v, 3) for k, v in timing.items()}}
-        result = {"run_id": run.id, "batch_id": run.batch_id, "status": run.status, **run.summary}
-    with rt.sessions.begin() as session:  # every run ends with its audit trail anchored to WORM storage
-        anchor = anchor_chain(session, actor, rt.anchor_store, rt.checkpoint_signer(), rt.settings.audit_retention_days)
-        result["anchored_seq"] = anchor.seq if anchor else None
+        return {"run_id": run.id, "batch_id": run.batch_id, "status": run.status, **run.summary}
+
+    result = _transaction(rt, "finish-run", close)
+    signer = rt.checkpoint_signer()
+    anchor = _transaction(  # every run ends with its audit trail anchored to WORM storage
+        rt, "anchor audit chain",
+        lambda s: anchor_chain(s, actor, rt.anchor_store, signer, rt.settings.audit_retention_days),
+    )
+    result["anchored_seq"] = anchor.seq if anchor else None
     return result
 
 
@@ -160,8 +196,7 @@ def emit_lineage_task(
     """Send the run's OpenLineage event (START, COMPLETE or FAIL) to the configured sink (a file by default)."""
     sink = open_sink(rt.settings.lineage_url, rt.settings.data_dir)
     try:
-        with rt.sessions() as session:
-            emit_run_event(session, sink, run_id, event_type, error)
+        _transaction(rt, f"lineage {event_type}", lambda s: emit_run_event(s, sink, run_id, event_type, error))
     except LineageError:
         if must_deliver:
             raise
@@ -173,29 +208,32 @@ def emit_lineage_task(
 @task(name="claim-chunk", cache_policy=NO_CACHE)
 def claim_chunk_task(rt: Runtime, batch_id: str, worker: str) -> tuple[str, list[PlannedImage]] | None:
     """Claim the next chunk of the batch (lease) and return its images that still lack a record."""
-    with rt.sessions.begin() as session:
+    def claim(session: Session) -> tuple[str, set[str]] | None:
         plan_chunks(session, batch_id, rt.settings.chunk_size)
         chunk = claim_chunk(session, batch_id, worker, rt.settings.lease_seconds)
-        if chunk is None:
-            return None
-        wanted = set(chunk.image_ids)
-        chunk_id = chunk.id
-    with rt.sessions() as session:
-        return chunk_id, [p for p in pending_images(session, batch_id) if p.image_id in wanted]
+        return None if chunk is None else (chunk.id, set(chunk.image_ids))
+
+    claimed = _transaction(rt, "claim-chunk", claim)
+    if claimed is None:
+        return None
+    chunk_id, wanted = claimed
+    pending = _transaction(rt, "read pending images", lambda s: pending_images(s, batch_id))
+    return chunk_id, [p for p in pending if p.image_id in wanted]
 
 
 @task(name="complete-chunks", cache_policy=NO_CACHE)
 def complete_chunks_task(rt: Runtime, worker: str, chunk_ids: list[str], in_flight: list[str]) -> None:
-    with rt.sessions.begin() as session:
+    def complete(session: Session) -> None:
         for chunk_id in chunk_ids:
             complete_chunk(session, chunk_id, worker)
         for chunk_id in in_flight:  # still working on these: keep them
             renew_lease(session, chunk_id, worker, rt.settings.lease_seconds)
 
+    _transaction(rt, "complete-chunks", complete)
+
 
 def _release(rt: Runtime, worker: str, chunk_ids: list[str]) -> None:
-    with rt.sessions.begin() as session:
-        release_chunks(session, chunk_ids, worker)
+    _transaction(rt, "release chunks", lambda s: release_chunks(s, chunk_ids, worker))
 
 
 def _run_artifact(rt: Runtime, run_id: str, summary: dict[str, Any]) -> None:
@@ -204,12 +242,11 @@ def _run_artifact(rt: Runtime, run_id: str, summary: dict[str, Any]) -> None:
 
     from governance.records import Image as ImageRecord
 
-    with rt.sessions() as session:
-        rows = [
-            {"image": i.id, "row": i.prompt.row_id, "status": i.status, "key": i.store_key or "",
-             "reasons": "; ".join(i.safety_reasons)}
-            for i in session.query(ImageRecord).filter(ImageRecord.run_id == run_id)
-        ]
+    rows = _transaction(rt, "read run images", lambda session: [
+        {"image": i.id, "row": i.prompt.row_id, "status": i.status, "key": i.store_key or "",
+         "reasons": "; ".join(i.safety_reasons)}
+        for i in session.query(ImageRecord).filter(ImageRecord.run_id == run_id)
+    ])
     create_table_artifact(
         key=f"run-{run_id[:8]}", table=rows,
         description=f"batch {summary['batch_id']}: {summary['published']} published, "
@@ -228,26 +265,46 @@ def produce_batch(batch_id: str, actor: str) -> dict[str, Any]:
     flow_run_id = str(get_run_context().flow_run.id)  # type: ignore[union-attr]
     worker = f"{socket.gethostname()}:{os.getpid()}:{flow_run_id[:8]}"
     run_id = start_run_task(rt, batch_id, actor, flow_run_id)
-    with rt.sessions() as session:
-        logger.info("run %s (%s): %d images to make for batch %s", run_id, worker,
-                    len(pending_images(session, batch_id)), batch_id)
+    logger.info("run %s (%s): %d images to make for batch %s", run_id, worker,
+                len(_transaction(rt, "read pending images", lambda s: pending_images(s, batch_id))), batch_id)
     queue: deque[Checked] = deque()
     outstanding: dict[str, int] = {}
-    timing = {"generate_s": 0.0, "after_decode_wait_s": 0.0}
+    # Where the worker's time goes (bench/pool.py reads these from the run summary):
+    # generate_s in the engine, after_decode_wait_s blocked on the after-decode pool, publish_s
+    # uploading and recording, claim_s claiming and completing chunks, wall_s the whole loop.
+    timing = dict.fromkeys(["generate_s", "after_decode_wait_s", "publish_s", "claim_s", "wall_s"], 0.0)
     pool = BoundedPool(rt.settings.postprocess_workers, max_pending=2 * rt.settings.chunk_size)
+    drained = 0.0
+    started = time.perf_counter()
 
     def publish(wait: bool) -> None:
-        finished = publish_ready_task(rt, run_id, actor, queue, wait=wait)
+        nonlocal drained
+        t0 = time.perf_counter()
+        finished, waited = publish_ready_task(rt, run_id, actor, queue, wait=wait)
+        drained += waited
+        t1 = time.perf_counter()
+        timing["publish_s"] += t1 - t0 - waited
         for chunk_id in finished:
             outstanding[chunk_id] -= 1
         done = [c for c, n in outstanding.items() if n == 0]
         for c in done:
             del outstanding[c]
         complete_chunks_task(rt, worker, done, list(outstanding))
+        timing["claim_s"] += time.perf_counter() - t1
+
+    def claim_next() -> tuple[str, list[PlannedImage]] | None:
+        t0 = time.perf_counter()
+        claimed = claim_chunk_task(rt, batch_id, worker)
+        timing["claim_s"] += time.perf_counter() - t0
+        return claimed
+
+    def measured() -> None:
+        timing["after_decode_wait_s"] = pool.wait_seconds + drained
+        timing["wall_s"] = time.perf_counter() - started
 
     try:
         emit_lineage_task(rt, run_id, "START")  # lineage
-        while (claimed := claim_chunk_task(rt, batch_id, worker)) is not None:
+        while (claimed := claim_next()) is not None:
             chunk_id, chunk = claimed
             outstanding[chunk_id] = len(chunk)
             if chunk:
@@ -269,13 +326,13 @@ def produce_batch(batch_id: str, actor: str) -> dict[str, Any]:
         publish(wait=True)
     except Exception as exc:
         pool.close()
-        timing["after_decode_wait_s"] = pool.wait_seconds
+        measured()
         _release(rt, worker, list(outstanding))  # hand unfinished chunks back at once, not after the lease
         finish_run_task(rt, run_id, actor, timing, error=f"{type(exc).__name__}: {exc}")
         emit_lineage_task(rt, run_id, "FAIL", f"{type(exc).__name__}: {exc}", must_deliver=False)  # lineage
         raise
     pool.close()
-    timing["after_decode_wait_s"] = pool.wait_seconds
+    measured()
     summary = finish_run_task(rt, run_id, actor, timing)
     _run_artifact(rt, run_id, summary)
     emit_lineage_task(rt, run_id, "COMPLETE")  # lineage
@@ -289,7 +346,7 @@ def produce_approved(purpose: str, actor: str) -> list[dict[str, Any]]:
     from governance.batches import list_batches
 
     rt = Runtime(active_settings())
-    with rt.sessions() as session:
-        ids = [b.id for b in list_batches(session, "approved") if b.purpose == purpose]
+    ids = _transaction(rt, "list approved batches",
+                       lambda s: [b.id for b in list_batches(s, "approved") if b.purpose == purpose])
     get_run_logger().info("%d approved %s batches", len(ids), purpose)
     return [produce_batch(batch_id=batch_id, actor=actor) for batch_id in ids]

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from flows.settings import Settings, get_settings
 from governance.db import ensure_schema, make_engine, make_sessionmaker
+from governance.retry import Backoff
 from governance.store import ObjectStore, open_store
 
 if TYPE_CHECKING:
@@ -62,8 +63,14 @@ class Runtime:
         return self._sessions
 
     @cached_property
+    def backoff(self) -> Backoff:
+        """Retries for a worker's idempotent steps through database and object-store outages."""
+        return Backoff(self.settings.outage_tolerance_seconds)
+
+    @cached_property
     def store(self) -> ObjectStore:
-        return open_store(self.settings.store_url_resolved, self.settings.s3_endpoint_url)
+        s = self.settings
+        return open_store(s.store_url_resolved, s.s3_endpoint_url, s.s3_timeout_seconds, s.s3_max_attempts)
 
     def model_sources(self) -> tuple[str, str]:
         s = self.settings
@@ -99,7 +106,9 @@ class Runtime:
     @cached_property
     def anchor_store(self) -> ObjectStore:
         s = self.settings
-        return open_store(s.audit_store_url, s.s3_endpoint_url) if s.audit_store_url else self.store
+        if not s.audit_store_url:
+            return self.store
+        return open_store(s.audit_store_url, s.s3_endpoint_url, s.s3_timeout_seconds, s.s3_max_attempts)
 
     def checkpoint_signer(self) -> CheckpointSigner:
         from governance.credentials import load_callback

@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     postprocess_workers: int = Field(
         2, ge=1, le=64, description="threads that watermark, encode and hash images while the next chunk generates"
     )
+    outage_tolerance_seconds: float = Field(
+        300, ge=0, description="how long a worker keeps retrying a step through a database or object-store outage"
+    )
+    s3_timeout_seconds: float = Field(30, gt=0, description="S3 connect and read timeout per request")
+    s3_max_attempts: int = Field(5, ge=1, le=20, description="boto3's own attempts per S3 request (standard mode)")
 
     @property
     def database_url_resolved(self) -> str:

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from governance.audit import canonical_json, record_event, verify_chain
 from governance.errors import GovernanceCheckFailed
 from governance.records import AuditAnchor, AuditEvent, Image
+from governance.retry import is_transient
 from governance.store import ObjectStore
 
 CHECKPOINT_SCHEMA = "atelier.audit-checkpoint/1"
@@ -110,6 +111,8 @@ def anchor_chain(
     try:
         stored = store.put_retained(key, body, "application/json", retain_until)
     except Exception as exc:
+        if is_transient(exc):
+            raise  # an outage, not a misconfigured bucket: the caller retries (governance.retry)
         raise GovernanceCheckFailed(
             f"audit anchor could not be written to {store.url} under Object Lock ({str(exc).splitlines()[0]}): "
             "anchors need a bucket created with Object Lock enabled (ATELIER_AUDIT_STORE_URL)"

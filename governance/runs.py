@@ -88,6 +88,8 @@ def get_run(session: Session, run_id: str) -> Run:
 def finish_run(session: Session, actor: str, run_id: str, error: str | None = None) -> Run:
     """Close a run. The batch is completed only when every planned image has a record."""
     run = get_run(session, run_id)
+    if run.status == ("failed" if error else "completed"):
+        return run  # closed already: a retry after a commit whose answer was lost (idempotent)
     if run.status != "running":
         raise InvalidState(f"run {run.id} is already {run.status}")
     batch = get_batch(session, run.batch_id)

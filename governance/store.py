@@ -117,7 +117,8 @@ class LocalStore:
 class S3Store:
     """S3 or any S3-compatible server. PUTs carry a SHA-256 checksum the server verifies."""
 
-    def __init__(self, bucket: str, prefix: str, endpoint_url: str | None = None, client=None):  # type: ignore[no-untyped-def]
+    def __init__(self, bucket: str, prefix: str, endpoint_url: str | None = None, client=None,  # type: ignore[no-untyped-def]
+                 timeout_s: float = 30, max_attempts: int = 5):
         import boto3
         from botocore.config import Config
 
@@ -127,7 +128,9 @@ class S3Store:
         self.client = client or boto3.client(
             "s3",
             endpoint_url=endpoint_url,
-            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+            # boto3 retries 5xx, throttling and timeouts itself; governance.retry rides out longer outages.
+            config=Config(retries={"max_attempts": max_attempts, "mode": "standard"},
+                          connect_timeout=timeout_s, read_timeout=timeout_s),
         )
 
     worm = True
@@ -207,12 +210,12 @@ class S3Store:
         return f"s3://{self.bucket}/{self._key(key)}"
 
 
-def open_store(url: str, endpoint_url: str | None = None) -> ObjectStore:
+def open_store(url: str, endpoint_url: str | None = None, timeout_s: float = 30, max_attempts: int = 5) -> ObjectStore:
     parsed = urlparse(url)
     if parsed.scheme == "file":
         return LocalStore(Path(unquote(parsed.path)))
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise InvalidInput(f"store URL {url!r} has no bucket: use s3://BUCKET/PREFIX")
-        return S3Store(parsed.netloc, parsed.path, endpoint_url)
+        return S3Store(parsed.netloc, parsed.path, endpoint_url, timeout_s=timeout_s, max_attempts=max_attempts)
     raise InvalidInput(f"unsupported store URL {url!r}: use file:///path or s3://bucket/prefix")
