@@ -31,17 +31,25 @@ import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from flows.pool import BoundedPool
 from flows.runtime import Runtime, active_settings
 from governance.batches import get_batch
-from governance.claims import claim_chunk, complete_chunk, plan_chunks, release_chunks, renew_lease
+from governance.claims import (
+    claim_chunk,
+    complete_chunk,
+    plan_chunks,
+    release_chunks,
+    renew_lease,
+    seconds_until_claimable,
+)
 from governance.ledger import anchor_chain
 from governance.licences import record_model_version
 from governance.lineage import LineageError, emit_run_event, open_sink
 from governance.publish import MarkedImage, SafetyContext, credential_manifest, finalize_image, mark_and_encode
-from governance.records import Approval, Batch, Run
+from governance.records import Approval, Batch, Image, Run
 from governance.runs import PlannedImage, finish_run, pending_images, prompts_by_id, start_run
 from governance.safety import SafetyResult
 from sdxl_core.seeds import image_seed
@@ -152,7 +160,12 @@ def publish_ready_task(
                 item.pixels, item.safety, ctx, marked=marked,
             )
 
-        _transaction(rt, f"publish {item.planned.image_id}", record)
+        try:
+            _transaction(rt, f"publish {item.planned.image_id}", record)
+        except IntegrityError:  # another worker recorded this image first (its copy of the lease ran out)
+            if not _transaction(rt, "check image", lambda s, i=item.planned.image_id: s.get(Image, i) is not None):
+                raise
+            log.info("image %s was recorded by another worker meanwhile", item.planned.image_id)
         queue.popleft()
         finished.append(item.chunk_id)
     return finished, waited
@@ -206,16 +219,21 @@ def emit_lineage_task(
 
 
 @task(name="claim-chunk", cache_policy=NO_CACHE)
-def claim_chunk_task(rt: Runtime, batch_id: str, worker: str) -> tuple[str, list[PlannedImage]] | None:
-    """Claim the next chunk of the batch (lease) and return its images that still lack a record."""
-    def claim(session: Session) -> tuple[str, set[str]] | None:
+def claim_chunk_task(rt: Runtime, batch_id: str, worker: str) -> tuple[str, list[PlannedImage]] | float | None:
+    """Claim the next chunk of the batch (lease) and return its images that still lack a record.
+
+    Returns None when every chunk is done, or the seconds to wait when the only chunks left are
+    leased to other workers (their lease may run out: a killed worker's chunks come back)."""
+    def claim(session: Session) -> tuple[str, set[str]] | float | None:
         plan_chunks(session, batch_id, rt.settings.chunk_size)
         chunk = claim_chunk(session, batch_id, worker, rt.settings.lease_seconds)
-        return None if chunk is None else (chunk.id, set(chunk.image_ids))
+        if chunk is None:
+            return seconds_until_claimable(session, batch_id)
+        return chunk.id, set(chunk.image_ids)
 
     claimed = _transaction(rt, "claim-chunk", claim)
-    if claimed is None:
-        return None
+    if not isinstance(claimed, tuple):
+        return claimed
     chunk_id, wanted = claimed
     pending = _transaction(rt, "read pending images", lambda s: pending_images(s, batch_id))
     return chunk_id, [p for p in pending if p.image_id in wanted]
@@ -293,10 +311,17 @@ def produce_batch(batch_id: str, actor: str) -> dict[str, Any]:
         timing["claim_s"] += time.perf_counter() - t1
 
     def claim_next() -> tuple[str, list[PlannedImage]] | None:
-        t0 = time.perf_counter()
-        claimed = claim_chunk_task(rt, batch_id, worker)
-        timing["claim_s"] += time.perf_counter() - t0
-        return claimed
+        while True:
+            t0 = time.perf_counter()
+            claimed = claim_chunk_task(rt, batch_id, worker)
+            timing["claim_s"] += time.perf_counter() - t0
+            if claimed is None or isinstance(claimed, tuple):
+                return claimed
+            publish(wait=True)  # finish our own chunks first: only others' leases are left
+            if outstanding:
+                continue
+            logger.info("waiting %.1f s for chunks leased to other workers", claimed)
+            time.sleep(min(max(claimed, 0.2), 5.0))
 
     def measured() -> None:
         timing["after_decode_wait_s"] = pool.wait_seconds + drained

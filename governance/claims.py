@@ -14,9 +14,9 @@ are the same, and `finalize_image` keeps the first record.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -105,6 +105,24 @@ def complete_chunk(session: Session, chunk_id: str, worker: str) -> bool:
         return False
     record_event(session, worker, "chunk.completed", "chunk", chunk_id, {})
     return True
+
+
+def seconds_until_claimable(session: Session, batch_id: str) -> float | None:
+    """For a worker that found nothing to claim: None when every chunk of the batch is done;
+    otherwise how long until the earliest lease held by another worker runs out (0 when a chunk
+    is pending again). A surviving worker waits that long and claims again, so a batch whose
+    other worker was killed is finished by the survivor, not left for someone to re-run."""
+    left, pending, earliest = session.execute(
+        select(func.count(), func.count(case((WorkChunk.status == "pending", 1))), func.min(WorkChunk.lease_until))
+        .where(WorkChunk.batch_id == batch_id, WorkChunk.status != "done")
+    ).one()
+    if not left:
+        return None
+    if pending or earliest is None:
+        return 0.0
+    if earliest.tzinfo is None:  # SQLite hands back naive UTC
+        earliest = earliest.replace(tzinfo=UTC)
+    return max(0.0, (earliest - utcnow()).total_seconds())
 
 
 def chunk_progress(session: Session, batch_id: str) -> dict[str, int]:

@@ -261,23 +261,26 @@ def finalize_image(
         "image-id": image_id, "batch-id": batch.id, "approval-id": approval.id, "run-id": run.id,
         "model-sha256": ",".join(f"{mv.role}={mv.sha256[:16]}" for mv in run.model_versions),
     }
-    store.put(prov_key, json.dumps(doc, indent=2, sort_keys=True).encode(), "application/json", metadata)
-    stored = store.put(key, marked.png, "image/png", metadata)
-
     record = _image_record(image_id, prompt, run, image_index, seed, pixels, safety, safety_ctx, "published", [])
     record.watermark_payload = f"{check.expected:012x}"
     record.watermark_matched_bits = check.matched_bits
     record.sha256 = sha256
     record.store_url = store.url
     record.store_key = key
-    record.store_version_id = stored.version_id
     record.provenance_key = prov_key
     record.watermark_scheme = WATERMARK_SCHEME
     record.phash = marked.phash
     record.pixels_sha256 = marked.pixels_sha256
     record.licence_obligations = obligations_for(run.model_versions)
     record.c2pa_manifest = marked.credentials.label
+    # The record goes in before the upload: it claims the image id. A second worker finalizing the
+    # same image (its lease ran out while it was merely slow) waits on this row and then fails
+    # with IntegrityError before uploading, so it never overwrites the object this record describes.
     session.add(record)
+    session.flush()
+    store.put(prov_key, json.dumps(doc, indent=2, sort_keys=True).encode(), "application/json", metadata)
+    stored = store.put(key, marked.png, "image/png", metadata)
+    record.store_version_id = stored.version_id
     session.flush()
     record_event(
         session, actor, "image.published", "image", image_id,

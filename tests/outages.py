@@ -171,3 +171,23 @@ class PostgresCluster:
         except subprocess.CalledProcessError:
             pass
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# Modules a worker needs, imported once in the forkserver so that each worker process starts in
+# about a second instead of ~15 s of imports (torch, diffusers, open_clip, Prefect) on 2 cores.
+WORKER_PRELOAD = ["flows.cli", "flows.produce", "sdxl_core.engine", "governance.safety", "governance.publish"]
+
+
+def worker_main(argv: list[str], log_path: str) -> None:
+    """An `atelier run` worker in its own process (forked from the forkserver), output to a log file."""
+    import sys
+
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    from flows.cli import main
+
+    code = main(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

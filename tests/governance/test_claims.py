@@ -12,7 +12,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from governance.approvals import approve_batch
 from governance.batches import submit_batch
-from governance.claims import chunk_progress, claim_chunk, complete_chunk, plan_chunks
+from governance.claims import (
+    chunk_progress,
+    claim_chunk,
+    complete_chunk,
+    plan_chunks,
+    release_chunks,
+    seconds_until_claimable,
+)
 from governance.db import make_engine, make_sessionmaker
 from governance.records import AuditEvent, WorkChunk
 from tests.governance.conftest import good_rows, write_csv
@@ -49,6 +56,25 @@ def test_workers_get_distinct_chunks_then_none(sessions, batch_id) -> None:
     assert len(set(got[:3])) == 3 and got[3] is None
     with sessions() as s:
         assert chunk_progress(s, batch_id) == {"claimed": 3}
+
+
+def test_a_worker_with_nothing_to_claim_learns_when_a_dead_workers_chunk_comes_back(sessions, batch_id) -> None:
+    with sessions.begin() as s:
+        plan_chunks(s, batch_id, 6)
+        held = claim_chunk(s, batch_id, "dead-worker", lease_seconds=30).id
+        other = claim_chunk(s, batch_id, "w2", lease_seconds=300).id
+    with sessions() as s:
+        wait = seconds_until_claimable(s, batch_id)
+    assert 25 < wait <= 30  # the earliest lease runs out in about 30 s
+    with sessions.begin() as s:
+        release_chunks(s, [held], "dead-worker")
+    with sessions() as s:
+        assert seconds_until_claimable(s, batch_id) == 0.0  # pending again: claim now
+    with sessions.begin() as s:
+        complete_chunk(s, claim_chunk(s, batch_id, "w2", lease_seconds=60).id, "w2")
+        complete_chunk(s, other, "w2")
+    with sessions() as s:
+        assert seconds_until_claimable(s, batch_id) is None  # every chunk done: stop
 
 
 def test_expired_lease_returns_the_chunk_and_it_finishes_once(sessions, batch_id) -> None:
@@ -101,7 +127,6 @@ def test_concurrent_workers_claim_every_chunk_exactly_once(sessions, batch_id, d
 
 
 def test_release_hands_back_only_what_the_worker_still_holds(sessions, batch_id) -> None:
-    from governance.claims import release_chunks
 
     with sessions.begin() as s:
         plan_chunks(s, batch_id, 6)
