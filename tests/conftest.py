@@ -97,25 +97,12 @@ def tiny_models() -> tuple[Path, Path]:
     return ensure_tiny_models(REPO / ".atelier" / "test-cache" / "models")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prefect server (`prefect server start`, its services included) on its own PostgreSQL
     database, for the whole session; PREFECT_API_URL points at it. Returns the API URL.
 
     Where PostgreSQL is not reachable, Prefect's own test harness (a server on SQLite) instead."""
-    import subprocess
-    import sys
-    import time
-
-    import httpx
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     if _pg_reachable() is not None:
@@ -124,43 +111,23 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with prefect_test_harness(server_startup_timeout=180):
             yield PREFECT_API_URL.value()
         return
+    from tests.outages import PrefectServer
+
     name = f"atelier_prefect_{uuid.uuid4().hex[:10]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     db_url = make_url(PG_ADMIN_URL).set(drivername="postgresql+asyncpg", database=name)
-    port = _free_port()
-    home = tmp_path_factory.mktemp("prefect-home")
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": "",
-           "PREFECT_SERVER_DATABASE_CONNECTION_URL": db_url.render_as_string(hide_password=False),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
-    log = (home / "server.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    api = f"http://127.0.0.1:{port}/api"
-    deadline = time.time() + 240
-    while True:
-        try:
-            if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if server.poll() is not None or time.time() > deadline:
-            server.kill()
-            pytest.fail("Prefect server did not start:\n" + (home / "server.log").read_text()[-3000:])
-        time.sleep(0.5)
+    server = PrefectServer(db_url.render_as_string(hide_password=False), tmp_path_factory.mktemp("prefect-home"))
+    try:
+        api = server.start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     try:
         with temporary_settings({PREFECT_API_URL: api}):
             yield api
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+        server.stop()
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()

@@ -132,6 +132,51 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class PrefectServer:
+    """`prefect server start` (API and services, no UI) on 127.0.0.1, on the database at `db_url`."""
+
+    def __init__(self, db_url: str, home: Path):
+        self.db_url, self.home, self.port = db_url, home, _free_port()
+        self.api = f"http://127.0.0.1:{self.port}/api"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 240) -> str:
+        import sys
+
+        import httpx
+
+        env = {**os.environ, "PREFECT_HOME": str(self.home), "PREFECT_API_URL": "",
+               "PREFECT_SERVER_DATABASE_CONNECTION_URL": self.db_url,
+               "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
+        self._log = (self.home / "server.log").open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + timeout
+        while True:
+            try:
+                if httpx.get(f"{self.api}/health", timeout=2).status_code == 200:
+                    return self.api
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                raise RuntimeError("Prefect server did not start:\n"
+                                   + (self.home / "server.log").read_text(errors="replace")[-3000:])
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self._log.close()
+            self.proc = None
+
+
 def postgres_bin() -> Path | None:
     root = Path("/usr/lib/postgresql")
     found = sorted(root.glob("*/bin/pg_ctl")) if root.exists() else []
