@@ -17,13 +17,11 @@ Prefect server itself.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import random
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -33,52 +31,26 @@ _here = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here] + [str(_here.parent)]
 
 import boto3  # noqa: E402
-from sqlalchemy import create_engine, func, select, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
 
-from flows.cli import main  # noqa: E402
-from flows.runtime import Runtime  # noqa: E402
-from flows.settings import get_settings  # noqa: E402
+from bench.harness import Batch, approved_batch, prefect_server  # noqa: E402
 from governance.claims import chunk_progress  # noqa: E402
 from governance.ledger import verify_ledger  # noqa: E402
 from governance.records import Image  # noqa: E402
 from sdxl_core.tiny import ensure_tiny_models  # noqa: E402
 
-PG = os.environ.get("ATELIER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-
 
 def trial(n: int, args: argparse.Namespace, s3_url: str, prefect_url: str, models: tuple[Path, Path],
           rng: random.Random) -> dict:
     images = args.images
-    name = f"atelier_faults_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(PG).set(database=name).render_as_string(hide_password=False)
     bucket = f"faults-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=s3_url).create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
-    work = Path(tempfile.mkdtemp(prefix="atelier-faults-"))
-    flags = ["--data-dir", str(work / "d"), "--database-url", url, "--store-url", f"s3://{bucket}/p",
-             "--s3-endpoint-url", s3_url, "--base-model", str(models[0]), "--refiner-model", str(models[1])]
-    with (work / "p.csv").open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["row_id", "prompt", "seed", "width", "height", "steps", "num_images"])
-        for i in range(images // 2):
-            w.writerow([f"r{i}", f"product {i}", 100 + i, 256, 256, 2, 2])
-    for argv in (["db", "upgrade"], ["users", "add", "admin", "--role", "admin"],
-                 ["users", "add", "req", "--role", "requester", "--as", "admin"],
-                 ["users", "add", "app", "--role", "approver", "--as", "admin"],
-                 ["users", "add", "ops", "--role", "operator", "--as", "admin"],
-                 ["licences", "register", "creativeml-openrail++-m", "--as", "admin"], ["keys", "init"],
-                 ["batch", "submit", str(work / "p.csv"), "--purpose", "catalogue", "--as", "req"]):
-        assert main([*argv, *flags]) == 0, argv
-    rt = Runtime(get_settings(database_url=url, data_dir=work / "d", store_url=f"s3://{bucket}/p",
-                              s3_endpoint_url=s3_url))
-    with rt.sessions() as s:
-        from governance.batches import list_batches
+    with approved_batch(images, 256, 2, models, f"s3://{bucket}/p", s3_url, prefix="atelier_faults") as batch:
+        return _trial(n, args, batch, prefect_url, rng)
 
-        batch_id = list_batches(s)[0].id
-    assert main(["batch", "approve", batch_id, "--as", "app", *flags]) == 0
+
+def _trial(n: int, args: argparse.Namespace, batch: Batch, prefect_url: str, rng: random.Random) -> dict:
+    images, flags, batch_id, rt = args.images, batch.flags, batch.batch_id, batch.runtime
 
     def recorded() -> int:
         with rt.sessions() as s:
@@ -123,17 +95,11 @@ def trial(n: int, args: argparse.Namespace, s3_url: str, prefect_url: str, model
         "chunks_not_done": sum(v for k, v in chunks.items() if k != "done"), "ledger": ledger.ok,
         "seconds": round(time.time() - t0),
     }
-    admin.dispose()
-    rt.sessions.kw["bind"].dispose()
-    with create_engine(PG, isolation_level="AUTOCOMMIT").connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     return row
 
 
 def run(args: argparse.Namespace) -> str:
     from moto.server import ThreadedMotoServer
-
-    from tests.outages import PrefectServer
 
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
@@ -144,21 +110,13 @@ def run(args: argparse.Namespace) -> str:
     models = ensure_tiny_models(Path(".atelier/test-cache/models"))
     rng = random.Random(args.seed)
     rows = []
-    prefect_db = f"atelier_faults_prefect_{uuid.uuid4().hex[:8]}"
-    with create_engine(PG, isolation_level="AUTOCOMMIT").connect() as c:
-        c.execute(text(f'CREATE DATABASE "{prefect_db}"'))
-    prefect = PrefectServer(make_url(PG).set(drivername="postgresql+asyncpg", database=prefect_db)
-                            .render_as_string(hide_password=False), Path(tempfile.mkdtemp(prefix="atelier-prefect-")))
-    api = prefect.start()
     try:
-        for n in range(1, args.trials + 1):
-            rows.append(trial(n, args, f"http://{host}:{port}", api, models, rng))
-            print(rows[-1], flush=True)
+        with prefect_server() as api:
+            for n in range(1, args.trials + 1):
+                rows.append(trial(n, args, f"http://{host}:{port}", api, models, rng))
+                print(rows[-1], flush=True)
     finally:
-        prefect.stop()
         server.stop()
-        with create_engine(PG, isolation_level="AUTOCOMMIT").connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{prefect_db}" WITH (FORCE)'))
     ok = all(r["recorded"] == r["unique"] == args.images and not r["orphans"] and not r["missing"]
              and not r["chunks_not_done"] and r["ledger"] and set(r["survivors_exit"].split(",")) == {"0"}
              for r in rows)

@@ -108,8 +108,10 @@ def start_run_task(rt: Runtime, batch_id: str, actor: str, flow_run_id: str) -> 
 
 
 @task(name="generate-chunk", cache_policy=NO_CACHE)
-def generate_chunk_task(rt: Runtime, chunk: list[PlannedImage]) -> list[Checked]:
-    """Generate one chunk (base -> refiner) and score it against the safety policy."""
+def generate_chunk_task(rt: Runtime, chunk: list[PlannedImage]) -> tuple[list[Checked], float, float]:
+    """Generate one chunk (base -> refiner) and score it against the safety policy.
+
+    Returns the checked images, the seconds in the engine and the seconds in the safety check."""
     from sdxl_core.engine import ImageRequest
 
     prompts = _transaction(rt, "read prompts", lambda s: prompts_by_id(s, sorted({p.prompt_id for p in chunk})))
@@ -123,12 +125,15 @@ def generate_chunk_task(rt: Runtime, chunk: list[PlannedImage]) -> list[Checked]
                 refiner_split=p.refiner_split,
             )
         )
+    t0 = time.perf_counter()
     generated = rt.engine.generate(requests)
+    t1 = time.perf_counter()
     verdicts = rt.safety.check([g.pixels for g in generated])
-    return [
+    checked = [
         Checked(planned, g.request.seed, g.pixels, v)
         for planned, g, v in zip(chunk, generated, verdicts, strict=True)
     ]
+    return checked, t1 - t0, time.perf_counter() - t1
 
 
 @task(name="publish-ready", cache_policy=NO_CACHE)
@@ -287,10 +292,13 @@ def produce_batch(batch_id: str, actor: str) -> dict[str, Any]:
                 len(_transaction(rt, "read pending images", lambda s: pending_images(s, batch_id))), batch_id)
     queue: deque[Checked] = deque()
     outstanding: dict[str, int] = {}
-    # Where the worker's time goes (bench/pool.py reads these from the run summary):
-    # generate_s in the engine, after_decode_wait_s blocked on the after-decode pool, publish_s
-    # uploading and recording, claim_s claiming and completing chunks, wall_s the whole loop.
-    timing = dict.fromkeys(["generate_s", "after_decode_wait_s", "publish_s", "claim_s", "wall_s"], 0.0)
+    # Where the worker's time goes (bench/pool.py reads these from the run summary): generate_s in
+    # the engine, safety_s in the safety check, after_decode_wait_s blocked on the after-decode
+    # pool, publish_s uploading and recording, claim_s claiming and completing chunks, idle_s
+    # waiting for chunks leased to other workers at the end of a batch, wall_s the whole loop.
+    timing = dict.fromkeys(
+        ["generate_s", "safety_s", "after_decode_wait_s", "publish_s", "claim_s", "idle_s", "wall_s"], 0.0
+    )
     pool = BoundedPool(rt.settings.postprocess_workers, max_pending=2 * rt.settings.chunk_size)
     drained = 0.0
     started = time.perf_counter()
@@ -321,7 +329,9 @@ def produce_batch(batch_id: str, actor: str) -> dict[str, Any]:
             if outstanding:
                 continue
             logger.info("waiting %.1f s for chunks leased to other workers", claimed)
-            time.sleep(min(max(claimed, 0.2), 5.0))
+            pause = min(max(claimed, 0.2), 5.0)
+            time.sleep(pause)
+            timing["idle_s"] += pause
 
     def measured() -> None:
         timing["after_decode_wait_s"] = pool.wait_seconds + drained
@@ -333,9 +343,9 @@ def produce_batch(batch_id: str, actor: str) -> dict[str, Any]:
             chunk_id, chunk = claimed
             outstanding[chunk_id] = len(chunk)
             if chunk:
-                t0 = time.perf_counter()
-                checked = generate_chunk_task(rt, chunk)
-                timing["generate_s"] += time.perf_counter() - t0
+                checked, engine_s, safety_s = generate_chunk_task(rt, chunk)
+                timing["generate_s"] += engine_s
+                timing["safety_s"] += safety_s
                 manifests = _manifests(rt, run_id, [c.planned.image_id for c in checked])
                 for item in checked:
                     item.chunk_id = chunk_id

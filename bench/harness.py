@@ -1,0 +1,99 @@
+"""What the multi-worker benches share: a governed, approved batch in a fresh PostgreSQL database,
+and a real Prefect server on PostgreSQL for the workers to report to.
+
+Needs PostgreSQL (ATELIER_TEST_PG_URL, default 127.0.0.1:5432).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from flows.cli import main
+from flows.runtime import Runtime
+from flows.settings import get_settings
+
+PG = os.environ.get("ATELIER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+@contextlib.contextmanager
+def fresh_database(prefix: str) -> Iterator[str]:
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(PG).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def prefect_server() -> Iterator[str]:
+    """A real `prefect server start` on its own PostgreSQL database; yields the API URL."""
+    from tests.outages import PrefectServer
+
+    home = Path(tempfile.mkdtemp(prefix="atelier-prefect-"))
+    with fresh_database("atelier_bench_prefect") as url:
+        server = PrefectServer(make_url(url).set(drivername="postgresql+asyncpg").render_as_string(
+            hide_password=False), home)
+        try:
+            yield server.start()
+        finally:
+            server.stop()
+            shutil.rmtree(home, ignore_errors=True)
+
+
+@dataclass
+class Batch:
+    flags: list[str]  # the settings flags every `atelier` command of this batch takes
+    batch_id: str
+    runtime: Runtime
+    work: Path
+
+
+@contextlib.contextmanager
+def approved_batch(images: int, size: int, steps: int, models: tuple[Path, Path], store_url: str | None = None,
+                   s3_url: str | None = None, prefix: str = "atelier_bench") -> Iterator[Batch]:
+    """Users, licence, test signer, a batch of `images` (two per prompt) submitted and approved."""
+    work = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
+    with fresh_database(prefix) as url:
+        flags = ["--data-dir", str(work / "d"), "--database-url", url,
+                 "--base-model", str(models[0]), "--refiner-model", str(models[1])]
+        flags += ["--store-url", store_url] if store_url else []
+        flags += ["--s3-endpoint-url", s3_url] if s3_url else []
+        with (work / "p.csv").open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["row_id", "prompt", "seed", "width", "height", "steps", "num_images"])
+            for i in range(images // 2):
+                w.writerow([f"r{i}", f"product {i}", 100 + i, size, size, steps, 2])
+        for argv in (["db", "upgrade"], ["users", "add", "admin", "--role", "admin"],
+                     ["users", "add", "req", "--role", "requester", "--as", "admin"],
+                     ["users", "add", "app", "--role", "approver", "--as", "admin"],
+                     ["users", "add", "ops", "--role", "operator", "--as", "admin"],
+                     ["licences", "register", "creativeml-openrail++-m", "--as", "admin"], ["keys", "init"],
+                     ["batch", "submit", str(work / "p.csv"), "--purpose", "catalogue", "--as", "req"]):
+            assert main([*argv, *flags]) == 0, argv
+        rt = Runtime(get_settings(database_url=url, data_dir=work / "d", store_url=store_url, s3_endpoint_url=s3_url))
+        with rt.sessions() as s:
+            from governance.batches import list_batches
+
+            batch_id = list_batches(s)[0].id
+        assert main(["batch", "approve", batch_id, "--as", "app", *flags]) == 0
+        try:
+            yield Batch(flags, batch_id, rt, work)
+        finally:
+            rt.sessions.kw["bind"].dispose()
+            shutil.rmtree(work, ignore_errors=True)
