@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -37,6 +38,61 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
 def progress_bar(done: int, total: int, width: int = 30) -> str:
     filled = int(width * done / total) if total else width
     return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+
+
+def progress_line(summary: dict[str, Any]) -> str:
+    """`[####....] 12/200  published 11  quarantined 1  3.2/min  ETA 58 s` from a batch summary."""
+    p = summary["progress"]
+    line = (f"{progress_bar(p['done'], p['planned'])}  published {summary['images_published']}  "
+            f"quarantined {summary['images_quarantined']}")
+    if p["images_per_minute"]:
+        line += f"  {p['images_per_minute']}/min"
+    if p["eta_seconds"]:
+        line += f"  ETA {p['eta_seconds']} s"
+    return line
+
+
+class ProgressMonitor:
+    """Redraws one batch's progress line on stderr every second while `atelier run` works on it."""
+
+    def __init__(self, rt: Runtime, batch_id: str, interval: float = 1.0):
+        import threading
+
+        self.rt, self.batch_id, self.interval = rt, batch_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
+        self._width = 0
+
+    def _draw(self) -> None:
+        from governance.batches import batch_summary, get_batch
+
+        with self.rt.sessions() as session:
+            line = f"batch {self.batch_id[:8]} " + progress_line(batch_summary(session, get_batch(session,
+                                                                                                   self.batch_id)))
+        sys.stderr.write("\r" + line.ljust(self._width))
+        sys.stderr.flush()
+        self._width = len(line)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self._draw()
+            except Exception:  # noqa: BLE001 - a database hiccup must not disturb the run; retried next second
+                pass
+
+    def __enter__(self) -> ProgressMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        try:
+            self._draw()  # the final state
+        except Exception:  # noqa: BLE001
+            pass
+        sys.stderr.write("\n")
+        sys.stderr.flush()
 
 
 def _kv(pairs: dict[str, Any], indent: str = "") -> None:
@@ -180,15 +236,13 @@ def cmd_batch_show(rt: Runtime, args: argparse.Namespace) -> int:
     detail = out.pop("prompts_detail")
     progress = out.pop("progress")
     _kv(out)
-    print(f"progress    {progress_bar(progress['done'], progress['planned'])}"
-          + (f"  {progress['images_per_minute']}/min" if progress["images_per_minute"] else "")
-          + (f", ETA {progress['eta_seconds']} s" if progress["eta_seconds"] else ""))
+    print(f"progress    {progress_line({**out, 'progress': progress})}")
     print()
     print_table(detail, ["row_id", "seed", "width", "height", "steps", "num_images", "ref", "prompt"])
     return 0
 
 
-def run_batches(rt: Runtime, batch_ids: list[str]) -> list[dict[str, Any]]:
+def run_batches(rt: Runtime, batch_ids: list[str], progress: bool = False) -> list[dict[str, Any]]:
     """Pre-flight each batch (clear refusals before Prefect starts), then run the flow for it."""
     from flows.produce import produce_batch
     from governance.approvals import require_runnable
@@ -207,7 +261,8 @@ def run_batches(rt: Runtime, batch_ids: list[str]) -> list[dict[str, Any]]:
     # busy laptop. A configured value (environment or profile) wins.
     with using_settings(rt.settings), temporary_settings({STARTUP: max(STARTUP.value(), 180)}):
         for batch_id in batch_ids:
-            results.append(produce_batch(batch_id=batch_id, actor=rt.settings.actor or ""))
+            with ProgressMonitor(rt, batch_id) if progress else contextlib.nullcontext():
+                results.append(produce_batch(batch_id=batch_id, actor=rt.settings.actor or ""))
     return results
 
 
@@ -222,7 +277,8 @@ def cmd_run(rt: Runtime, args: argparse.Namespace) -> int:
         if not ids:
             print("no approved batches waiting to run")
             return 0
-    results = run_batches(rt, ids)
+    show = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
+    results = run_batches(rt, ids, progress=show)
     _print_json(results) if args.json else print_table(
         results, ["batch_id", "run_id", "status", "published", "quarantined", "remaining"]
     )
@@ -521,6 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add(sub, "run", cmd_run, "run approved batches through the production flow (operators)", json_flag=True)
     sp.add_argument("--batch", help="one batch id (default: every approved batch)")
+    sp.add_argument("--progress", choices=["auto", "always", "never"], default="auto",
+                    help="a progress bar on stderr (auto: when stderr is a terminal)")
 
     sp = add(sub, "trace", cmd_trace, "everything known about one image", json_flag=True)
     sp.add_argument("ref", help="image id, SHA-256, store key or a local image file")

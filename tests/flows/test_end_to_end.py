@@ -65,8 +65,12 @@ def test_governed_batch_end_to_end(make_cli, flags, tmp_path, s3_server, s3_env,
     approved = cli.json("batch", "approve", batch_id, actor="omar")
     assert approved["content_sha256"] == submitted["content_sha256"]
 
-    [result] = cli.json("run", "--batch", batch_id, actor="ops")
+    code, out, err = cli("run", "--batch", batch_id, "--json", "--progress", "always", actor="ops")
+    assert code == 0, err
+    [result] = json.loads(out)
     assert result["status"] == "completed" and result["remaining"] == 0
+    # the operator's progress bar (on stderr, redrawn in place; "auto" shows it on a terminal)
+    assert f"\rbatch {batch_id[:8]} [##############################] 4/4  published {result['published']}" in err
     assert result["published"] + result["quarantined"] == sum(r["num_images"] for r in ROWS)
 
     shown = cli.json("batch", "show", batch_id)
