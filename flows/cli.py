@@ -499,6 +499,27 @@ def cmd_reproduce(rt: Runtime, args: argparse.Namespace) -> int:
     return 0 if out["matches"] else 1
 
 
+def cmd_deploy(rt: Runtime, args: argparse.Namespace) -> int:
+    from flows.deploy import deploy_pool
+
+    deployed = deploy_pool(args.pool, args.type, args.gpus)
+    if args.json:
+        _print_json([d.__dict__ for d in deployed])
+        return 0
+    print(f"work pool {args.pool} ({args.type}): at most {args.gpus} flow runs at once; "
+          "queues marketing (priority 1), catalogue (priority 10)")
+    print_table([{**d.__dict__, "schedules": ", ".join(d.schedules)} for d in deployed],
+                ["name", "queue", "concurrency_limit", "schedules"])
+    print(f"next: start workers, e.g. `atelier workers --pool {args.pool} --gpus 0,1` on each GPU machine")
+    return 0
+
+
+def cmd_workers(rt: Runtime, args: argparse.Namespace) -> int:
+    from flows.deploy import parse_gpus, run_workers, settings_env
+
+    return run_workers(parse_gpus(args.gpus), args.pool, args.gpu_device, settings_env(rt.settings))
+
+
 def cmd_demo(rt: Runtime, args: argparse.Namespace) -> int:
     from flows.demo import run_demo
 
@@ -638,6 +659,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add(sub, "reproduce", cmd_reproduce, "regenerate a published image from its record and compare its pixels "
              "(exit 0 identical or within tolerance, 1 different)", json_flag=True)
     sp.add_argument("image_id")
+
+    sp = add(sub, "deploy", cmd_deploy, "create the GPU work pool, its queues and the deployments of prefect.yaml "
+             "on the Prefect server (PREFECT_API_URL); idempotent", json_flag=True)
+    sp.add_argument("--pool", default="atelier-gpu", help="work pool name (default atelier-gpu)")
+    sp.add_argument("--type", choices=["process", "kubernetes"], default="process",
+                    help="process: `atelier workers` on GPU machines; kubernetes: one Job per flow run")
+    sp.add_argument("--gpus", type=int, default=1, help="GPUs in the pool: the pool's concurrency limit")
+
+    sp = add(sub, "workers", cmd_workers, "one Prefect worker per GPU of this machine, pinned with "
+             "CUDA_VISIBLE_DEVICES, one flow run each; runs until Ctrl-C")
+    sp.add_argument("--pool", default="atelier-gpu", help="work pool to serve (a process pool)")
+    sp.add_argument("--gpus", default="0", help="GPU indices, e.g. 0,1,2,3 (default 0)")
+    sp.add_argument("--gpu-device", default="cuda",
+                    help="ATELIER_DEVICE inside each worker (default cuda; cpu to try the pool without GPUs)")
 
     sp = add(sub, "demo", cmd_demo, "the whole flow on the example catalogue")
     sp.add_argument("--file", default=str(Path(__file__).resolve().parent.parent / "examples" / "catalogue.csv"))

@@ -83,7 +83,7 @@ class Checked:
 
 
 @task(name="start-run", cache_policy=NO_CACHE)
-def start_run_task(rt: Runtime, batch_id: str, actor: str, flow_run_id: str) -> str:
+def start_run_task(rt: Runtime, batch_id: str, actor: str, flow_run_id: str, worker: str) -> str:
     """Record the model versions in use and open the run (the approval gate)."""
     rt.credentials  # no signer, no run: fail before any GPU work  # noqa: B018
     rt.checkpoint_signer()
@@ -99,7 +99,8 @@ def start_run_task(rt: Runtime, batch_id: str, actor: str, flow_run_id: str) -> 
         ]
         run = start_run(
             session, actor, batch_id, versions,
-            engine={**engine.describe(), "safety_model": rt.safety.model_id},
+            engine={**engine.describe(), "safety_model": rt.safety.model_id, "worker": worker,
+                    "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")},
             flow_run_id=flow_run_id,
         )
         return run.id
@@ -287,7 +288,7 @@ def produce_batch(batch_id: str, actor: str) -> dict[str, Any]:
     rt = Runtime(active_settings())
     flow_run_id = str(get_run_context().flow_run.id)  # type: ignore[union-attr]
     worker = f"{socket.gethostname()}:{os.getpid()}:{flow_run_id[:8]}"
-    run_id = start_run_task(rt, batch_id, actor, flow_run_id)
+    run_id = start_run_task(rt, batch_id, actor, flow_run_id, worker)
     logger.info("run %s (%s): %d images to make for batch %s", run_id, worker,
                 len(_transaction(rt, "read pending images", lambda s: pending_images(s, batch_id))), batch_id)
     queue: deque[Checked] = deque()
