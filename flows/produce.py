@@ -31,6 +31,7 @@ import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -49,8 +50,9 @@ from governance.ledger import anchor_chain
 from governance.licences import record_model_version
 from governance.lineage import LineageError, emit_run_event, open_sink
 from governance.publish import MarkedImage, SafetyContext, credential_manifest, finalize_image, mark_and_encode
-from governance.records import Approval, Batch, Image, Run
-from governance.runs import PlannedImage, finish_run, pending_images, prompts_by_id, start_run
+from governance.records import Approval, Batch, Run
+from governance.records import Image as ImageRecord
+from governance.runs import PlannedImage, finish_run, pending_images, planned_images, prompts_by_id, start_run
 from governance.safety import SafetyResult
 from sdxl_core.seeds import image_seed
 
@@ -169,7 +171,8 @@ def publish_ready_task(
         try:
             _transaction(rt, f"publish {item.planned.image_id}", record)
         except IntegrityError:  # another worker recorded this image first (its copy of the lease ran out)
-            if not _transaction(rt, "check image", lambda s, i=item.planned.image_id: s.get(Image, i) is not None):
+            if not _transaction(rt, "check image",
+                                lambda s, i=item.planned.image_id: s.get(ImageRecord, i) is not None):
                 raise
             log.info("image %s was recorded by another worker meanwhile", item.planned.image_id)
         queue.popleft()
@@ -225,35 +228,38 @@ def emit_lineage_task(
 
 
 @task(name="claim-chunk", cache_policy=NO_CACHE)
-def claim_chunk_task(rt: Runtime, batch_id: str, worker: str) -> tuple[str, list[PlannedImage]] | float | None:
+def claim_chunk_task(
+    rt: Runtime, batch_id: str, worker: str, plan: dict[str, PlannedImage], finished: list[str], in_flight: list[str]
+) -> tuple[str, list[PlannedImage]] | float | None:
     """Claim the next chunk of the batch (lease) and return its images that still lack a record.
 
-    Returns None when every chunk is done, or the seconds to wait when the only chunks left are
-    leased to other workers (their lease may run out: a killed worker's chunks come back)."""
-    def claim(session: Session) -> tuple[str, set[str]] | float | None:
+    `plan` is the batch's planned images by id (fixed: the approved content cannot change), so a
+    claim reads only its own chunk's records, not the whole batch's. Returns None when every chunk
+    is done, or the seconds to wait when the only chunks left are leased to other workers (their
+    lease may run out: a killed worker's chunks come back). In the same transaction it first
+    completes the worker's `finished` chunks and renews the leases of those `in_flight`."""
+    def claim(session: Session) -> tuple[str, list[PlannedImage]] | float | None:
+        _complete_and_renew(session, rt, worker, finished, in_flight)
         plan_chunks(session, batch_id, rt.settings.chunk_size)
         chunk = claim_chunk(session, batch_id, worker, rt.settings.lease_seconds)
         if chunk is None:
             return seconds_until_claimable(session, batch_id)
-        return chunk.id, set(chunk.image_ids)
+        recorded = set(session.scalars(select(ImageRecord.id).where(ImageRecord.id.in_(chunk.image_ids))))
+        return chunk.id, [plan[i] for i in chunk.image_ids if i not in recorded]
 
-    claimed = _transaction(rt, "claim-chunk", claim)
-    if not isinstance(claimed, tuple):
-        return claimed
-    chunk_id, wanted = claimed
-    pending = _transaction(rt, "read pending images", lambda s: pending_images(s, batch_id))
-    return chunk_id, [p for p in pending if p.image_id in wanted]
+    return _transaction(rt, "claim-chunk", claim)
 
 
 @task(name="complete-chunks", cache_policy=NO_CACHE)
 def complete_chunks_task(rt: Runtime, worker: str, chunk_ids: list[str], in_flight: list[str]) -> None:
-    def complete(session: Session) -> None:
-        for chunk_id in chunk_ids:
-            complete_chunk(session, chunk_id, worker)
-        for chunk_id in in_flight:  # still working on these: keep them
-            renew_lease(session, chunk_id, worker, rt.settings.lease_seconds)
+    _transaction(rt, "complete-chunks", lambda s: _complete_and_renew(s, rt, worker, chunk_ids, in_flight))
 
-    _transaction(rt, "complete-chunks", complete)
+
+def _complete_and_renew(session: Session, rt: Runtime, worker: str, finished: list[str], in_flight: list[str]) -> None:
+    for chunk_id in finished:
+        complete_chunk(session, chunk_id, worker)
+    for chunk_id in in_flight:  # still working on these: keep them
+        renew_lease(session, chunk_id, worker, rt.settings.lease_seconds)
 
 
 def _release(rt: Runtime, worker: str, chunk_ids: list[str]) -> None:
@@ -263,8 +269,6 @@ def _release(rt: Runtime, worker: str, chunk_ids: list[str]) -> None:
 def _run_artifact(rt: Runtime, run_id: str, summary: dict[str, Any]) -> None:
     """A table per run in Prefect's UI: every image this run recorded, with where it went."""
     from prefect.artifacts import create_table_artifact
-
-    from governance.records import Image as ImageRecord
 
     rows = _transaction(rt, "read run images", lambda session: [
         {"image": i.id, "row": i.prompt.row_id, "status": i.status, "key": i.store_key or "",
@@ -289,6 +293,7 @@ def produce_batch(batch_id: str, actor: str) -> dict[str, Any]:
     flow_run_id = str(get_run_context().flow_run.id)  # type: ignore[union-attr]
     worker = f"{socket.gethostname()}:{os.getpid()}:{flow_run_id[:8]}"
     run_id = start_run_task(rt, batch_id, actor, flow_run_id, worker)
+    plan = {p.image_id: p for p in _transaction(rt, "read plan", lambda s: planned_images(get_batch(s, batch_id)))}
     logger.info("run %s (%s): %d images to make for batch %s", run_id, worker,
                 len(_transaction(rt, "read pending images", lambda s: pending_images(s, batch_id))), batch_id)
     queue: deque[Checked] = deque()
@@ -304,25 +309,31 @@ def produce_batch(batch_id: str, actor: str) -> dict[str, Any]:
     drained = 0.0
     started = time.perf_counter()
 
+    finished: list[str] = []  # chunks whose images are all recorded, to be completed with the next claim
+
     def publish(wait: bool) -> None:
+        """Record what is ready; with `wait`, everything, and complete the finished chunks now."""
         nonlocal drained
         t0 = time.perf_counter()
-        finished, waited = publish_ready_task(rt, run_id, actor, queue, wait=wait)
+        recorded, waited = publish_ready_task(rt, run_id, actor, queue, wait=wait)
         drained += waited
         t1 = time.perf_counter()
         timing["publish_s"] += t1 - t0 - waited
-        for chunk_id in finished:
+        for chunk_id in recorded:
             outstanding[chunk_id] -= 1
-        done = [c for c, n in outstanding.items() if n == 0]
-        for c in done:
-            del outstanding[c]
-        complete_chunks_task(rt, worker, done, list(outstanding))
-        timing["claim_s"] += time.perf_counter() - t1
+        for chunk_id in [c for c, n in outstanding.items() if n == 0]:
+            del outstanding[chunk_id]
+            finished.append(chunk_id)
+        if wait:
+            complete_chunks_task(rt, worker, finished, list(outstanding))
+            finished.clear()
+            timing["claim_s"] += time.perf_counter() - t1
 
     def claim_next() -> tuple[str, list[PlannedImage]] | None:
         while True:
             t0 = time.perf_counter()
-            claimed = claim_chunk_task(rt, batch_id, worker)
+            claimed = claim_chunk_task(rt, batch_id, worker, plan, list(finished), list(outstanding))
+            finished.clear()
             timing["claim_s"] += time.perf_counter() - t0
             if claimed is None or isinstance(claimed, tuple):
                 return claimed
@@ -364,6 +375,8 @@ def produce_batch(batch_id: str, actor: str) -> dict[str, Any]:
         pool.close()
         measured()
         _release(rt, worker, list(outstanding))  # hand unfinished chunks back at once, not after the lease
+        if finished:
+            complete_chunks_task(rt, worker, finished, [])
         finish_run_task(rt, run_id, actor, timing, error=f"{type(exc).__name__}: {exc}")
         emit_lineage_task(rt, run_id, "FAIL", f"{type(exc).__name__}: {exc}", must_deliver=False)  # lineage
         raise
