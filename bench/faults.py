@@ -110,18 +110,24 @@ def run(args: argparse.Namespace) -> str:
     models = ensure_tiny_models(Path(".atelier/test-cache/models"))
     rng = random.Random(args.seed)
     rows = []
+    interrupted = False
     try:
         with prefect_server() as api:
             for n in range(1, args.trials + 1):
                 rows.append(trial(n, args, f"http://{host}:{port}", api, models, rng))
                 print(rows[-1], flush=True)
+    except KeyboardInterrupt:  # Ctrl-C ends a long soak early: the finished trials are still reported
+        interrupted = True
     finally:
         server.stop()
+    if not rows:
+        raise SystemExit("no trial finished")
     ok = all(r["recorded"] == r["unique"] == args.images and not r["orphans"] and not r["missing"]
              and not r["chunks_not_done"] and r["ledger"] and set(r["survivors_exit"].split(",")) == {"0"}
              for r in rows)
     cols = list(rows[0])
-    lines = [f"### {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {args.trials} trials of {args.images} images, "
+    done = f"{len(rows)} of {args.trials} trials (stopped early)" if interrupted else f"{len(rows)} trials"
+    lines = [f"### {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPU cores: {done} of {args.images} images, "
              f"2 workers (fresh processes), {sum(r['kills'] for r in rows)} SIGKILLs at random points, survivors "
              f"finish: {'all exactly once' if ok else 'FAILURES'}", "",
              "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
