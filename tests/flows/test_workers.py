@@ -142,6 +142,9 @@ def test_workers_killed_again_and_again_lose_and_duplicate_nothing(
     assert [k for k in keys if k.endswith(".png")] == sorted(f"w/{k}" for k in published), f"seed {seed}"  # no orphan
     assert len(keys) == 2 * len(published)
     assert cli.json("audit", "verify")["ok"]
-    states = _flow_runs_for(batch_id)  # the workers' flow runs reached the Prefect server (a worker
-    # killed while starting had none yet; a killed one stays RUNNING there: Prefect never heard it die)
-    assert len(started) - 5 <= len(states) <= len(started) and states.count("COMPLETED") >= 2, states
+    # Every worker that began its flow run reported it to the Prefect server (one killed while
+    # starting may have none yet; a killed one stays RUNNING there: Prefect never heard it die).
+    began = sum("Beginning flow run" in (tmp_path / f"worker{i}.log").read_text(errors="replace")
+                for i in range(len(started)))
+    states = _flow_runs_for(batch_id)
+    assert began <= len(states) <= len(started) and states.count("COMPLETED") >= 2, (began, states)
