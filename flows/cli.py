@@ -40,11 +40,9 @@ def progress_bar(done: int, total: int, width: int = 30) -> str:
     return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
 
 
-def progress_line(summary: dict[str, Any]) -> str:
-    """`[####....] 12/200  published 11  quarantined 1  3.2/min  ETA 58 s` from a batch summary."""
-    p = summary["progress"]
-    line = (f"{progress_bar(p['done'], p['planned'])}  published {summary['images_published']}  "
-            f"quarantined {summary['images_quarantined']}")
+def progress_line(p: dict[str, Any]) -> str:
+    """`[####....] 12/200  published 11  quarantined 1  3.2/min  ETA 58 s` (governance.batches.batch_progress)."""
+    line = f"{progress_bar(p['done'], p['planned'])}  published {p['published']}  quarantined {p['quarantined']}"
     if p["images_per_minute"]:
         line += f"  {p['images_per_minute']}/min"
     if p["eta_seconds"]:
@@ -64,11 +62,10 @@ class ProgressMonitor:
         self._width = 0
 
     def _draw(self) -> None:
-        from governance.batches import batch_summary, get_batch
+        from governance.batches import batch_progress
 
         with self.rt.sessions() as session:
-            line = f"batch {self.batch_id[:8]} " + progress_line(batch_summary(session, get_batch(session,
-                                                                                                   self.batch_id)))
+            line = f"batch {self.batch_id[:8]} " + progress_line(batch_progress(session, self.batch_id))
         sys.stderr.write("\r" + line.ljust(self._width))
         sys.stderr.flush()
         self._width = len(line)
@@ -236,7 +233,8 @@ def cmd_batch_show(rt: Runtime, args: argparse.Namespace) -> int:
     detail = out.pop("prompts_detail")
     progress = out.pop("progress")
     _kv(out)
-    print(f"progress    {progress_line({**out, 'progress': progress})}")
+    progress.update(published=out["images_published"], quarantined=out["images_quarantined"])
+    print(f"progress    {progress_line(progress)}")
     print()
     print_table(detail, ["row_id", "seed", "width", "height", "steps", "num_images", "ref", "prompt"])
     return 0

@@ -145,21 +145,35 @@ def current_approval(batch: Batch) -> Approval | None:
     return live[-1] if live else None
 
 
-def batch_summary(session: Session, batch: Batch) -> dict[str, Any]:
+def batch_progress(session: Session, batch_id: str) -> dict[str, Any]:
+    """Images planned, published, quarantined, rate and ETA, from aggregates only (cheap enough to
+    poll every second on a batch of any size: `atelier run`'s progress bar does)."""
+    planned = int(session.scalar(
+        select(func.coalesce(func.sum(Prompt.num_images), 0)).where(Prompt.batch_id == batch_id)) or 0)
     counts = dict(
         session.execute(
-            select(Image.status, func.count()).where(Image.batch_id == batch.id).group_by(Image.status)
+            select(Image.status, func.count()).where(Image.batch_id == batch_id).group_by(Image.status)
         ).all()
     )
-    approval = current_approval(batch)
-    planned = sum(p.num_images for p in batch.prompts)
     done = counts.get("published", 0) + counts.get("quarantined", 0)
     first, last = session.execute(
-        select(func.min(Image.created_at), func.max(Image.created_at)).where(Image.batch_id == batch.id)
+        select(func.min(Image.created_at), func.max(Image.created_at)).where(Image.batch_id == batch_id)
     ).one()
     rate = None
     if first is not None and last is not None and done > 1 and last > first:
         rate = (done - 1) / (last - first).total_seconds()  # images per second while it was producing
+    return {
+        "done": done, "planned": planned, "published": counts.get("published", 0),
+        "quarantined": counts.get("quarantined", 0),
+        "percent": round(100 * done / planned, 1) if planned else 100.0,
+        "images_per_minute": round(rate * 60, 2) if rate else None,
+        "eta_seconds": (0 if done >= planned else round((planned - done) / rate) if rate else None),
+    }
+
+
+def batch_summary(session: Session, batch: Batch) -> dict[str, Any]:
+    progress = batch_progress(session, batch.id)
+    approval = current_approval(batch)
     return {
         "batch_id": batch.id,
         "status": batch.status,
@@ -172,14 +186,10 @@ def batch_summary(session: Session, batch: Batch) -> dict[str, Any]:
         "decided_by": approval.decided_by.name if approval else None,
         "approval_id": approval.id if approval else None,
         "prompts": len(batch.prompts),
-        "images_planned": sum(p.num_images for p in batch.prompts),
-        "images_published": counts.get("published", 0),
-        "images_quarantined": counts.get("quarantined", 0),
-        "progress": {
-            "done": done, "planned": planned, "percent": round(100 * done / planned, 1) if planned else 100.0,
-            "images_per_minute": round(rate * 60, 2) if rate else None,
-            "eta_seconds": (0 if done >= planned else round((planned - done) / rate) if rate else None),
-        },
+        "images_planned": progress["planned"],
+        "images_published": progress["published"],
+        "images_quarantined": progress["quarantined"],
+        "progress": {k: progress[k] for k in ("done", "planned", "percent", "images_per_minute", "eta_seconds")},
     }
 
 
