@@ -33,7 +33,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here] + [str(
 import boto3  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
-from bench.harness import Batch, approved_batch, prefect_server  # noqa: E402
+from bench.harness import Batch, approved_batch, prefect_server, record_results  # noqa: E402
 from governance.claims import chunk_progress  # noqa: E402
 from governance.ledger import verify_ledger  # noqa: E402
 from governance.records import Image  # noqa: E402
@@ -146,7 +146,4 @@ if __name__ == "__main__":
     table = run(a)
     print(table)
     if a.out:
-        text_ = a.out.read_text() if a.out.exists() else "# Benchmark results\n"
-        if "## faults (issue 6)" not in text_:
-            text_ += "\n## faults (issue 6)\n\n`python bench/faults.py --trials N --images M`\n\n"
-        a.out.write_text(text_ + "\n" + table)
+        record_results(a.out, "faults (issue 6)", "`python bench/faults.py --trials N --images M`", table)

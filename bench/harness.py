@@ -97,3 +97,17 @@ def approved_batch(images: int, size: int, steps: int, models: tuple[Path, Path]
         finally:
             rt.sessions.kw["bind"].dispose()
             shutil.rmtree(work, ignore_errors=True)
+
+
+def record_results(out: Path, section: str, intro: str, table: str) -> None:
+    """Add `table` at the end of `section` in the results file (the section created with `intro`
+    when missing), so a rerun's table lands under its own heading, not after whatever section is last."""
+    text = out.read_text() if out.exists() else "# Benchmark results\n"
+    heading = f"\n## {section}\n"
+    if heading not in text:
+        text = text.rstrip("\n") + f"\n{heading}\n{intro}\n"
+    start = text.index(heading) + len(heading)
+    nxt = text.find("\n## ", start)
+    end = len(text) if nxt == -1 else nxt + 1
+    text = text[:end].rstrip("\n") + "\n\n" + table.rstrip("\n") + "\n" + ("\n" + text[end:] if nxt != -1 else "")
+    out.write_text(text)

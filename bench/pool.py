@@ -143,11 +143,10 @@ def main() -> None:
     table = run(a)
     print(table)
     if a.out:
-        text_ = a.out.read_text() if a.out.exists() else "# Benchmark results\n"
-        if "## pool (issue 6)" not in text_:
-            intro = " ".join(__doc__.split("\n\n")[1].split())
-            text_ += f"\n## pool (issue 6)\n\n`python bench/pool.py`: {intro}\n"
-        a.out.write_text(text_ + "\n" + table)
+        from bench.harness import record_results
+
+        intro = " ".join(__doc__.split("\n\n")[1].split())
+        record_results(a.out, "pool (issue 6)", f"`python bench/pool.py`: {intro}", table)
 
 
 if __name__ == "__main__":
