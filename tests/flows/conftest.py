@@ -45,6 +45,21 @@ def write_prompts(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
+def approved_batch(cli: CLI, tmp_path: Path, rows: list[dict[str, Any]], purpose: str = "catalogue") -> str:
+    """Through `cli` (a migrated-on-the-spot database): users maria (requester), omar (approver) and
+    ops (operator), the licence, the test signer, and a batch of `rows` submitted and approved."""
+    assert cli("db", "upgrade")[0] == 0
+    cli("users", "add", "admin", "--role", "admin")
+    for name, role in [("maria", "requester"), ("omar", "approver"), ("ops", "operator")]:
+        cli("users", "add", name, "--role", role, actor="admin")
+    cli("licences", "register", "creativeml-openrail++-m", actor="admin")
+    cli("keys", "init")
+    batch_id = cli.json("batch", "submit", str(write_prompts(tmp_path / "p.csv", rows)), "--purpose", purpose,
+                        actor="maria")["batch_id"]
+    cli("batch", "approve", batch_id, actor="omar")
+    return str(batch_id)
+
+
 def governed_run(data: Path, tiny_models: tuple[Path, Path], rows: list[dict[str, Any]], purpose: str) -> tuple[
     list[str], str
 ]:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 
 import boto3
 import pytest
 from sqlalchemy import create_engine, func, select
 
 from governance.records import Image, image_id_for, prompt_id_for
-from tests.flows.conftest import write_prompts
+from tests.flows.conftest import approved_batch
 from tests.outages import FaultyS3Proxy, Outage, PostgresCluster, postgres_bin
 
 ROWS = [
@@ -26,19 +25,6 @@ ROWS = [
      "steps": 2, "num_images": 2}
     for i in range(4)
 ]  # 8 images
-
-
-def _prepare(cli, tmp_path: Path) -> str:  # type: ignore[no-untyped-def]
-    assert cli("db", "upgrade")[0] == 0
-    cli("users", "add", "admin", "--role", "admin")
-    for name, role in [("maria", "requester"), ("omar", "approver"), ("ops", "operator")]:
-        cli("users", "add", name, "--role", role, actor="admin")
-    cli("licences", "register", "creativeml-openrail++-m", actor="admin")
-    cli("keys", "init")
-    batch_id = cli.json("batch", "submit", str(write_prompts(tmp_path / "p.csv", ROWS)), "--purpose", "catalogue",
-                        actor="maria")["batch_id"]
-    cli("batch", "approve", batch_id, actor="omar")
-    return str(batch_id)
 
 
 def _expected(batch_id: str) -> list[str]:
@@ -80,7 +66,7 @@ def test_an_object_store_failing_for_a_while_is_ridden_out(
         flags = ["--data-dir", str(tmp_path / "d"), "--database-url", pg_url, "--store-url", f"s3://{s3_env}/o",
                  "--s3-endpoint-url", proxy.url, "--base-model", str(base), "--refiner-model", str(refiner)]
         cli = make_cli(flags)
-        batch_id = _prepare(cli, tmp_path)
+        batch_id = approved_batch(cli, tmp_path, ROWS)
         code, out, err = cli("run", "--batch", batch_id, "--json", actor="ops")
         assert code == 0, err
         assert proxy.failed["500"] > 0 and proxy.failed["stall"] > 0, proxy.failed  # both outages happened
@@ -120,7 +106,7 @@ def test_a_database_restart_mid_run_is_ridden_out(
     flags = ["--data-dir", str(tmp_path / "d"), "--database-url", pg_cluster.url,
              "--base-model", str(base), "--refiner-model", str(refiner)]
     cli = make_cli(flags)
-    batch_id = _prepare(cli, tmp_path)
+    batch_id = approved_batch(cli, tmp_path, ROWS)
     restarted: dict[str, int] = {}
 
     def restart_when_images_are_recorded() -> None:

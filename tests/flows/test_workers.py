@@ -30,7 +30,7 @@ from flows.runtime import Runtime
 from flows.settings import get_settings
 from governance.claims import chunk_progress
 from governance.records import AuditEvent, Image, image_id_for, prompt_id_for
-from tests.flows.conftest import write_prompts
+from tests.flows.conftest import approved_batch
 from tests.outages import WORKER_PRELOAD, worker_main
 
 KILLS = 20
@@ -64,15 +64,7 @@ def test_workers_killed_again_and_again_lose_and_duplicate_nothing(
     flags = ["--data-dir", str(tmp_path / "d"), "--database-url", pg_url, "--store-url", f"s3://{s3_env}/w",
              "--s3-endpoint-url", s3_server, "--base-model", str(base), "--refiner-model", str(refiner)]
     cli = make_cli(flags)
-    assert cli("db", "upgrade")[0] == 0
-    cli("users", "add", "admin", "--role", "admin")
-    for name, role in [("maria", "requester"), ("omar", "approver"), ("ops", "operator")]:
-        cli("users", "add", name, "--role", role, actor="admin")
-    cli("licences", "register", "creativeml-openrail++-m", actor="admin")
-    cli("keys", "init")
-    batch_id = cli.json("batch", "submit", str(write_prompts(tmp_path / "p.csv", ROWS)), "--purpose", "catalogue",
-                        actor="maria")["batch_id"]
-    cli("batch", "approve", batch_id, actor="omar")
+    batch_id = approved_batch(cli, tmp_path, ROWS)
 
     for key, value in {"PREFECT_API_URL": prefect_server, "ATELIER_CHUNK_SIZE": "4",
                        "ATELIER_LEASE_SECONDS": "4"}.items():
