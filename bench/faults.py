@@ -24,7 +24,6 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 _here = Path(__file__).resolve().parent
@@ -33,7 +32,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here] + [str(
 import boto3  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
-from bench.harness import Batch, approved_batch, prefect_server, record_results  # noqa: E402
+from bench.harness import Batch, approved_batch, prefect_server, record_results, results_table  # noqa: E402
 from governance.claims import chunk_progress  # noqa: E402
 from governance.ledger import verify_ledger  # noqa: E402
 from governance.records import Image  # noqa: E402
@@ -125,14 +124,10 @@ def run(args: argparse.Namespace) -> str:
     ok = all(r["recorded"] == r["unique"] == args.images and not r["orphans"] and not r["missing"]
              and not r["chunks_not_done"] and r["ledger"] and set(r["survivors_exit"].split(",")) == {"0"}
              for r in rows)
-    cols = list(rows[0])
     done = f"{len(rows)} of {args.trials} trials (stopped early)" if interrupted else f"{len(rows)} trials"
-    lines = [f"### {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPU cores: {done} of {args.images} images, "
-             f"2 workers (fresh processes), {sum(r['kills'] for r in rows)} SIGKILLs at random points, survivors "
-             f"finish: {'all exactly once' if ok else 'FAILURES'}", "",
-             "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return results_table(
+        f"{done} of {args.images} images, 2 workers (fresh processes), {sum(r['kills'] for r in rows)} SIGKILLs "
+        f"at random points, survivors finish: {'all exactly once' if ok else 'FAILURES'}", rows)
 
 
 if __name__ == "__main__":

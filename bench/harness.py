@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -111,3 +112,14 @@ def record_results(out: Path, section: str, intro: str, table: str) -> None:
     end = len(text) if nxt == -1 else nxt + 1
     text = text[:end].rstrip("\n") + "\n\n" + table.rstrip("\n") + "\n" + ("\n" + text[end:] if nxt != -1 else "")
     out.write_text(text)
+
+
+def results_table(heading: str, rows: list[dict[str, Any]]) -> str:
+    """A `### heading` (stamped with the time and the machine's cores) and the rows as a Markdown table."""
+    from datetime import UTC, datetime
+
+    cols = list(rows[0])
+    lines = [f"### {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPU cores: {heading}", "",
+             "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"

@@ -31,7 +31,6 @@ import os
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 _here = Path(__file__).resolve().parent
@@ -97,7 +96,7 @@ def measure(label: str, workers: int, images: int, size: int, steps: int, gpu_se
 
 
 def run(args: argparse.Namespace) -> str:
-    from bench.harness import prefect_server
+    from bench.harness import prefect_server, results_table
     from sdxl_core.tiny import ensure_tiny_models
 
     models = ensure_tiny_models(Path(".atelier/test-cache/models"))
@@ -113,14 +112,9 @@ def run(args: argparse.Namespace) -> str:
     for r in rows:
         one = next(x for x in rows if x["mode"] == r["mode"] and x["workers"] == 1)
         r["vs_N_x_one"] = f"{r['images_per_s'] / (r['workers'] * one['images_per_s']):.0%}"
-    cols = list(rows[0])
-    machine = f"{os.cpu_count()} CPU cores, no GPU"
-    lines = [f"### {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine}: tiny batches of {args.images} images "
-             f"(256x256, 2 steps), simulated-GPU batches of {args.sim_images} images ({args.sim_size}x"
-             f"{args.sim_size})", "",
-             "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return results_table(
+        f"no GPU; tiny batches of {args.images} images (256x256, 2 steps), simulated-GPU batches of "
+        f"{args.sim_images} images ({args.sim_size}x{args.sim_size})", rows)
 
 
 def main() -> None:
