@@ -339,51 +339,93 @@ def cmd_audit_anchor(rt: Runtime, args: argparse.Namespace) -> int:
 
 def cmd_keys_init(rt: Runtime, args: argparse.Namespace) -> int:
     from governance.credentials import init_test_ca
+    from governance.watermark import ensure_development_key
 
     paths = init_test_ca(rt.settings.keys_dir, force=args.force)
     print(f"C2PA test signer (NOT FOR PRODUCTION): {paths.chain}")
     print(f"private key: {paths.key}")
     print(f"trust anchor (test CA): {paths.trust_anchors}")
+    if not rt.settings.watermark_key_callback:
+        ring = ensure_development_key(rt.settings.watermark_key_path(), rotate=args.force)
+        print(f"watermark key (development, NOT FOR PRODUCTION): {rt.settings.watermark_key_path()} "
+              f"(current {ring[0].key_id}, {len(ring) - 1} earlier)")
     return 0
 
 
-def cmd_verify(rt: Runtime, args: argparse.Namespace) -> int:
-    from governance.verify import VERDICT_EXIT_CODES, verify_file
+def _watermark_evidence(wm: dict[str, Any]) -> str:
+    if not wm.get("decoded"):
+        return f"{wm['size'][0]}x{wm['size'][1]} px; needs 256 a side"
+    if not wm.get("best_match"):
+        return f"{wm['scheme']}: no published image marked this way"
+    where = f" (grid offset {wm['offset'][0]},{wm['offset'][1]} found by search)" if wm.get("searched") else ""
+    score = f", score {wm['score']} (needs {wm['score_needed']})" if wm.get("score") is not None else ""
+    return f"{wm['matched_bits']}/{wm['total_bits']} bits match {wm['best_match']}{score}{where}"
 
-    _chain, _key, anchors = rt.settings.c2pa_paths()
-    anchors_pem = anchors.read_bytes() if anchors.exists() else None
-    with rt.sessions() as session:
-        out = verify_file(session, Path(args.file), anchors_pem)
-    if args.json:
-        _print_json(out)
-        return VERDICT_EXIT_CODES[out["verdict"]]
+
+def _print_verify_detail(out: dict[str, Any]) -> None:
     sig = out["signals"]
     print(f"{out['file']}: {out['verdict'].upper()}" + (f" (image {out['image_id']})" if out["image_id"] else ""))
     c2pa = sig["c2pa"]
+    c2pa_result = c2pa["state"] or "no manifest"
+    if c2pa["present"] and c2pa["state"] == "Valid":
+        c2pa_result = "Valid, UNTRUSTED signer"
     rows = [
         {"signal": "bytes", "result": "match" if sig["bytes"]["matches_image"] else "no match",
          "evidence": f"sha256 {sig['bytes']['sha256']}"},
-        {"signal": "c2pa", "result": c2pa["state"] or "no manifest",
+        {"signal": "c2pa", "result": c2pa_result,
          "evidence": "; ".join(c2pa["failures"]) or c2pa.get("error") or (c2pa["signer"] or {}).get("issuer", "")},
     ]
-    if "watermark" in sig:
-        wm = sig["watermark"]
-        evidence = (f"{wm['matched_bits']}/48 bits match {wm['best_match'] or '-'}" if wm["decoded"]
-                    else f"{wm['size'][0]}x{wm['size'][1]} px; needs 256 a side")
-        rows.append({"signal": "watermark", "result": wm["verdict"], "evidence": evidence})
-    if "fingerprint" in sig:
-        fp = sig["fingerprint"]
-        rows.append({"signal": "fingerprint", "result": "match" if fp["match"] else "no match",
-                     "evidence": f"distance {fp['distance']}/64 to {fp['nearest'] or '-'}"})
-    if "pixels" in sig:
-        rows.append({"signal": "pixels", "result": "unreadable", "evidence": sig["pixels"]["error"]})
+    wm = sig["watermark"]
+    rows.append({"signal": "watermark", "result": wm.get("verdict", "none"), "evidence": _watermark_evidence(wm)})
+    fp = sig["fingerprint"]
+    rows.append({"signal": "fingerprint", "result": "match" if fp["match"] else "no match",
+                 "evidence": f"distance {fp['distance']}/64 to {fp['nearest'] or '-'}"})
     print_table(rows, ["signal", "result", "evidence"])
+    if out.get("claim") and not out["claim"]["verified"]:
+        print(f"\nthe manifest claims image {out['claim']['image_id']}: UNVERIFIED ({out['claim']['note']})")
     if out["trace"]:
         t = out["trace"]
         print(f"\nbatch {t['batch']['id']} ({t['batch']['purpose']}) requested by {t['batch']['requested_by']}, "
               f"approved by {t['approval']['approved_by']}; prompt {t['prompt']['row_id']!r}: {t['prompt']['text']}")
         print("full record: atelier trace " + t["image_id"])
-    return VERDICT_EXIT_CODES[out["verdict"]]
+
+
+def cmd_verify(rt: Runtime, args: argparse.Namespace) -> int:
+    from governance.errors import InvalidInput
+    from governance.verify import VerifyLimits, exit_code_for, expand_paths, verify_file, verify_files
+
+    _chain, _key, anchors = rt.settings.c2pa_paths()
+    anchors_pem = anchors.read_bytes() if anchors.exists() else None
+    limits = VerifyLimits(rt.settings.verify_max_pixels, rt.settings.verify_max_file_bytes)
+    keys = rt.watermark_keys
+    paths = [Path(p) for p in args.files]
+    if len(paths) == 1 and not paths[0].is_dir():
+        with rt.sessions() as session:
+            out = verify_file(session, paths[0], anchors_pem, keys, limits)  # InvalidInput: one line, exit 2
+        if args.json:
+            _print_json(out)
+        else:
+            _print_verify_detail(out)
+        return exit_code_for([out["verdict"]])
+    files = expand_paths(paths)
+    if not files:
+        raise InvalidInput(f"no files to verify in {', '.join(map(str, paths))}")
+    verdicts, rows = [], []
+    with rt.sessions() as session:
+        for out in verify_files(session, files, anchors_pem, keys, limits):
+            verdicts.append(out["verdict"])
+            if args.json:
+                print(json.dumps(out, sort_keys=True, default=str), flush=True)
+                continue
+            rows.append({
+                "file": out["file"], "verdict": out["verdict"], "image": out.get("image_id") or "",
+                "identified_by": ",".join(out.get("identified_by") or []) or out.get("error", ""),
+            })
+    if not args.json:
+        print_table(rows, ["file", "verdict", "image", "identified_by"])
+        counts = {v: verdicts.count(v) for v in dict.fromkeys(verdicts)}
+        print(f"\n{len(verdicts)} files: " + ", ".join(f"{n} {v}" for v, n in counts.items()))
+    return exit_code_for(verdicts)
 
 
 # ---------------------------------------------------------------- compliance
@@ -602,9 +644,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add(sub, "trace", cmd_trace, "everything known about one image", json_flag=True)
     sp.add_argument("ref", help="image id, SHA-256, store key or a local image file")
 
-    sp = add(sub, "verify", cmd_verify, "did Atelier make this file, and was it altered? (exit 0 original, "
-             "10 derived, 11 tampered, 12 unknown)", json_flag=True)
-    sp.add_argument("file")
+    sp = add(sub, "verify", cmd_verify, "did Atelier make these files, and were they altered? (exit 0 original, "
+             "10 derived, 11 tampered, 12 unknown, 2 a file that cannot be checked; several files: the most "
+             "serious of those)", json_flag=True)
+    sp.add_argument("files", nargs="+", metavar="FILE", help="image files or folders (every file under them)")
 
     keys = sub.add_parser("keys", help="C2PA signing keys").add_subparsers(dest="keys_command", required=True)
     sp = add(keys, "init", cmd_keys_init, "create a local test CA and C2PA signer (development only)")

@@ -16,6 +16,7 @@ from governance.ledger import verify_ledger
 from governance.licences import CREATIVEML_OPENRAIL_PP_M, register_licence
 from governance.records import Image
 from governance.users import add_user
+from governance.watermark import ensure_development_key
 
 DEMO_USERS = {
     "admin": ["admin"],
@@ -39,6 +40,8 @@ def run_demo(rt: Runtime, csv: Path, run_batches: Callable, print_table: Callabl
         print(f"3. licence {CREATIVEML_OPENRAIL_PP_M.name} registered for the SDXL models")
         register_licence(session, "admin", CREATIVEML_OPENRAIL_PP_M)
     keys = init_test_ca(s.keys_dir)
+    if not s.watermark_key_callback:
+        ensure_development_key(s.watermark_key_path())
     if s.c2pa_cert is None:
         print(f"   C2PA signer: local test CA in {keys.chain.parent} (NOT FOR PRODUCTION)")
     with rt.sessions.begin() as session:
@@ -59,7 +62,7 @@ def run_demo(rt: Runtime, csv: Path, run_batches: Callable, print_table: Callabl
                 "row_id": img.prompt.row_id,
                 "image_id": img.id,
                 "status": img.status,
-                "watermark": f"{img.watermark_matched_bits}/48" if img.watermark_matched_bits is not None else "",
+                "watermark": f"{img.watermark_matched_bits}/64" if img.watermark_matched_bits is not None else "",
                 "where": rt.store.location(img.store_key) if img.store_key else "; ".join(img.safety_reasons),
             }
             for img in sorted(images, key=lambda i: (i.prompt.position, i.image_index))

@@ -88,6 +88,7 @@ class Checked:
 def start_run_task(rt: Runtime, batch_id: str, actor: str, flow_run_id: str, worker: str) -> str:
     """Record the model versions in use and open the run (the approval gate)."""
     rt.credentials  # no signer, no run: fail before any GPU work  # noqa: B018
+    rt.watermark_key  # no watermark key, no run either  # noqa: B018
     rt.checkpoint_signer()
     engine = rt.engine
 
@@ -364,7 +365,8 @@ def produce_batch(batch_id: str, actor: str) -> dict[str, Any]:
                     if item.safety.verdict == "passed":
                         image_id = item.planned.image_id
                         item.marked = pool.submit(
-                            mark_and_encode, image_id, item.pixels, rt.credentials, manifests[image_id]
+                            mark_and_encode, image_id, item.pixels, rt.credentials, manifests[image_id],
+                            rt.watermark_key,
                         )
                     queue.append(item)
             publish(wait=False)

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 from flows.runtime import Runtime
+from governance import watermark
 from governance.errors import InvalidState, NotFound
 from governance.records import Image
 
@@ -37,9 +38,21 @@ BYTES_NOTE = (
 )
 
 
+def _key_for(rt: Runtime, image_id: str, scheme: str, key_id: str | None) -> watermark.WatermarkKey | None:
+    """The key that marked the image, from the key ring (the legacy scheme has none)."""
+    if scheme == watermark.SCHEME_DWTDCT:
+        return None
+    for key in rt.watermark_keys:
+        if key.key_id == key_id:
+            return key
+    raise InvalidState(
+        f"cannot reproduce image {image_id}: it was marked with watermark key {key_id}, which is not in the key ring; "
+        "add it to ATELIER_WATERMARK_KEY_FILE (after the current key)"
+    )
+
+
 def reproduce_image(rt: Runtime, image_id: str) -> dict[str, Any]:
     """Regenerate ``image_id`` and compare it with its published file; see the module docstring."""
-    from governance import watermark
     from governance.publish import pixels_sha256
     from sdxl_core.engine import MICRO_CONDITIONING, ROLES, EngineConfig, ImageRequest, SDXLEngine, WeightHashMismatch
     from sdxl_core.seeds import image_seed
@@ -66,6 +79,7 @@ def reproduce_image(rt: Runtime, image_id: str) -> dict[str, Any]:
             "refiner_split": prompt.refiner_split,
         }
         run_id, store_key, payload = run.id, image.store_key, int(image.watermark_payload, 16)
+        scheme, key_id = image.watermark_scheme or watermark.SCHEME_DWTDCT, image.watermark_key_id
         recorded_pixels_sha256 = image.pixels_sha256
     micro = {k: v for k, v in (recorded.get("micro_conditioning") or {}).items() if k in MICRO_CONDITIONING}
     request = ImageRequest(**fields, **{k: v for k, v in micro.items() if v is not None})
@@ -95,7 +109,7 @@ def reproduce_image(rt: Runtime, image_id: str) -> dict[str, Any]:
 
     # 3. Regenerate, watermark again, compare pixels with the published file's.
     generated = engine.generate([request])[0]
-    reproduced = watermark.embed(generated.pixels, payload)
+    reproduced = watermark.embed(generated.pixels, payload, scheme=scheme, key=_key_for(rt, image_id, scheme, key_id))
     with PILImage.open(io.BytesIO(rt.store.get(store_key))) as published_file:
         published = np.asarray(published_file.convert("RGB"))
     if published.shape != reproduced.shape:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from governance.credentials import ContentCredentials
     from governance.ledger import CheckpointSigner
     from governance.safety import SafetyChecker
+    from governance.watermark import WatermarkKey
     from sdxl_core.engine import SDXLEngine
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,21 @@ class Runtime:
     def signing_certificate(self) -> bytes | None:
         chain, _key, _anchors = self.settings.c2pa_paths()
         return chain.read_bytes() if chain.exists() else None
+
+    @cached_property
+    def watermark_keys(self) -> list[WatermarkKey]:
+        """The watermark key ring: the current key (marks new images) first, earlier keys (verify only) after."""
+        from governance.watermark import key_from_callback, load_key_ring
+
+        s = self.settings
+        path = s.watermark_key_path()
+        if s.watermark_key_callback:
+            return [key_from_callback(s.watermark_key_callback), *(load_key_ring(path) if path.exists() else [])]
+        return load_key_ring(path)
+
+    @property
+    def watermark_key(self) -> WatermarkKey:
+        return self.watermark_keys[0]
 
     @cached_property
     def credentials(self) -> ContentCredentials:

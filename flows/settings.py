@@ -56,6 +56,18 @@ class Settings(BaseSettings):
     c2pa_sign_callback: str | None = Field(None, description="module:function signing hook (KMS/HSM) instead of a key")
     c2pa_trust_anchors: Path | None = Field(None, description="PEM trust anchors for validating manifests")
     c2pa_tsa_url: str | None = Field(None, description="RFC 3161 timestamp authority; default: none")
+    watermark_key_file: Path | None = Field(
+        None, description="watermark key ring (hex, current key first, earlier keys after); default: in keys/"
+    )
+    watermark_key_callback: str | None = Field(
+        None, description="module:function returning the current watermark key's bytes (KMS/HSM) instead of a file"
+    )
+    verify_max_pixels: int = Field(
+        64_000_000, ge=65_536, description="`atelier verify` refuses images declaring more pixels than this"
+    )
+    verify_max_file_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="`atelier verify` refuses files larger than this"
+    )
     actor: str | None = Field(None, description="the acting user (the CLI's --as)")
     chunk_size: int = Field(4, ge=1, le=256, description="images generated per engine call")
     lease_seconds: float = Field(
@@ -110,6 +122,11 @@ class Settings(BaseSettings):
             self.c2pa_key or self.keys_dir / KEY_FILE,
             self.c2pa_trust_anchors or self.keys_dir / ANCHOR_FILE,
         )
+
+    def watermark_key_path(self) -> Path:
+        from governance.watermark import KEY_FILE
+
+        return self.watermark_key_file or self.keys_dir / KEY_FILE
 
     def redacted(self) -> dict[str, str]:
         """Settings for display: passwords in URLs are hidden."""

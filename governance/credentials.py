@@ -45,6 +45,8 @@ def init_test_ca(keys_dir: Path, force: bool = False) -> KeyPaths:
     paths = KeyPaths(keys_dir / CHAIN_FILE, keys_dir / KEY_FILE, keys_dir / ANCHOR_FILE)
     if paths.chain.exists() and not force:
         return paths
+    # A replaced CA stays a trust anchor: manifests it signed keep verifying as Atelier's.
+    earlier_anchors = paths.trust_anchors.read_bytes() if paths.trust_anchors.exists() else b""
     keys_dir.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
 
@@ -88,7 +90,7 @@ def init_test_ca(keys_dir: Path, force: bool = False) -> KeyPaths:
     pem = serialization.Encoding.PEM
     pkcs8 = serialization.PrivateFormat.PKCS8
     paths.chain.write_bytes(cert.public_bytes(pem) + ca.public_bytes(pem))
-    paths.trust_anchors.write_bytes(ca.public_bytes(pem))
+    paths.trust_anchors.write_bytes(ca.public_bytes(pem) + earlier_anchors)
     for path, private in ((paths.key, key), (keys_dir / CA_KEY_FILE, ca_key)):
         path.write_bytes(private.private_bytes(pem, pkcs8, serialization.NoEncryption()))
         path.chmod(0o600)
@@ -106,15 +108,23 @@ class CredentialReport:
     atelier: dict[str, Any] | None = None
     failures: list[str] = field(default_factory=list)
     error: str | None = None
+    soft_binding: dict[str, Any] | None = None  # the c2pa.soft-binding assertion (the watermark), if any
 
     @property
     def intact(self) -> bool:
+        """Signature and hashes hold; says nothing about who signed."""
         return self.present and self.state in ("Trusted", "Valid")
+
+    @property
+    def trusted(self) -> bool:
+        """Intact and signed by a certificate that chains to the configured trust anchors."""
+        return self.present and self.state == "Trusted"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "present": self.present, "state": self.state, "label": self.label, "signer": self.signer,
             "atelier": self.atelier, "failures": self.failures, "error": self.error,
+            "soft_binding": self.soft_binding,
         }
 
 
@@ -201,11 +211,12 @@ def read_credentials(data: bytes, mime: str | None = None, context: Any = None) 
             f"{f.get('code')}: {f.get('explanation', '')}"
             for f in (results.get("activeManifest") or {}).get("failure", [])
         ]
-        atelier = next((a.get("data") for a in manifest.get("assertions", []) if a.get("label") == ATELIER_ASSERTION),
-                       None)
+        assertions = manifest.get("assertions", [])
+        atelier = next((a.get("data") for a in assertions if a.get("label") == ATELIER_ASSERTION), None)
+        soft = next((a.get("data") for a in assertions if a.get("label") == "c2pa.soft-binding"), None)
         return CredentialReport(
             present=True, state=reader.get_validation_state(), label=manifest.get("label"),
-            signer=manifest.get("signature_info") or {}, atelier=atelier, failures=failures,
+            signer=manifest.get("signature_info") or {}, atelier=atelier, failures=failures, soft_binding=soft,
         )
 
 

@@ -32,7 +32,7 @@ from governance.safety import SafetyResult
 from governance.store import ObjectStore, image_key, provenance_key
 
 PROVENANCE_SCHEMA = "atelier.provenance/1"
-WATERMARK_SCHEME = "invisible-watermark dwtDct"
+SOFT_BINDING_ALG = "com.atelier.dctss.1"  # not in the C2PA soft-binding algorithm list: Atelier's namespace
 
 
 @dataclass(frozen=True)
@@ -129,8 +129,9 @@ def provenance_document(
             "scores": safety.scores, "verdict": safety.verdict,
         },
         "watermark": {
-            "scheme": WATERMARK_SCHEME, "bits": check.total_bits,
+            "scheme": check.scheme, "key_id": check.key_id, "bits": check.total_bits,
             "payload": f"{check.expected:012x}", "matched_bits": check.matched_bits,
+            "score": None if check.score is None else round(check.score, 2),
         },
     }
 
@@ -160,18 +161,41 @@ class MarkedImage:
     pixels_sha256: str
 
 
+def with_soft_binding(manifest: dict[str, Any], payload: int, key: watermark.WatermarkKey) -> dict[str, Any]:
+    """The manifest plus what C2PA 2.2 says about an invisible watermark: a ``c2pa.watermarked.bound``
+    action (the mark was inserted and is bound to this manifest) and a ``c2pa.soft-binding`` assertion
+    naming the algorithm and its value (the payload), so that a copy whose manifest was stripped can be
+    looked up again by its watermark."""
+    out = json.loads(json.dumps(manifest))
+    alg_params = {"scheme": watermark.DEFAULT_SCHEME, "key_id": key.key_id}
+    for assertion in out["assertions"]:
+        if assertion["label"] == "c2pa.actions":
+            assertion["data"]["actions"].append({
+                "action": "c2pa.watermarked.bound",
+                "softwareAgent": {"name": f"Atelier {watermark.DEFAULT_SCHEME}"},
+                "parameters": {"alg": SOFT_BINDING_ALG},
+            })
+    out["assertions"].append({
+        "label": "c2pa.soft-binding",
+        "data": {"alg": SOFT_BINDING_ALG, "alg_params": alg_params,
+                 "blocks": [{"scope": {}, "value": f"{payload:012x}"}]},
+    })
+    return out
+
+
 def mark_and_encode(
-    image_id: str, pixels: np.ndarray, signer: ContentCredentials, manifest: dict[str, Any]
+    image_id: str, pixels: np.ndarray, signer: ContentCredentials, manifest: dict[str, Any],
+    key: watermark.WatermarkKey,
 ) -> MarkedImage:
     """Watermark, verify the mark, encode once, sign, read the manifest back, hash."""
     payload = watermark.payload_for_image(image_id)
     try:
-        marked = watermark.embed(pixels, payload)
+        marked = watermark.embed(pixels, payload, key=key)
     except watermark.WatermarkError as exc:
         raise GovernanceCheckFailed(f"image {image_id}: watermark could not be embedded: {exc}") from exc
     png = encode_png(marked)
-    check = watermark.verify(decode_png(png), payload)  # decoded from the very bytes to be published (~20 ms)
-    signed = signer.sign_png(png, manifest)
+    check = watermark.verify(decode_png(png), payload, key=key)  # decoded from the very bytes to be published
+    signed = signer.sign_png(png, with_soft_binding(manifest, payload, key))
     return MarkedImage(
         image_id=image_id, png=signed, sha256=hashlib.sha256(signed).hexdigest(), check=check,
         credentials=signer.read(signed, "image/png"), phash=fingerprint.phash(marked),
@@ -218,11 +242,12 @@ def finalize_image(
     safety_ctx: SafetyContext,
     marked: MarkedImage | None = None,
     signer: ContentCredentials | None = None,
+    watermark_key: watermark.WatermarkKey | None = None,
 ) -> Image:
     """Quarantine or publish one generated image; returns its record (the existing one on a re-run).
 
     `marked` is what `mark_and_encode` gave when the caller already ran it in a pool; otherwise it
-    runs here, with `signer`.
+    runs here, with `signer` and `watermark_key`.
     """
     image_id = image_id_for(prompt.id, image_index)
     existing = session.get(Image, image_id)
@@ -236,7 +261,10 @@ def finalize_image(
     if marked is None:
         if signer is None:
             raise GovernanceCheckFailed("no C2PA signer: images cannot be published without content credentials")
-        marked = mark_and_encode(image_id, pixels, signer, credential_manifest(image_id, batch, approval, run))
+        if watermark_key is None:
+            raise GovernanceCheckFailed("no watermark key: images cannot be published without an identifying mark")
+        marked = mark_and_encode(image_id, pixels, signer, credential_manifest(image_id, batch, approval, run),
+                                 watermark_key)
     if marked.image_id != image_id:
         raise ValueError(f"marked image {marked.image_id} handed in for image {image_id}")
     check, sha256 = marked.check, marked.sha256
@@ -268,7 +296,8 @@ def finalize_image(
     record.store_url = store.url
     record.store_key = key
     record.provenance_key = prov_key
-    record.watermark_scheme = WATERMARK_SCHEME
+    record.watermark_scheme = check.scheme
+    record.watermark_key_id = check.key_id
     record.phash = marked.phash
     record.pixels_sha256 = marked.pixels_sha256
     record.licence_obligations = obligations_for(run.model_versions)

@@ -253,7 +253,8 @@ class Image(Base):
     store_key: Mapped[str | None] = mapped_column(String(1000), nullable=True, index=True)
     store_version_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     provenance_key: Mapped[str | None] = mapped_column(String(1000), nullable=True, index=True)
-    watermark_scheme: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    watermark_scheme: Mapped[str | None] = mapped_column(String(40), nullable=True)  # governance.watermark.SCHEMES
+    watermark_key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # keyed schemes: the key's id
     phash: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)  # 64-bit perceptual hash, hex
     # SHA-256 of the published pixels (shape + RGB bytes): deterministic, unlike the signed file's
     # bytes (a C2PA signature differs on every signing), so the store key is built from it.

@@ -162,7 +162,7 @@ def _trace_record(
             "verdict": image.safety_verdict, "reasons": image.safety_reasons,
         },
         "watermark": {
-            "scheme": image.watermark_scheme, "payload": image.watermark_payload,
+            "scheme": image.watermark_scheme, "key_id": image.watermark_key_id, "payload": image.watermark_payload,
             "matched_bits": image.watermark_matched_bits,
         },
         "c2pa_manifest": image.c2pa_manifest,

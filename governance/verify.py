@@ -1,22 +1,46 @@
-"""`atelier verify FILE`: did Atelier make this file, from what, and was it altered?
+"""`atelier verify FILE...`: did Atelier make this file, from what, and was it altered?
 
 Four independent signals, each reported with its evidence:
 
 - bytes: the SHA-256 of the file against every published image;
-- C2PA: the file's manifest, validated against the configured trust anchors;
-- watermark: the 48-bit payload decoded from the pixels against every published payload
-  (the SDXL detector's thresholds: 36 or more matching bits is "very likely");
+- C2PA: the file's manifest, validated against the configured trust anchors (the CA files of the
+  key ring: current and earlier);
+- watermark: the payload read with every key of the watermark key ring (``atelier-dctss``) and by the
+  legacy dwtDct decoder, against every published image marked that way; a copy that does not read
+  at the original grid (a crop) is searched over every grid offset;
 - fingerprint: the perceptual hash against every published image's.
 
-Verdict: `tampered` when a manifest is present but its signature or hashes fail; `original` when
-the bytes are a published image's; `derived` when no bytes match but the watermark or the
-fingerprint (or an intact Atelier manifest) points to a published image; else `unknown`.
+Only evidence Atelier can trust names an image:
+
+- a manifest counts only when its signer chains to the trust anchors (state ``Trusted``). A manifest
+  that is merely ``Valid`` (well signed, by anyone: a self-made CA with Atelier's names is enough) is
+  shown as an *unverified claim*, never with the record's people or prompt;
+- a watermark match counts when its score clears :func:`governance.watermark.attribution_min_score`
+  for the number of candidates and grid positions tried (false attribution <= 1e-6), and it reads
+  as ``very_likely``;
+- a fingerprint match (pHash within 10 of 64 bits) counts: it says the picture looks like ours.
+
+Verdict: ``tampered`` when a manifest is present but its signature or hashes fail; ``original``
+when the bytes are a published image's; ``derived`` when no bytes match but a trusted manifest, the
+watermark or the fingerprint points to a published image; else ``unknown``. An untrusted manifest
+plus a watermark match is ``derived`` by the watermark (someone re-signed an edited copy of ours);
+the claim is reported beside it, flagged when it names another image.
+
+Hostile files are refused before any pixel is decoded, with one line and exit code 2
+(:class:`~governance.errors.InvalidInput`): not a regular file (folders are expanded by the CLI,
+devices such as ``/dev/zero`` refused), larger than ``ATELIER_VERIFY_MAX_FILE_BYTES``, declaring more
+than ``ATELIER_VERIFY_MAX_PIXELS`` pixels (decompression bombs), not an image, or pixel data that is
+damaged or truncated. Pixels are read as luma only (Pillow "L"), so memory stays near one byte per
+declared pixel plus the decoder's own frame.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,52 +51,181 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from governance import fingerprint, watermark
-from governance.credentials import read_credentials
+from governance.credentials import CredentialReport, read_credentials
 from governance.errors import InvalidInput
 from governance.records import Image
 from governance.trace import trace_image
 
 VERDICT_EXIT_CODES = {"original": 0, "derived": 10, "tampered": 11, "unknown": 12}
+ERROR_EXIT_CODE = InvalidInput.exit_code  # a file that could not be checked at all
+# several files: the exit code of the most serious outcome among them
+SEVERITY = ("original", "derived", "unknown", "tampered", "error")
 _MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "TIFF": "image/tiff", "GIF": "image/gif"}
+LEGACY_MAX_PIXELS = 16_000_000  # dwtDct images were SDXL outputs (<= 2 MP): larger files are not copies of one
+SEARCH_MAX_PIXELS = 4_200_000  # the crop search (64 grid offsets) runs on files up to about 2048x2048
 
 
-def _nearest_watermark(session: Session, decoded: int) -> tuple[Image | None, int]:
-    rows = session.execute(
-        select(Image.id, Image.watermark_payload).where(
-            Image.status == "published", Image.watermark_payload.is_not(None)
+@dataclass(frozen=True)
+class VerifyLimits:
+    max_pixels: int = 64_000_000
+    max_file_bytes: int = 256 * 1024 * 1024
+
+
+@dataclass
+class Candidates:
+    """What published images look like to the verifier: loaded once, used for every file of a run."""
+
+    payloads: dict[tuple[str, str | None], tuple[np.ndarray, list[str]]] = field(default_factory=dict)
+    phashes: tuple[np.ndarray, list[str]] = (np.zeros(0, dtype=np.uint64), [])
+
+    @classmethod
+    def load(cls, session: Session) -> Candidates:
+        rows = session.execute(
+            select(Image.id, Image.watermark_payload, Image.watermark_scheme, Image.watermark_key_id, Image.phash)
+            .where(Image.status == "published")
+        ).all()
+        groups: dict[tuple[str, str | None], tuple[list[int], list[str]]] = {}
+        ph: list[int] = []
+        ph_ids: list[str] = []
+        for image_id, payload, scheme, key_id, phash in rows:
+            if payload is not None:
+                scheme = scheme if scheme in watermark.SCHEMES else watermark.SCHEME_DWTDCT
+                group = groups.setdefault((scheme, key_id if scheme == watermark.SCHEME_DCTSS else None), ([], []))
+                group[0].append(int(payload, 16))
+                group[1].append(image_id)
+            if phash is not None:
+                ph.append(int(phash, 16))
+                ph_ids.append(image_id)
+        return cls(
+            {k: (np.array(v[0], dtype=np.uint64), v[1]) for k, v in groups.items()},
+            (np.array(ph, dtype=np.uint64), ph_ids),
         )
-    ).all()
-    if not rows:
-        return None, 0
-    payloads = np.array([int(p, 16) for _, p in rows], dtype=np.uint64)
-    diff = payloads ^ np.uint64(decoded)
-    distances = np.array([int(d).bit_count() for d in diff])
-    best = int(distances.argmin())
-    return session.get(Image, rows[best][0]), watermark.WATERMARK_BITS - int(distances[best])
 
 
-def _nearest_fingerprint(session: Session, digest: str) -> tuple[Image | None, int]:
-    rows = session.execute(
-        select(Image.id, Image.phash).where(Image.status == "published", Image.phash.is_not(None))
-    ).all()
-    if not rows:
+def _popcount(a: np.ndarray) -> np.ndarray:
+    return np.unpackbits(a.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+
+
+def _nearest(values: np.ndarray, ids: list[str], x: int) -> tuple[str | None, int]:
+    """(id, Hamming distance) of the value nearest ``x``."""
+    if values.size == 0:
         return None, 64
-    best_id, best = min(((i, fingerprint.distance(digest, p)) for i, p in rows), key=lambda t: t[1])
-    return session.get(Image, best_id), best
+    d = _popcount(values ^ np.uint64(x))
+    best = int(d.argmin())
+    return ids[best], int(d[best])
 
 
-def verify_file(session: Session, path: Path, trust_anchors_pem: bytes | None) -> dict[str, Any]:
+def read_file_checked(path: Path, limits: VerifyLimits) -> bytes:
+    """The file's bytes, or one clear refusal: folders, devices, oversized files."""
     try:
-        data = path.read_bytes()
+        st = path.stat()
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+    if path.is_dir():
+        raise InvalidInput(f"{path} is a folder: pass image files (`atelier verify FOLDER` checks each file in it)")
+    if not path.is_file():
+        raise InvalidInput(f"{path} is not a regular file (a device, pipe or socket): pass an image file")
+    if st.st_size > limits.max_file_bytes:
+        raise InvalidInput(
+            f"{path} is {st.st_size:,} bytes, over the limit of {limits.max_file_bytes:,} "
+            "(ATELIER_VERIFY_MAX_FILE_BYTES)"
+        )
     try:
-        with PILImage.open(io.BytesIO(data)) as probe:
-            fmt = probe.format or ""
-    except (UnidentifiedImageError, OSError):
+        with path.open("rb") as fh:
+            data = fh.read(limits.max_file_bytes + 1)
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > limits.max_file_bytes:  # it grew while we read it
+        raise InvalidInput(f"{path} is over the limit of {limits.max_file_bytes:,} bytes "
+                           "(ATELIER_VERIFY_MAX_FILE_BYTES)")
+    return data
+
+
+def decode_luma_checked(path: Path, data: bytes, limits: VerifyLimits) -> tuple[str, np.ndarray, np.ndarray | None]:
+    """(format, luma uint8 HxW, RGB pixels when small enough for the legacy decoder) or one clear refusal."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            probe = PILImage.open(io.BytesIO(data))
+    except PILImage.DecompressionBombError:
+        raise InvalidInput(f"{path} declares an image far larger than any Atelier makes (a decompression bomb); "
+                           "nothing was decoded") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise InvalidInput(f"{path} is not an image file Atelier can read (PNG, JPEG, WebP, TIFF)") from None
+    with probe:
+        w, h = probe.size
+        if w * h > limits.max_pixels:
+            raise InvalidInput(
+                f"{path} declares {w}x{h} pixels ({w * h / 1e6:.0f} MP), over the limit of "
+                f"{limits.max_pixels / 1e6:.0f} MP (ATELIER_VERIFY_MAX_PIXELS); nothing was decoded"
+            )
+        fmt = probe.format or ""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+                probe.load()
+                rgb = np.asarray(probe.convert("RGB")) if w * h <= LEGACY_MAX_PIXELS else None
+                y = np.asarray(probe.convert("L"))
+        except (OSError, ValueError, SyntaxError, EOFError, PILImage.DecompressionBombError) as exc:
+            reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            raise InvalidInput(f"{path}: the pixel data is damaged or truncated ({reason})") from None
+    return fmt, y, rgb
+
+
+def _watermark_signal(
+    y: np.ndarray, rgb: np.ndarray | None, keys: list[watermark.WatermarkKey], cands: Candidates,
+) -> tuple[dict[str, Any], str | None]:
+    """The best watermark evidence over every key and scheme; the image id when it is strong enough."""
+    h, w = y.shape
+    if min(h, w) < watermark.MIN_SIDE_PX:
+        return {"decoded": None, "verdict": "too small to decode", "size": [w, h]}, None
+
+    def judge(reading: watermark.WatermarkReading, key_id: str | None) -> tuple[dict[str, Any], str | None]:
+        values, ids = cands.payloads.get((reading.scheme, key_id), (np.zeros(0, dtype=np.uint64), []))
+        best, _ = _nearest(values, ids, reading.payload)
+        out: dict[str, Any] = {
+            "scheme": reading.scheme, "key_id": reading.key_id, "decoded": f"{reading.payload:012x}",
+            "best_match": None, "matched_bits": 0, "total_bits": None, "verdict": "none", "score": None,
+            "offset": list(reading.offset), "searched": reading.hypotheses > 1,
+        }
+        if best is None:
+            return out, None
+        check = watermark.compare(reading, int(values[ids.index(best)]))
+        needed = None
+        trusted = check.ok
+        if check.score is not None:
+            needed = watermark.attribution_min_score(len(ids), reading.hypotheses)
+            trusted = trusted and check.score >= needed
+        out.update(best_match=best, matched_bits=check.matched_bits, total_bits=check.total_bits,
+                   verdict=check.verdict, score=None if check.score is None else round(check.score, 2),
+                   score_needed=None if needed is None else round(needed, 2))
+        return out, best if trusted else None
+
+    tried: list[tuple[dict[str, Any], str | None]] = []
+    for key in keys:
+        tried.append(judge(watermark.read_luma(y, key=key), key.key_id))
+    if rgb is not None and (watermark.SCHEME_DWTDCT, None) in cands.payloads:
+        tried.append(judge(watermark.read(rgb, scheme=watermark.SCHEME_DWTDCT), None))
+    if not any(image for _, image in tried) and h * w <= SEARCH_MAX_PIXELS:
+        for key in keys:  # a crop moves the block grid: try every offset
+            tried.append(judge(watermark.read_luma(y, key=key, search=True), key.key_id))
+    found = [t for t in tried if t[1]]
+    if found:
+        return max(found, key=lambda t: t[0]["score"] or 0)
+    return max(tried, key=lambda t: (t[0]["score"] or 0, t[0]["matched_bits"])) if tried else ({}, None)
+
+
+def verify_file(
+    session: Session, path: Path, trust_anchors_pem: bytes | None, watermark_keys: list[watermark.WatermarkKey],
+    limits: VerifyLimits | None = None, candidates: Candidates | None = None,
+) -> dict[str, Any]:
+    """Check one file; raises :class:`InvalidInput` (one line) for a file that cannot be checked."""
+    limits = limits or VerifyLimits()
+    cands = candidates if candidates is not None else Candidates.load(session)
+    data = read_file_checked(path, limits)
+    fmt, y, rgb = decode_luma_checked(path, data, limits)
     signals: dict[str, Any] = {}
-    candidates: dict[str, Image] = {}
+    candidates_found: dict[str, Image] = {}
 
     sha256 = hashlib.sha256(data).hexdigest()
     exact = session.scalar(select(Image).where(Image.sha256 == sha256, Image.status == "published"))
@@ -83,59 +236,87 @@ def verify_file(session: Session, path: Path, trust_anchors_pem: bytes | None) -
         import c2pa
 
         context = c2pa.Context.from_dict({"trust": {"trust_anchors": trust_anchors_pem.decode()}})
-    creds = read_credentials(data, _MIME.get(fmt), context)
-    signals["c2pa"] = creds.to_dict()
-    if creds.intact and creds.atelier and creds.atelier.get("image_id"):
-        manifest_image = session.get(Image, creds.atelier["image_id"])
+    creds: CredentialReport = read_credentials(data, _MIME.get(fmt), context)
+    claimed = (creds.atelier or {}).get("image_id")
+    signals["c2pa"] = {**creds.to_dict(), "trusted": creds.trusted, "trust_anchors_configured": bool(trust_anchors_pem),
+                       "soft_binding": creds.soft_binding}
+    if creds.trusted and claimed:
+        manifest_image = session.get(Image, claimed)
         if manifest_image is not None and manifest_image.status == "published":
-            candidates["c2pa"] = manifest_image
+            candidates_found["c2pa"] = manifest_image
 
-    try:
-        with PILImage.open(io.BytesIO(data)) as img:
-            pixels = np.asarray(img.convert("RGB"))
-    except Exception as exc:  # noqa: BLE001 - damaged pixel data is evidence, not a crash
-        pixels = None
-        signals["pixels"] = {"readable": False, "error": str(exc).splitlines()[0][:200]}
-    if pixels is not None:
-        h, w = pixels.shape[:2]
-        if min(h, w) >= watermark.MIN_SIDE_PX:
-            decoded = watermark.decode(pixels)
-            match, matched = _nearest_watermark(session, decoded)
-            verdict = watermark.verdict_for(matched) if match else "none"
-            signals["watermark"] = {
-                "decoded": f"{decoded:012x}", "best_match": match.id if match else None,
-                "matched_bits": matched, "verdict": verdict,
-            }
-            if match is not None and matched >= watermark.VERY_LIKELY_MIN_MATCH:
-                candidates["watermark"] = match
-        else:
-            signals["watermark"] = {"decoded": None, "verdict": "too small to decode", "size": [w, h]}
-        digest = fingerprint.phash(pixels)
-        near, dist = _nearest_fingerprint(session, digest)
-        signals["fingerprint"] = {
-            "phash": digest, "nearest": near.id if near else None, "distance": dist,
-            "match": near is not None and dist <= fingerprint.MATCH_MAX_DISTANCE,
-        }
-        if near is not None and dist <= fingerprint.MATCH_MAX_DISTANCE:
-            candidates["fingerprint"] = near
+    signals["watermark"], wm_image = _watermark_signal(y, rgb, watermark_keys, cands)
+    if wm_image is not None:
+        candidates_found["watermark"] = session.get(Image, wm_image)
+
+    digest = fingerprint.phash(y)
+    near, dist = _nearest(cands.phashes[0], cands.phashes[1], int(digest, 16))
+    signals["fingerprint"] = {"phash": digest, "nearest": near, "distance": dist,
+                              "match": near is not None and dist <= fingerprint.MATCH_MAX_DISTANCE}
+    if near is not None and dist <= fingerprint.MATCH_MAX_DISTANCE:
+        candidates_found["fingerprint"] = session.get(Image, near)
 
     if creds.present and not creds.intact:
         verdict = "tampered"
     elif exact is not None:
         verdict = "original"
-    elif candidates:
+    elif candidates_found:
         verdict = "derived"
     else:
         verdict = "unknown"
-    image = exact or candidates.get("c2pa") or candidates.get("watermark") or candidates.get("fingerprint")
+    image = (exact or candidates_found.get("c2pa") or candidates_found.get("watermark")
+             or candidates_found.get("fingerprint"))
+    claim = None
+    if claimed:
+        claim = {
+            "image_id": claimed,
+            "verified": bool(creds.trusted),
+            "note": ("signed by a trusted signer" if creds.trusted else
+                     "the manifest's signer does not chain to Atelier's trust anchors: an unverified claim"),
+        }
+        if image is not None and claimed != image.id:
+            claim["note"] += f"; the evidence points to image {image.id}, not the one claimed"
     return {
         "file": str(path),
         "verdict": verdict,
         "image_id": image.id if image else None,
-        # what a manifest claims, even a broken one: where a tampered file says it came from
-        "claimed_image_id": (creds.atelier or {}).get("image_id"),
-        "identified_by": sorted(k for k, v in candidates.items() if image is not None and v.id == image.id)
+        # what a manifest claims, even an untrusted or broken one: where a file says it came from
+        "claimed_image_id": claimed,
+        "claim": claim,
+        "identified_by": sorted(k for k, v in candidates_found.items() if image is not None and v.id == image.id)
         + (["bytes"] if exact else []),
         "signals": signals,
         "trace": trace_image(session, image) if image is not None else None,
     }
+
+
+def expand_paths(paths: Iterable[Path]) -> list[Path]:
+    """Files as given; folders replaced by the files under them (sorted, hidden ones skipped)."""
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out.extend(sorted(f for f in p.rglob("*") if not f.is_dir()
+                              and not any(part.startswith(".") for part in f.relative_to(p).parts)))
+        else:
+            out.append(p)
+    return out
+
+
+def verify_files(
+    session: Session, paths: Iterable[Path], trust_anchors_pem: bytes | None,
+    watermark_keys: list[watermark.WatermarkKey], limits: VerifyLimits | None = None,
+) -> Iterable[dict[str, Any]]:
+    """`verify_file` over many files in one process (the published images are loaded once); a file that
+    cannot be checked yields ``{"file", "verdict": "error", "error"}`` and the others go on."""
+    cands = Candidates.load(session)
+    for path in paths:
+        try:
+            yield verify_file(session, path, trust_anchors_pem, watermark_keys, limits, cands)
+        except InvalidInput as exc:
+            yield {"file": str(path), "verdict": "error", "error": str(exc), "image_id": None}
+
+
+def exit_code_for(verdicts: Iterable[str]) -> int:
+    """The exit code of the most serious outcome: error 2 > tampered 11 > unknown 12 > derived 10 > original 0."""
+    worst = max(verdicts, key=SEVERITY.index, default="original")
+    return ERROR_EXIT_CODE if worst == "error" else VERDICT_EXIT_CODES[worst]

@@ -1,89 +1,176 @@
-"""Invisible watermark: embed a 48-bit payload into every image, and verify it.
+"""Invisible watermark: embed an identifying 48-bit payload into every image, and verify it.
 
-The watermark is invisible-watermark's frequency-domain method ``dwtDct``, the one SDXL 1.0 uses
-(Stability AI's reference payload is :data:`SDXL_REFERENCE_PAYLOAD`). Atelier embeds a payload
-derived from the image id instead (:func:`payload_for_image`), so that a published image can be
-tied back to its record; verification counts how many of the 48 bits read back match.
+Entry points (the benchmarks and outside checks call them; they use the scheme in force):
 
-Verdicts follow the SDXL reference detector's published thresholds:
+- :func:`payload_for_image` (image id -> 48-bit payload: the first 6 bytes of its SHA-256);
+- :func:`embed` ``(pixels, payload)`` -> marked pixels;
+- :func:`verify` ``(pixels, expected)`` -> :class:`WatermarkCheck` with ``matched_bits``, ``total_bits``,
+  a ``verdict`` and ``ok``.
 
-=============== ===================== ============================================
-matched bits    verdict               meaning
-=============== ===================== ============================================
-36 - 48         ``"very_likely"``     watermark present (the only ``ok`` verdict)
-34 - 35         ``"likely"``
-29 - 33         ``"uncertain"``
-0 - 28          ``"none"``            no watermark (random images match about 24)
-=============== ===================== ============================================
+Schemes (every version ever used stays readable; each image records the one that marked it):
 
-Pixels are uint8 ``H x W x 3`` RGB arrays in and out.
+==================================  ======  ==========================================================
+scheme                               bits    what
+==================================  ======  ==========================================================
+``atelier-dctss/1`` (in force)       64      keyed spread spectrum in the luma DCT of 8x8 blocks
+                                             (``governance.watermark_spread``): 48 payload bits + 16
+                                             check bits derived from them
+``invisible-watermark dwtDct``       48      the SDXL default, Atelier's first scheme
+                                             (``governance.watermark_dwtdct``); read only
+==================================  ======  ==========================================================
 
-Implementation
---------------
-``dwtDct`` is computed here by a vectorised numpy reimplementation of the library's algorithm
-(``imwatermark/maxDct.py``, ``EmbedMaxDct``), which spends its time in a Python loop over every
-4x4 block: on a 1024x1024 image the library takes about 165 ms of CPU to embed and 110 ms to
-decode, this module about 16 ms and 6 ms (``bench/governance.py``). It is bit-compatible with the
-library, and the tests prove it on noise, gradients, picture-like, saturated and flat images of
-several sizes (256x256 to 1024x1024, odd sizes included): :func:`embed` returns exactly the
-library's pixels (no value differs, not even by 1), and either decoder reads the other's marks with
-identical bits. The steps, each performed with the same floating-point operations in the same order
-as the library:
+Verdicts of ``atelier-dctss/1`` (64 bits). Its keyed signs make every bit of an unmarked image (or
+one marked under another key or with another payload) a fair coin, so the matched count is
+Binomial(64, 1/2) there; the bound is the chance that an unmarked image reaches the threshold:
 
-1. ``cv2.cvtColor`` to YUV (uint8; RGB2YUV on RGB equals the library's BGR2YUV on BGR), keeping the
-   U channel of the largest multiple-of-4 crop;
-2. one-level Haar DWT (PyWavelets' ``dwt2`` arithmetic: ``s*x0 + s*x1`` and ``s*x0 - s*x1`` with
-   ``s = 1/sqrt(2)`` as float64, rows then columns; ``pywt`` is used only to read ``s``);
-3. in every 4x4 block of the approximation band, in row-major block order, block ``n`` carrying
-   bit ``n % 48``: the coefficient of largest magnitude other than the block's first is set to
-   ``sign * (|v| // 36 + 0.25 + 0.5 * bit) * 36`` (the library's "DCT" step applies no DCT);
-4. inverse Haar DWT, with the horizontal and vertical detail bands swapped as the library does
-   (``idwt2((cA, (cV, cH, cD)))``, which transposes every 2x2 pixel block's detail), truncated to
-   uint8 by the same numpy assignment into the U channel (8-bit U lies in 17-239 and a mark moves a
-   pixel by at most 13.5, so nothing leaves 0-255), then back to RGB with ``cv2.cvtColor``;
-5. decoding reads ``|v| % 36 > 18`` per block and takes, per bit, the mean over its blocks
-   ``* 255 > 127``, as the library does.
+=============== ================== ==========================================
+matched bits    verdict            P(unmarked image reaches it)
+=============== ================== ==========================================
+56 - 64         ``very_likely``    <= 2.8e-10 (the only ``ok`` verdict)
+52 - 55         ``likely``         <= 2.3e-7
+45 - 51         ``uncertain``
+0 - 44          ``none``           (unmarked images match 32 on average)
+=============== ================== ==========================================
 
-``method="dwtDctSvd"`` still runs through the library itself (on BGR copies).
+The legacy scheme keeps the SDXL reference detector's thresholds (36 / 34 / 29 of 48).
 
-Unlike the diffusers SDXL watermarker, nothing here is ever skipped: an image smaller than
-256 px on either side, or of the wrong dtype or shape, raises :class:`WatermarkError`.
+``score`` (``atelier-dctss`` only) is the correlation of the soft bits with the expected codeword,
+normalised so that on an unmarked image ``P(score >= t) <= exp(-t^2 / 2)`` (Hoeffding: a sum of
+keyed random signs). Marked images score 40-60 right after embedding. ``verify`` in
+``governance.verify`` uses it to attribute a file among *all* published images:
+:func:`attribution_min_score` is the score that keeps the false-attribution chance below 1e-6 for
+that many candidates and search hypotheses.
 
-Known limits of ``dwtDct`` (measured on this library version, see tests): it only writes into the
-U chroma channel, so it cannot mark saturated areas (a flat white image reads back as unmarked, with
-either method); and on smooth images whose chroma changes across the frame (a two-colour gradient)
-it reads back only 30-41 of 48 bits depending on the payload, so about half of such images fail.
-Textured images and smooth images of constant chroma read back 46-48 bits. On synthetic
-picture-like images made of large flat, often saturated, soft-edged shapes (the tests' and the
-bench's ``photo_like``) half of the 1024x1024 images read back fewer than 36 bits (24-48), while a
-real photograph read back 48/48 for every payload tried. ``method="dwtDctSvd"``
-(same library) reads back 48/48 on those gradients at about four times the CPU cost. Either way,
-callers must :func:`verify` after :func:`embed` and treat any verdict other than ``very_likely``
-as a failed image, never as a warning; the method used must be recorded with the image.
+Keys: ``atelier-dctss`` is keyed (:class:`WatermarkKey`); without the key nobody can read, remove
+with certainty or forge the mark. Production keys come from settings (a key file or a KMS callback,
+``flows.runtime``); ``atelier keys init`` writes a development key marked as such.
+:data:`PUBLIC_TEST_KEY`, used when no key is passed, is published in this file: fine for benchmarks
+and outside checks, never for published images (the runtime never uses it).
+
+Pixels are uint8 ``H x W x 3`` RGB arrays in and out. Nothing here is ever skipped: an image smaller
+than 256 px on either side, or of the wrong dtype or shape, raises :class:`WatermarkError`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import math
+import secrets
 from dataclasses import dataclass
+from pathlib import Path
 
-import cv2
 import numpy as np
-import pywt
-from imwatermark import WatermarkDecoder, WatermarkEncoder
 
-WATERMARK_BITS = 48
-SDXL_REFERENCE_PAYLOAD = 0xB3EC907BB19E  # generative-models' WATERMARK_MESSAGE, see shared/licences/README.md
-VERY_LIKELY_MIN_MATCH = 36
-LIKELY_MIN_MATCH = 34
-NONE_MAX_MATCH = 28
+from governance import watermark_dwtdct as legacy
+from governance import watermark_spread as spread
+from governance.errors import GovernanceCheckFailed, InvalidInput
+
+WATERMARK_BITS = 48  # payload bits
 MIN_SIDE_PX = 256
-WATERMARK_METHOD = "dwtDct"
-SUPPORTED_METHODS = ("dwtDct", "dwtDctSvd")
+SCHEME_DCTSS = f"{spread.SCHEME}/{spread.VERSION}"
+SCHEME_DWTDCT = "invisible-watermark dwtDct"  # the string Atelier recorded before schemes were versioned
+DEFAULT_SCHEME = SCHEME_DCTSS
+SCHEMES = (SCHEME_DCTSS, SCHEME_DWTDCT)
+SDXL_REFERENCE_PAYLOAD = legacy.SDXL_REFERENCE_PAYLOAD
+CHECK_BITS = spread.CODE_BITS - WATERMARK_BITS
+
+# (very_likely, likely, above "none") minimum matched bits, per scheme
+THRESHOLDS = {SCHEME_DCTSS: (56, 52, 45), SCHEME_DWTDCT: (36, 34, 29)}
+VERY_LIKELY_MIN_MATCH, LIKELY_MIN_MATCH, _UNCERTAIN_MIN = THRESHOLDS[DEFAULT_SCHEME]
+NONE_MAX_MATCH = _UNCERTAIN_MIN - 1
+ATTRIBUTION_FALSE_RATE = 1e-6
 
 
 class WatermarkError(RuntimeError):
     """The image cannot carry or be checked for a watermark (too small, wrong dtype or shape)."""
+
+
+@dataclass(frozen=True)
+class WatermarkKey:
+    """A secret that lays out the keyed scheme's chips. ``key_id`` (a hash) is recorded, never the secret."""
+
+    secret: bytes
+    development: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.secret, bytes) or len(self.secret) < 16:
+            raise InvalidInput("a watermark key must be at least 16 bytes (32 hex digits)")
+
+    @property
+    def key_id(self) -> str:
+        return "wk-" + hashlib.sha256(b"atelier watermark key id\0" + self.secret).hexdigest()[:16]
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"WatermarkKey({self.key_id}{', development' if self.development else ''})"
+
+
+PUBLIC_TEST_KEY = WatermarkKey(hashlib.sha256(b"atelier public test watermark key - NOT FOR PRODUCTION").digest(),
+                               development=True)
+KEY_FILE = "watermark-key.txt"
+DEV_KEY_HEADER = "# Atelier DEVELOPMENT watermark key - NOT FOR PRODUCTION (made by `atelier keys init`)"
+
+
+def ensure_development_key(path: Path, rotate: bool = False) -> list[WatermarkKey]:
+    """The development key ring at ``path``, made (mode 0600, marked NOT FOR PRODUCTION) when missing.
+
+    ``rotate`` puts a new current key first and keeps the earlier ones after it, so images marked before
+    stay verifiable. A ring that is not a development ring is never touched."""
+    if path.exists():
+        ring = load_key_ring(path)
+        if not rotate:
+            return ring
+        if not ring[0].development:
+            raise GovernanceCheckFailed(f"{path} is not a development key ring: rotate production keys in your KMS")
+    else:
+        ring = []
+    key = WatermarkKey(secrets.token_bytes(32), development=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [DEV_KEY_HEADER, "# the current key first; earlier keys after it verify older images", key.secret.hex(),
+             *(k.secret.hex() for k in ring)]
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+    return load_key_ring(path)
+
+
+def load_key_ring(path: Path) -> list[WatermarkKey]:
+    """A key file: one hex secret per line, the current key first, earlier keys after it (read only);
+    ``#`` lines are comments. A file with the development header gives development keys."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise GovernanceCheckFailed(
+            f"watermark key file {path} cannot be read ({exc.strerror}): run `atelier keys init` for a development "
+            "key, or set ATELIER_WATERMARK_KEY_FILE / ATELIER_WATERMARK_KEY_CALLBACK to your organisation's"
+        ) from None
+    development = DEV_KEY_HEADER in text
+    keys = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            keys.append(WatermarkKey(bytes.fromhex(line), development=development))
+        except ValueError:
+            raise GovernanceCheckFailed(f"watermark key file {path}, line {n}: not a hex key") from None
+    if not keys:
+        raise GovernanceCheckFailed(f"watermark key file {path} holds no key")
+    return keys
+
+
+def key_from_callback(spec: str) -> WatermarkKey:
+    """``package.module:function`` returning the key's bytes (a KMS or HSM derives it; it never sits on disk)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise InvalidInput(f"watermark key callback {spec!r} must look like package.module:function")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+        secret = fn()
+    except Exception as exc:  # noqa: BLE001 - whatever the hook raises, no key means no publishing
+        raise GovernanceCheckFailed(f"watermark key callback {spec!r} failed: {exc}") from None
+    if not isinstance(secret, bytes):
+        raise GovernanceCheckFailed(f"watermark key callback {spec!r} must return bytes, got {type(secret).__name__}")
+    return WatermarkKey(secret)
 
 
 def payload_for_image(image_id: str) -> int:
@@ -99,6 +186,24 @@ def bits_of(payload: int) -> list[int]:
     return [(payload >> (WATERMARK_BITS - 1 - i)) & 1 for i in range(WATERMARK_BITS)]
 
 
+def codeword_for(payload: int) -> list[int]:
+    """``atelier-dctss``'s 64 embedded bits: the payload, then 16 check bits from SHA-256 of it."""
+    check = int.from_bytes(hashlib.sha256(b"atelier-dctss check\0" + payload.to_bytes(6, "big")).digest()[:2], "big")
+    return bits_of(payload) + [(check >> (CHECK_BITS - 1 - i)) & 1 for i in range(CHECK_BITS)]
+
+
+@dataclass(frozen=True)
+class WatermarkReading:
+    """What one scheme reads out of some pixels, before comparing with any payload."""
+
+    scheme: str
+    key_id: str | None
+    payload: int  # the 48 payload bits as read (hard decisions)
+    soft: np.ndarray | None  # atelier-dctss: one z per code bit (0 = no evidence); None for dwtDct
+    offset: tuple[int, int] = (0, 0)  # pixel offset of the grid found (a cropped copy), (0, 0) unsearched
+    hypotheses: int = 1  # how many grid positions were tried to find it
+
+
 @dataclass(frozen=True)
 class WatermarkCheck:
     """The outcome of reading a watermark back and comparing it with the payload expected."""
@@ -108,150 +213,97 @@ class WatermarkCheck:
     matched_bits: int
     total_bits: int
     verdict: str  # "very_likely" | "likely" | "uncertain" | "none"
+    scheme: str = DEFAULT_SCHEME
+    key_id: str | None = None
+    score: float | None = None  # atelier-dctss: normalised correlation, <= exp(-t^2/2) tail when unmarked
+    offset: tuple[int, int] = (0, 0)
+    hypotheses: int = 1
 
     @property
     def ok(self) -> bool:
         return self.verdict == "very_likely"
 
 
-def embed(pixels: np.ndarray, payload: int, *, method: str = WATERMARK_METHOD) -> np.ndarray:
+def embed(pixels: np.ndarray, payload: int, *, key: WatermarkKey | None = None,
+          scheme: str = DEFAULT_SCHEME) -> np.ndarray:
     """Return a copy of ``pixels`` (uint8 HxWx3 RGB) carrying ``payload``; deterministic."""
     _check_payload(payload)
-    _check_method(method)
+    _check_scheme(scheme)
     _check_pixels(pixels)
-    if method != "dwtDct":
-        encoder = WatermarkEncoder()
-        encoder.set_watermark("bits", bits_of(payload))
-        marked_bgr = encoder.encode(_to_bgr(pixels), method)
-        return np.ascontiguousarray(marked_bgr[:, :, ::-1], dtype=np.uint8)
-
-    yuv = cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2YUV)
-    rows, cols = (pixels.shape[0] // 4) * 4, (pixels.shape[1] // 4) * 4
-    approx, detail_h, detail_v, detail_d = _haar_dwt2(yuv[:rows, :cols, 1])
-    blocks, rr, cc = _strongest_coefficients(approx)
-    bit = np.asarray(bits_of(payload), dtype=np.float64)[np.arange(blocks.size) % WATERMARK_BITS]
-    quantised = ((np.abs(blocks) // _SCALE + 0.25) + 0.5 * bit) * _SCALE
-    approx[rr, cc] = np.where(blocks >= 0.0, quantised, -quantised)
-    # The library reconstructs with the horizontal and vertical detail bands swapped; so do we.
-    yuv[:rows, :cols, 1] = _haar_idwt2(approx, detail_v, detail_h, detail_d)
-    return cv2.cvtColor(yuv, cv2.COLOR_YUV2RGB)
+    if scheme == SCHEME_DWTDCT:
+        return legacy.embed(pixels, bits_of(payload))
+    return spread.embed(pixels, codeword_for(payload), (key or PUBLIC_TEST_KEY).secret)
 
 
-def decode(pixels: np.ndarray, *, method: str = WATERMARK_METHOD) -> int:
-    """Read the 48-bit payload out of ``pixels`` (uint8 HxWx3 RGB), whatever is there."""
-    _check_method(method)
+def read(pixels: np.ndarray, *, key: WatermarkKey | None = None, scheme: str = DEFAULT_SCHEME,
+         search: bool = False) -> WatermarkReading:
+    """Read whatever ``scheme`` finds in ``pixels``; ``search`` also tries every grid offset (crops)."""
+    _check_scheme(scheme)
     _check_pixels(pixels)
-    if method != "dwtDct":
-        bits = WatermarkDecoder("bits", WATERMARK_BITS).decode(_to_bgr(pixels), method)
+    if scheme == SCHEME_DWTDCT:
+        return WatermarkReading(scheme, None, legacy.decode(pixels), None)
+    return read_luma(spread.luma(pixels), key=key, search=search)
+
+
+def read_luma(y: np.ndarray, *, key: WatermarkKey | None = None, search: bool = False) -> WatermarkReading:
+    """``atelier-dctss`` reading from luma alone (BT.601 Y, float or uint8 such as Pillow's "L"): what
+    ``verify`` uses on files of any size without holding their RGB pixels."""
+    if y.ndim != 2 or min(y.shape) < MIN_SIDE_PX:
+        raise WatermarkError(f"luma of shape {y.shape} is too small to read: both sides must be at least {MIN_SIDE_PX}")
+    key = key or PUBLIC_TEST_KEY
+    if search:
+        soft, offset, hypotheses = spread.decode_searching(y, key.secret)
     else:
-        yuv = cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2YUV)
-        rows, cols = (pixels.shape[0] // 4) * 4, (pixels.shape[1] // 4) * 4
-        blocks, _, _ = _strongest_coefficients(_haar_approx(yuv[:rows, :cols, 1]))
-        scores = np.remainder(np.abs(blocks), _SCALE) > 0.5 * _SCALE
-        which = np.arange(blocks.size) % WATERMARK_BITS
-        means = np.bincount(which, weights=scores, minlength=WATERMARK_BITS) / np.bincount(
-            which, minlength=WATERMARK_BITS
-        )
-        bits = means * 255 > 127
-    value = 0
-    for bit in bits:
-        value = (value << 1) | int(bool(bit))
-    return value
+        soft, offset, hypotheses = spread.decode(y, key.secret), (0, 0), 1
+    payload = 0
+    for z in soft[:WATERMARK_BITS]:
+        payload = (payload << 1) | int(z > 0)
+    return WatermarkReading(SCHEME_DCTSS, key.key_id, payload, soft, offset, hypotheses)
 
 
-def verify(pixels: np.ndarray, expected: int, *, method: str = WATERMARK_METHOD) -> WatermarkCheck:
-    """Decode ``pixels`` and compare with ``expected`` bit by bit; ``.ok`` only for ``very_likely``."""
+def compare(reading: WatermarkReading, expected: int) -> WatermarkCheck:
+    """Compare a reading with the payload ``expected``: matched bits, verdict and (keyed scheme) score."""
     _check_payload(expected)
-    decoded = decode(pixels, method=method)
-    matched = WATERMARK_BITS - bin(decoded ^ expected).count("1")
-    return WatermarkCheck(
-        expected=expected,
-        decoded=decoded,
-        matched_bits=matched,
-        total_bits=WATERMARK_BITS,
-        verdict=verdict_for(matched),
-    )
+    if reading.soft is None:
+        matched = WATERMARK_BITS - (reading.payload ^ expected).bit_count()
+        return WatermarkCheck(expected, reading.payload, matched, WATERMARK_BITS,
+                              verdict_for(matched, reading.scheme), reading.scheme)
+    want = np.asarray(codeword_for(expected)) * 2 - 1
+    signs = np.sign(reading.soft)
+    matched = int((signs == want).sum())  # a bit with no evidence (z = 0) never counts as matched
+    score = float((reading.soft * want).sum() / math.sqrt(len(want)))
+    return WatermarkCheck(expected, reading.payload, matched, len(want), verdict_for(matched, reading.scheme),
+                          reading.scheme, reading.key_id, score, reading.offset, reading.hypotheses)
 
 
-# --- dwtDct, vectorised (see "Implementation" in the module docstring) -------------------------------
-
-_SCALE = 36  # EmbedMaxDct's scale for the U channel (scales=[0, 36, 36]; only channels 0 and 1 are visited)
-_BLOCK = 4  # EmbedMaxDct's block size
-
-
-def _haar_filter() -> float:
-    wavelet = pywt.Wavelet("haar")
-    s = wavelet.dec_lo[0]
-    if (list(wavelet.dec_lo), list(wavelet.dec_hi), list(wavelet.rec_lo), list(wavelet.rec_hi)) != (
-        [s, s], [-s, s], [s, s], [s, -s]
-    ):  # pragma: no cover - a PyWavelets that changed its Haar filters would break bit-compatibility
-        raise RuntimeError("PyWavelets' Haar filters are not the expected [s, s] / [-s, s] pair")
-    return s
+def verify(pixels: np.ndarray, expected: int, *, key: WatermarkKey | None = None,
+           scheme: str = DEFAULT_SCHEME) -> WatermarkCheck:
+    """Decode ``pixels`` and compare with ``expected``; ``.ok`` only for ``very_likely``."""
+    _check_payload(expected)
+    return compare(read(pixels, key=key, scheme=scheme), expected)
 
 
-_S = _haar_filter()
+def decode(pixels: np.ndarray, *, key: WatermarkKey | None = None, scheme: str = DEFAULT_SCHEME) -> int:
+    """The 48-bit payload ``scheme`` reads out of ``pixels``, whatever is there."""
+    return read(pixels, key=key, scheme=scheme).payload
 
 
-def _haar_approx(channel: np.ndarray) -> np.ndarray:
-    """The approximation band of ``pywt.dwt2(channel, "haar")``, with the same float64 arithmetic."""
-    p = np.multiply(channel, _S, dtype=np.float64)
-    q = (p[0::2] + p[1::2]) * _S
-    return q[:, 0::2] + q[:, 1::2]
-
-
-def _haar_dwt2(channel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``cA, cH, cV, cD`` of ``pywt.dwt2(channel, "haar")`` (axis 0 then axis 1), bit for bit."""
-    p = np.multiply(channel, _S, dtype=np.float64)
-    low = (p[0::2] + p[1::2]) * _S
-    high = (p[0::2] - p[1::2]) * _S
-    return (
-        low[:, 0::2] + low[:, 1::2],  # aa
-        high[:, 0::2] + high[:, 1::2],  # da: horizontal detail
-        low[:, 0::2] - low[:, 1::2],  # ad: vertical detail
-        high[:, 0::2] - high[:, 1::2],  # dd
-    )
-
-
-def _haar_idwt2(approx: np.ndarray, horizontal: np.ndarray, vertical: np.ndarray, diagonal: np.ndarray) -> np.ndarray:
-    """``pywt.idwt2((approx, (horizontal, vertical, diagonal)), "haar")``, bit for bit (axis 1, then axis 0)."""
-    n0, n1 = approx.shape
-    low = np.empty((n0, 2 * n1))
-    high = np.empty((n0, 2 * n1))
-    for out, a, d in ((low, approx, vertical), (high, horizontal, diagonal)):
-        a = a * _S
-        d = d * _S
-        np.add(a, d, out=out[:, 0::2])
-        np.subtract(a, d, out=out[:, 1::2])
-    low *= _S
-    high *= _S
-    image = np.empty((2 * n0, 2 * n1))
-    np.add(low, high, out=image[0::2])
-    np.subtract(low, high, out=image[1::2])
-    return image
-
-
-def _strongest_coefficients(approx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per 4x4 block of ``approx`` (row-major block order): the value of the coefficient of largest
-    magnitude among the block's 15 coefficients after the first (the first such on ties, as
-    ``np.argmax`` does in the library), and its row and column in ``approx``."""
-    nbi, nbj = approx.shape[0] // _BLOCK, approx.shape[1] // _BLOCK
-    tiles = approx[: nbi * _BLOCK, : nbj * _BLOCK].reshape(nbi, _BLOCK, nbj, _BLOCK).transpose(0, 2, 1, 3)
-    tiles = tiles.reshape(nbi * nbj, _BLOCK * _BLOCK)
-    pos = np.abs(tiles[:, 1:]).argmax(axis=1) + 1
-    index = np.arange(nbi * nbj)
-    rows = (index // nbj) * _BLOCK + pos // _BLOCK
-    cols = (index % nbj) * _BLOCK + pos % _BLOCK
-    return tiles[index, pos], rows, cols
-
-
-def verdict_for(matched_bits: int) -> str:
-    if matched_bits >= VERY_LIKELY_MIN_MATCH:
+def verdict_for(matched_bits: int, scheme: str = DEFAULT_SCHEME) -> str:
+    very_likely, likely, uncertain = THRESHOLDS[scheme]
+    if matched_bits >= very_likely:
         return "very_likely"
-    if matched_bits >= LIKELY_MIN_MATCH:
+    if matched_bits >= likely:
         return "likely"
-    if matched_bits > NONE_MAX_MATCH:
+    if matched_bits >= uncertain:
         return "uncertain"
     return "none"
+
+
+def attribution_min_score(candidates: int, hypotheses: int = 1, false_rate: float = ATTRIBUTION_FALSE_RATE) -> float:
+    """The ``score`` a reading must reach to name one of ``candidates`` images after trying ``hypotheses``
+    grid positions, so that an unmarked file is attributed with chance at most ``false_rate``
+    (union bound over candidates x hypotheses of the ``exp(-t^2/2)`` tail)."""
+    return math.sqrt(2 * math.log(max(1, candidates) * max(1, hypotheses) / false_rate))
 
 
 def _check_payload(payload: int) -> None:
@@ -259,9 +311,9 @@ def _check_payload(payload: int) -> None:
         raise ValueError(f"payload must be an int in [0, 2**{WATERMARK_BITS}), got {payload!r}")
 
 
-def _check_method(method: str) -> None:
-    if method not in SUPPORTED_METHODS:
-        raise ValueError(f"watermark method must be one of {SUPPORTED_METHODS}, got {method!r}")
+def _check_scheme(scheme: str) -> None:
+    if scheme not in SCHEMES:
+        raise ValueError(f"watermark scheme must be one of {SCHEMES}, got {scheme!r}")
 
 
 def _check_pixels(pixels: np.ndarray) -> None:
@@ -276,8 +328,3 @@ def _check_pixels(pixels: np.ndarray) -> None:
         raise WatermarkError(
             f"image {height}x{width} (HxW) is too small to watermark: both sides must be at least {MIN_SIDE_PX} px"
         )
-
-
-def _to_bgr(pixels: np.ndarray) -> np.ndarray:
-    """The library's input: a contiguous uint8 BGR copy of a checked RGB image."""
-    return np.ascontiguousarray(pixels[:, :, ::-1])
