@@ -375,11 +375,15 @@ def _print_verify_detail(out: dict[str, Any]) -> None:
         {"signal": "c2pa", "result": c2pa_result,
          "evidence": "; ".join(c2pa["failures"]) or c2pa.get("error") or (c2pa["signer"] or {}).get("issuer", "")},
     ]
-    wm = sig["watermark"]
-    rows.append({"signal": "watermark", "result": wm.get("verdict", "none"), "evidence": _watermark_evidence(wm)})
-    fp = sig["fingerprint"]
-    rows.append({"signal": "fingerprint", "result": "match" if fp["match"] else "no match",
-                 "evidence": f"distance {fp['distance']}/64 to {fp['nearest'] or '-'}"})
+    if "watermark" in sig:
+        wm = sig["watermark"]
+        rows.append({"signal": "watermark", "result": wm.get("verdict", "none"), "evidence": _watermark_evidence(wm)})
+    if "fingerprint" in sig:
+        fp = sig["fingerprint"]
+        rows.append({"signal": "fingerprint", "result": "match" if fp["match"] else "no match",
+                     "evidence": f"distance {fp['distance']}/64 to {fp['nearest'] or '-'}"})
+    if "pixels" in sig:
+        rows.append({"signal": "pixels", "result": "unreadable", "evidence": sig["pixels"]["error"]})
     print_table(rows, ["signal", "result", "evidence"])
     if out.get("claim") and not out["claim"]["verified"]:
         print(f"\nthe manifest claims image {out['claim']['image_id']}: UNVERIFIED ({out['claim']['note']})")

@@ -30,7 +30,8 @@ Hostile files are refused before any pixel is decoded, with one line and exit co
 (:class:`~governance.errors.InvalidInput`): not a regular file (folders are expanded by the CLI,
 devices such as ``/dev/zero`` refused), larger than ``ATELIER_VERIFY_MAX_FILE_BYTES``, declaring more
 than ``ATELIER_VERIFY_MAX_PIXELS`` pixels (decompression bombs), not an image, or pixel data that is
-damaged or truncated. Pixels are read as luma only (Pillow "L"), so memory stays near one byte per
+damaged or truncated (unless the file carries a manifest: then it is evidence, and such a file is
+``tampered``). Pixels are read as luma only (Pillow "L"), so memory stays near one byte per
 declared pixel plus the decoder's own frame.
 """
 
@@ -63,6 +64,10 @@ SEVERITY = ("original", "derived", "unknown", "tampered", "error")
 _MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "TIFF": "image/tiff", "GIF": "image/gif"}
 LEGACY_MAX_PIXELS = 16_000_000  # dwtDct images were SDXL outputs (<= 2 MP): larger files are not copies of one
 SEARCH_MAX_PIXELS = 4_200_000  # the crop search (64 grid offsets) runs on files up to about 2048x2048
+
+
+class DamagedPixels(InvalidInput):
+    """The file is an image whose pixel data cannot be decoded (damaged or truncated)."""
 
 
 @dataclass(frozen=True)
@@ -127,7 +132,7 @@ def read_file_checked(path: Path, limits: VerifyLimits) -> bytes:
         raise InvalidInput(f"{path} is not a regular file (a device, pipe or socket): pass an image file")
     if st.st_size > limits.max_file_bytes:
         raise InvalidInput(
-            f"{path} is {st.st_size:,} bytes, over the limit of {limits.max_file_bytes:,} "
+            f"{path} is {st.st_size:,} bytes, over the limit of {limits.max_file_bytes:,} bytes "
             "(ATELIER_VERIFY_MAX_FILE_BYTES)"
         )
     try:
@@ -168,7 +173,7 @@ def decode_luma_checked(path: Path, data: bytes, limits: VerifyLimits) -> tuple[
                 y = np.asarray(probe.convert("L"))
         except (OSError, ValueError, SyntaxError, EOFError, PILImage.DecompressionBombError) as exc:
             reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-            raise InvalidInput(f"{path}: the pixel data is damaged or truncated ({reason})") from None
+            raise DamagedPixels(f"{path}: the pixel data is damaged or truncated ({reason})") from None
     return fmt, y, rgb
 
 
@@ -223,7 +228,13 @@ def verify_file(
     limits = limits or VerifyLimits()
     cands = candidates if candidates is not None else Candidates.load(session)
     data = read_file_checked(path, limits)
-    fmt, y, rgb = decode_luma_checked(path, data, limits)
+    try:
+        fmt, y, rgb = decode_luma_checked(path, data, limits)
+        damaged = None
+    except DamagedPixels as exc:  # evidence when a manifest says what the file should be, else an error
+        damaged, y, rgb = exc, None, None
+        with PILImage.open(io.BytesIO(data)) as probe:
+            fmt = probe.format or ""
     signals: dict[str, Any] = {}
     candidates_found: dict[str, Image] = {}
 
@@ -237,6 +248,8 @@ def verify_file(
 
         context = c2pa.Context.from_dict({"trust": {"trust_anchors": trust_anchors_pem.decode()}})
     creds: CredentialReport = read_credentials(data, _MIME.get(fmt), context)
+    if damaged is not None and not creds.present:
+        raise damaged
     claimed = (creds.atelier or {}).get("image_id")
     signals["c2pa"] = {**creds.to_dict(), "trusted": creds.trusted, "trust_anchors_configured": bool(trust_anchors_pem),
                        "soft_binding": creds.soft_binding}
@@ -245,16 +258,18 @@ def verify_file(
         if manifest_image is not None and manifest_image.status == "published":
             candidates_found["c2pa"] = manifest_image
 
-    signals["watermark"], wm_image = _watermark_signal(y, rgb, watermark_keys, cands)
-    if wm_image is not None:
-        candidates_found["watermark"] = session.get(Image, wm_image)
-
-    digest = fingerprint.phash(y)
-    near, dist = _nearest(cands.phashes[0], cands.phashes[1], int(digest, 16))
-    signals["fingerprint"] = {"phash": digest, "nearest": near, "distance": dist,
-                              "match": near is not None and dist <= fingerprint.MATCH_MAX_DISTANCE}
-    if near is not None and dist <= fingerprint.MATCH_MAX_DISTANCE:
-        candidates_found["fingerprint"] = session.get(Image, near)
+    if y is None:
+        signals["pixels"] = {"readable": False, "error": str(damaged)}
+    else:
+        signals["watermark"], wm_image = _watermark_signal(y, rgb, watermark_keys, cands)
+        if wm_image is not None:
+            candidates_found["watermark"] = session.get(Image, wm_image)
+        digest = fingerprint.phash(y)
+        near, dist = _nearest(cands.phashes[0], cands.phashes[1], int(digest, 16))
+        signals["fingerprint"] = {"phash": digest, "nearest": near, "distance": dist,
+                                  "match": near is not None and dist <= fingerprint.MATCH_MAX_DISTANCE}
+        if near is not None and dist <= fingerprint.MATCH_MAX_DISTANCE:
+            candidates_found["fingerprint"] = session.get(Image, near)
 
     if creds.present and not creds.intact:
         verdict = "tampered"

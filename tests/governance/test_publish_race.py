@@ -26,6 +26,7 @@ from governance.runs import start_run
 from governance.safety import SafetyResult
 from governance.store import LocalStore
 from governance.users import add_user
+from governance.watermark import ensure_development_key
 from tests.governance.conftest import good_rows, write_csv
 
 
@@ -64,7 +65,8 @@ def test_the_second_worker_fails_before_uploading_and_the_first_record_stands(pg
         run_row, batch_row = s.get(Run, run_id), s.get(Batch, batch_id)
         manifest = credential_manifest(image_id, batch_row, s.get(Approval, run_row.approval_id), run_row)
     # Each worker signs its own copy: same pixels, different C2PA signature, so different bytes.
-    marks = {name: mark_and_encode(image_id, pixels, signer, manifest) for name in ("first", "second")}
+    key = ensure_development_key(tmp_path / "keys" / "watermark-key.txt")[0]
+    marks = {name: mark_and_encode(image_id, pixels, signer, manifest, key) for name in ("first", "second")}
     assert marks["first"].sha256 != marks["second"].sha256
     safety = SafetyResult(scores={"nsfw": 0.01}, verdict="passed", reasons=())
     gate = threading.Event()
