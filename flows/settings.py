@@ -66,7 +66,7 @@ class Settings(BaseSettings):
         64_000_000, ge=65_536, description="`atelier verify` refuses images declaring more pixels than this"
     )
     verify_max_file_bytes: int = Field(
-        256 * 1024 * 1024, ge=1024, description="`atelier verify` refuses files larger than this"
+        64 * 1024 * 1024, ge=1024, description="`atelier verify` refuses files larger than this"
     )
     actor: str | None = Field(None, description="the acting user (the CLI's --as)")
     chunk_size: int = Field(4, ge=1, le=256, description="images generated per engine call")

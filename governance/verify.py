@@ -73,7 +73,7 @@ class DamagedPixels(InvalidInput):
 @dataclass(frozen=True)
 class VerifyLimits:
     max_pixels: int = 64_000_000
-    max_file_bytes: int = 256 * 1024 * 1024
+    max_file_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass
@@ -170,10 +170,14 @@ def decode_luma_checked(path: Path, data: bytes, limits: VerifyLimits) -> tuple[
                 warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
                 probe.load()
                 rgb = np.asarray(probe.convert("RGB")) if w * h <= LEGACY_MAX_PIXELS else None
-                y = np.asarray(probe.convert("L"))
+                grey = probe.convert("L")
         except (OSError, ValueError, SyntaxError, EOFError, PILImage.DecompressionBombError) as exc:
             reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
             raise DamagedPixels(f"{path}: the pixel data is damaged or truncated ({reason})") from None
+        probe.close()  # frees the decoded frame (leaving the `with` only closes the file)
+    # Only the luma (one byte per pixel) goes on, copied once (np.asarray on a Pillow image copies twice).
+    with grey:
+        y = np.frombuffer(grey.tobytes(), dtype=np.uint8).reshape(h, w)
     return fmt, y, rgb
 
 

@@ -71,7 +71,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pywt
-from imwatermark import WatermarkDecoder, WatermarkEncoder
 
 WATERMARK_BITS = 48
 SDXL_REFERENCE_PAYLOAD = 0xB3EC907BB19E  # generative-models' WATERMARK_MESSAGE, see shared/licences/README.md
@@ -87,6 +86,8 @@ def embed(pixels: np.ndarray, bits: list[int], *, method: str = WATERMARK_METHOD
     """Return a copy of checked ``pixels`` (uint8 HxWx3 RGB) carrying the 48 ``bits``; deterministic."""
     _check_method(method)
     if method != "dwtDct":
+        from imwatermark import WatermarkEncoder  # imports torch (~0.5 GB): only for the library's own methods
+
         encoder = WatermarkEncoder()
         encoder.set_watermark("bits", list(bits))
         marked_bgr = encoder.encode(_to_bgr(pixels), method)
@@ -108,6 +109,8 @@ def decode(pixels: np.ndarray, *, method: str = WATERMARK_METHOD) -> int:
     """Read the 48-bit payload out of checked ``pixels`` (uint8 HxWx3 RGB), whatever is there."""
     _check_method(method)
     if method != "dwtDct":
+        from imwatermark import WatermarkDecoder
+
         bits = WatermarkDecoder("bits", WATERMARK_BITS).decode(_to_bgr(pixels), method)
     else:
         yuv = cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2YUV)

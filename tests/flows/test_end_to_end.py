@@ -110,8 +110,13 @@ def test_governed_batch_end_to_end(make_cli, flags, tmp_path, s3_server, s3_env,
         assert creds.state == "Trusted" and creds.atelier["image_id"] == t["image_id"]
         assert creds.atelier["approval_id"] == t["approval"]["id"] and creds.atelier["batch_id"] == batch_id
         pixels = np.asarray(PILImage.open(io.BytesIO(body)).convert("RGB"))
-        check = watermark.verify(pixels, int(t["watermark"]["payload"], 16))
+        ring = watermark.load_key_ring(tmp_path / "data" / "keys" / watermark.KEY_FILE)
+        assert t["watermark"]["scheme"] == watermark.DEFAULT_SCHEME and t["watermark"]["key_id"] == ring[0].key_id
+        check = watermark.verify(pixels, int(t["watermark"]["payload"], 16), key=ring[0])
         assert check.ok and check.matched_bits == t["watermark"]["matched_bits"]
+        assert not watermark.verify(pixels, int(t["watermark"]["payload"], 16)).ok  # keyed: no key, no mark
+        soft = creds.soft_binding
+        assert soft["alg"] == "com.atelier.dctss.1" and soft["blocks"][0]["value"] == t["watermark"]["payload"]
         assert t["watermark"]["payload"] == f"{watermark.payload_for_image(t['image_id']):012x}"
         prov = json.loads(s3.get_object(Bucket=s3_env, Key=f"published/{t['store']['provenance_key']}")["Body"].read())
         assert prov["image_id"] == t["image_id"] and prov["sha256"] == t["sha256"]
