@@ -108,6 +108,8 @@ class Candidates:
 
 
 def _popcount(a: np.ndarray) -> np.ndarray:
+    if hasattr(np, "bitwise_count"):  # numpy >= 2.0
+        return np.bitwise_count(a)
     return np.unpackbits(a.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
 
 
