@@ -202,10 +202,10 @@ def read_credentials(data: bytes, mime: str | None = None, context: Any = None) 
         reader = c2pa.Reader.try_create(mime or "", io.BytesIO(data), context=context)
     except Exception as exc:
         # A manifest store that cannot even be parsed is a failed manifest. A file whose container is
-        # broken (truncated, say) and holds no manifest store at all (its JUMBF label "c2pa" appears
-        # nowhere) carries no claim to fail: it is not "tampered", it is damaged.
+        # broken (truncated, say) and holds no manifest store at all (no JUMBF box labelled "c2pa")
+        # carries no claim to fail: it is not "tampered", it is damaged.
         error = str(exc).splitlines()[0][:300]
-        if b"c2pa" not in data:
+        if b"c2pa" not in data or b"jumb" not in data:
             return CredentialReport(present=False, error=error)
         return CredentialReport(present=True, state="Invalid", error=error)
     if reader is None:

@@ -167,7 +167,6 @@ def with_soft_binding(manifest: dict[str, Any], payload: int, key: watermark.Wat
     naming the algorithm and its value (the payload), so that a copy whose manifest was stripped can be
     looked up again by its watermark."""
     out = json.loads(json.dumps(manifest))
-    alg_params = {"scheme": watermark.DEFAULT_SCHEME, "key_id": key.key_id}
     for assertion in out["assertions"]:
         if assertion["label"] == "c2pa.actions":
             assertion["data"]["actions"].append({
@@ -177,7 +176,7 @@ def with_soft_binding(manifest: dict[str, Any], payload: int, key: watermark.Wat
             })
     out["assertions"].append({
         "label": "c2pa.soft-binding",
-        "data": {"alg": SOFT_BINDING_ALG, "alg_params": alg_params,
+        "data": {"alg": SOFT_BINDING_ALG, "name": f"{watermark.DEFAULT_SCHEME} key {key.key_id}",
                  "blocks": [{"scope": {}, "value": f"{payload:012x}"}]},
     })
     return out

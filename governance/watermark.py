@@ -36,7 +36,7 @@ The legacy scheme keeps the SDXL reference detector's thresholds (36 / 34 / 29 o
 
 ``score`` (``atelier-dctss`` only) is the correlation of the soft bits with the expected codeword,
 normalised so that on an unmarked image ``P(score >= t) <= exp(-t^2 / 2)`` (Hoeffding: a sum of
-keyed random signs). Marked images score 40-60 right after embedding. ``verify`` in
+keyed random signs). Marked images score about 40-64 right after embedding. ``verify`` in
 ``governance.verify`` uses it to attribute a file among *all* published images:
 :func:`attribution_min_score` is the score that keeps the false-attribution chance below 1e-6 for
 that many candidates and search hypotheses.
