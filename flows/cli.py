@@ -385,6 +385,11 @@ def _print_verify_detail(out: dict[str, Any]) -> None:
     if "pixels" in sig:
         rows.append({"signal": "pixels", "result": "unreadable", "evidence": sig["pixels"]["error"]})
     print_table(rows, ["signal", "result", "evidence"])
+    if c2pa.get("soft_binding_matches_pixels") is not None:
+        soft = c2pa["soft_binding"]
+        agrees = "matches" if c2pa["soft_binding_matches_pixels"] else "does NOT match"
+        print(f"\nthe manifest's soft binding ({soft.get('alg')}, payload {soft['blocks'][0].get('value')}) "
+              f"{agrees} the watermark read from the pixels")
     if out.get("claim") and not out["claim"]["verified"]:
         print(f"\nthe manifest claims image {out['claim']['image_id']}: UNVERIFIED ({out['claim']['note']})")
     if out["trace"]:

@@ -288,6 +288,11 @@ def verify_file(
     image = (exact or candidates_found.get("c2pa") or candidates_found.get("watermark")
              or candidates_found.get("fingerprint"))
     claim = None
+    soft = creds.soft_binding or {}
+    soft_value = next((blk.get("value") for blk in soft.get("blocks") or [] if isinstance(blk, dict)), None)
+    if soft_value is not None:  # the manifest's own record of the watermark, against what the pixels carry
+        read = signals.get("watermark", {}).get("decoded")
+        signals["c2pa"]["soft_binding_matches_pixels"] = None if read is None else read == soft_value
     if claimed:
         claim = {
             "image_id": claimed,

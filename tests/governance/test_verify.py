@@ -89,6 +89,9 @@ def test_published_files_are_original_and_stripped_copies_are_found_by_watermark
     for name, (path, marked) in files.items():
         out = check(sessions, path, anchors)
         assert out["verdict"] == "original" and "c2pa" in out["identified_by"], name
+        assert out["signals"]["c2pa"]["soft_binding"]["alg"] == "com.atelier.dctss.1"
+        if name != "dwtdct":  # the manifest's record of the mark is what the pixels carry
+            assert out["signals"]["c2pa"]["soft_binding_matches_pixels"] is True, out["signals"]
         copy = tmp_path / f"copy-{name}.png"
         copy.write_bytes(png_bytes(marked))  # same pixels, metadata stripped: new bytes, no manifest
         out = check(sessions, copy, anchors)
