@@ -251,13 +251,18 @@ def run_batches(rt: Runtime, batch_ids: list[str], progress: bool = False) -> li
         require_role(session, rt.settings.actor, "operator", "run batches")
         for batch_id in batch_ids:
             require_runnable(get_batch(session, batch_id))
+    from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED as ANALYTICS
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP
     from prefect.settings import temporary_settings
 
+    if not logging.getLogger().isEnabledFor(logging.INFO):  # without -v: Prefect's per-task lines off
+        logging.getLogger("prefect").setLevel(logging.WARNING)
     results = []
     # Prefect's ephemeral server migrates its own database on a first start: 20 s is not enough on a
-    # busy laptop. A configured value (environment or profile) wins.
-    with using_settings(rt.settings), temporary_settings({STARTUP: max(STARTUP.value(), 180)}):
+    # busy laptop. A configured value (environment or profile) wins. Its telemetry heartbeat is off:
+    # it raced the server's own SQLite migrations ("database is locked", a 70-line traceback) and
+    # has nothing to report from a governed pipeline anyway.
+    with using_settings(rt.settings), temporary_settings({STARTUP: max(STARTUP.value(), 180), ANALYTICS: False}):
         for batch_id in batch_ids:
             with ProgressMonitor(rt, batch_id) if progress else contextlib.nullcontext():
                 results.append(produce_batch(batch_id=batch_id, actor=rt.settings.actor or ""))

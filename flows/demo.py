@@ -40,10 +40,11 @@ def run_demo(rt: Runtime, csv: Path, run_batches: Callable, print_table: Callabl
         print(f"3. licence {CREATIVEML_OPENRAIL_PP_M.name} registered for the SDXL models")
         register_licence(session, "admin", CREATIVEML_OPENRAIL_PP_M)
     keys = init_test_ca(s.keys_dir)
-    if not s.watermark_key_callback:
-        ensure_development_key(s.watermark_key_path())
     if s.c2pa_cert is None:
         print(f"   C2PA signer: local test CA in {keys.chain.parent} (NOT FOR PRODUCTION)")
+    if not s.watermark_key_callback and s.watermark_key_file is None:
+        ring = ensure_development_key(s.watermark_key_path())
+        print(f"   watermark key: {ring[0].key_id}, a development key in {s.keys_dir} (NOT FOR PRODUCTION)")
     with rt.sessions.begin() as session:
         batch = submit_batch(session, "maria", csv, "catalogue")
         batch_id, content = batch.id, batch.content_sha256

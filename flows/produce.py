@@ -338,8 +338,9 @@ def produce_batch(batch_id: str, actor: str) -> dict[str, Any]:
             timing["claim_s"] += time.perf_counter() - t0
             if claimed is None or isinstance(claimed, tuple):
                 return claimed
+            own = bool(outstanding or finished)
             publish(wait=True)  # finish our own chunks first: only others' leases are left
-            if outstanding:
+            if own:  # what blocked the claim may have been our own lease: claim again before waiting
                 continue
             logger.info("waiting %.1f s for chunks leased to other workers", claimed)
             pause = min(max(claimed, 0.2), 5.0)

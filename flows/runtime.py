@@ -49,6 +49,19 @@ def active_settings() -> Settings:
     return _active.get() or get_settings()
 
 
+def quiet_model_libraries() -> None:
+    """diffusers' and transformers' progress bars and INFO chatter, off unless the CLI runs with -v
+    (the root logger at INFO): a normal run shows Atelier's own progress only."""
+    if logging.getLogger().isEnabledFor(logging.INFO):
+        return
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    for lib in (diffusers_logging, transformers_logging):
+        lib.set_verbosity_warning()
+        lib.disable_progress_bar()
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -74,6 +87,7 @@ class Runtime:
         return open_store(s.store_url_resolved, s.s3_endpoint_url, s.s3_timeout_seconds, s.s3_max_attempts)
 
     def model_sources(self) -> tuple[str, str]:
+        quiet_model_libraries()
         s = self.settings
         if s.base_model and s.refiner_model:
             return s.base_model, s.refiner_model
