@@ -240,6 +240,23 @@ def cmd_batch_show(rt: Runtime, args: argparse.Namespace) -> int:
     return 0
 
 
+def preflight(rt: Runtime) -> None:
+    """What every run needs, checked before Prefect starts and any model loads, so that a missing
+    signer, key, licence or store is one line in a second or two, not a traceback after a minute."""
+    from governance.errors import GovernanceCheckFailed
+    from governance.licences import get_licence
+
+    rt.credentials  # C2PA signer: chain and key (or KMS callback) readable  # noqa: B018
+    rt.watermark_keys  # watermark key ring (or KMS callback)  # noqa: B018
+    with rt.sessions() as session:
+        get_licence(session, rt.settings.model_licence)  # registered, so the run can record its lineage
+    try:
+        rt.store.sha256_of(".atelier-preflight")  # a HEAD of a key that need not exist
+    except Exception as exc:  # noqa: BLE001 - any failure here means the store cannot take images
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise GovernanceCheckFailed(f"object store {rt.store.url} cannot be reached: {reason}") from None
+
+
 def run_batches(rt: Runtime, batch_ids: list[str], progress: bool = False) -> list[dict[str, Any]]:
     """Pre-flight each batch (clear refusals before Prefect starts), then run the flow for it."""
     from flows.produce import produce_batch
@@ -251,6 +268,7 @@ def run_batches(rt: Runtime, batch_ids: list[str], progress: bool = False) -> li
         require_role(session, rt.settings.actor, "operator", "run batches")
         for batch_id in batch_ids:
             require_runnable(get_batch(session, batch_id))
+    preflight(rt)
     from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED as ANALYTICS
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP
     from prefect.settings import temporary_settings

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.flows.conftest import write_prompts
+from tests.flows.conftest import approved_batch, write_prompts
 
 GOOD = [{"row_id": "a", "prompt": "a lamp", "seed": 1, "width": 256, "height": 256, "steps": 2}]
 
@@ -116,3 +116,33 @@ def test_trace_of_unknown_things(cli, tmp_path: Path) -> None:
     assert code == 3 and "no published image has these exact bytes" in _one_line(err)
     code, _, err = cli("trace", "hello")
     assert code == 2 and "cannot read 'hello'" in _one_line(err)
+
+
+@pytest.mark.parametrize("missing", ["signer", "watermark key", "licence", "store"])
+def test_run_refuses_before_prefect_starts_when_something_it_needs_is_missing(make_cli, tmp_path, missing) -> None:
+    # What `atelier run` needs is checked before Prefect or any model loads: one line, exit 6 (or 3 for
+    # an unregistered licence), nothing started, nothing recorded.
+    data = tmp_path / "d"
+    flags = ["--data-dir", str(data)]
+    if missing == "store":  # a store that refuses connections: an S3 endpoint nobody listens on
+        flags += ["--store-url", "s3://bucket/p", "--s3-endpoint-url", "http://127.0.0.1:9"]
+    cli = make_cli(flags)
+    batch_id = approved_batch(cli, tmp_path, GOOD)
+    keys = data / "keys"
+    if missing == "signer":
+        (keys / "signer-key.pem").unlink()
+    elif missing == "watermark key":
+        (keys / "watermark-key.txt").unlink()
+    elif missing == "licence":
+        import sqlite3 as db
+
+        with db.connect(data / "atelier.db") as c:
+            c.execute("DELETE FROM licences")
+    code, out, err = cli("run", "--batch", batch_id, actor="ops")
+    line = _one_line(err)
+    expected = {"signer": ("private key", 6), "watermark key": ("watermark key file", 6),
+                "licence": ("is not registered", 3), "store": ("cannot be reached", 6)}[missing]
+    assert expected[0] in line and code == expected[1], line
+    assert "atelier keys init" in line or missing in ("licence", "store")
+    assert cli.json("batch", "show", batch_id)["status"] == "approved"  # no run was opened
+    assert not (data / "models").exists()  # no model was built or loaded
