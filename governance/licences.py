@@ -237,7 +237,14 @@ class _Terms:
 def _lineage_terms(session: Session, licence_ids: Iterable[str]) -> list[_Terms]:
     terms = []
     for licence_id in sorted(set(licence_ids)):
-        row: Licence | KnownLicence | None = session.get(Licence, licence_id) or KNOWN_LICENCES.get(licence_id)
+        row: Licence | None = session.get(Licence, licence_id)
+        if row is None and licence_id in KNOWN_LICENCES:
+            # Known but not registered: the run would refuse it (no licence row for the lineage),
+            # so intake refuses it now rather than after approval and a minute of start-up.
+            raise InvalidInput(
+                f"the models' licence {licence_id!r} is not registered: an admin registers it first "
+                f"(`atelier licences register {licence_id}`)"
+            )
         if row is None:
             raise InvalidInput(
                 f"the models' licence {licence_id!r} is neither registered nor known, so its use restrictions "

@@ -18,6 +18,7 @@ def cli(make_cli, tmp_path):
     assert c("users", "add", "admin", "--role", "admin")[0] == 0
     c("users", "add", "maria", "--role", "requester", actor="admin")
     c("users", "add", "omar", "--role", "approver", actor="admin")
+    c("licences", "register", "creativeml-openrail++-m", actor="admin")
     return c
 
 

@@ -6,6 +6,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from governance.db import make_engine, make_sessionmaker, upgrade
+from governance.licences import CREATIVEML_OPENRAIL_PP_M, register_licence
 from governance.users import add_user
 
 
@@ -21,6 +22,8 @@ def sessions(database_url: str) -> sessionmaker[Session]:
         add_user(s, "admin", "omar", ["approver"])
         add_user(s, "admin", "nina", ["approver", "requester"])
         add_user(s, "admin", "ops", ["operator"])
+    with maker.begin() as s:  # the models' licence, as an admin registers it before the first batch
+        register_licence(s, "admin", CREATIVEML_OPENRAIL_PP_M)
     yield maker
     engine.dispose()
 
