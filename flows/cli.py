@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,9 +16,7 @@ from pydantic import ValidationError
 
 from flows.runtime import Runtime, using_settings
 from flows.settings import Settings, get_settings
-from governance.errors import AtelierError
-
-EXIT_AUDIT_FAILED = 8
+from governance.errors import AtelierError, ExitCode
 
 
 def _print_json(value: Any) -> None:
@@ -303,7 +302,7 @@ def cmd_run(rt: Runtime, args: argparse.Namespace) -> int:
     _print_json(results) if args.json else print_table(
         results, ["batch_id", "run_id", "status", "published", "quarantined", "remaining"]
     )
-    return 0 if all(r["status"] == "completed" for r in results) else 1
+    return ExitCode.OK if all(r["status"] == "completed" for r in results) else ExitCode.RUN_INCOMPLETE
 
 
 def cmd_trace(rt: Runtime, args: argparse.Namespace) -> int:
@@ -341,7 +340,7 @@ def cmd_audit_verify(rt: Runtime, args: argparse.Namespace) -> int:
             print(f"  also: {more}", file=sys.stderr)
     for warning in report.warnings[:3]:
         print(f"warning: {warning}", file=sys.stderr)
-    return 0 if report.ok else EXIT_AUDIT_FAILED
+    return ExitCode.OK if report.ok else ExitCode.AUDIT_FAILED
 
 
 def cmd_audit_anchor(rt: Runtime, args: argparse.Namespace) -> int:
@@ -552,7 +551,7 @@ def cmd_reproduce(rt: Runtime, args: argparse.Namespace) -> int:
     out = reproduce_image(rt, args.image_id)
     if args.json:
         _print_json(out)
-        return 0 if out["matches"] else 1
+        return ExitCode.OK if out["matches"] else ExitCode.NOT_REPRODUCED
     tol = out["tolerance"]
     if out["verdict"] == "identical":
         print(f"image {out['image_id']}: IDENTICAL pixels (bit-exact) to the published file")
@@ -568,7 +567,7 @@ def cmd_reproduce(rt: Runtime, args: argparse.Namespace) -> int:
           f"guidance {r['guidance_scale']}, split {r['refiner_split']}; model hashes equal to the run's")
     for note in out["notes"]:
         print(f"note: {note}")
-    return 0 if out["matches"] else 1
+    return ExitCode.OK if out["matches"] else ExitCode.NOT_REPRODUCED
 
 
 def cmd_deploy(rt: Runtime, args: argparse.Namespace) -> int:
@@ -771,15 +770,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         problems = "; ".join(f"ATELIER_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
         print(f"error: invalid settings: {problems}", file=sys.stderr)
-        return 2
+        return ExitCode.INVALID_INPUT
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
     try:
-        return int(args.fn(Runtime(settings), args))
+        code = int(args.fn(Runtime(settings), args))
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below, not at interpreter exit
+        return code
     except AtelierError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except (ArgumentError, NoSuchModuleError) as exc:  # a malformed URL, or postgres:// for postgresql://
+        print(f"error: ATELIER_DATABASE_URL is not a database URL SQLAlchemy understands ({_first_line(exc)}); "
+              "use e.g. postgresql+psycopg://user@host/db or sqlite:////path/atelier.db", file=sys.stderr)
+        return ExitCode.INVALID_INPUT
+    except OperationalError as exc:  # refused, unknown host, bad password, locked file
+        from sqlalchemy.engine import make_url
+
+        where = make_url(settings.database_url_resolved).render_as_string(hide_password=True)
+        print(f"error: the database at {where} cannot be reached ({_first_line(exc.orig or exc)}); check that it "
+              "runs and ATELIER_DATABASE_URL", file=sys.stderr)
+        return ExitCode.SERVICE_UNAVAILABLE
+    except BrokenPipeError:  # `atelier ... --json | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return ExitCode.BROKEN_PIPE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
 
 
 if __name__ == "__main__":

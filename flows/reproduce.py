@@ -24,7 +24,7 @@ from PIL import Image as PILImage
 
 from flows.runtime import Runtime
 from governance import watermark
-from governance.errors import InvalidState, NotFound
+from governance.errors import GovernanceCheckFailed, InvalidState, NotFound
 from governance.records import Image
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,8 @@ def reproduce_image(rt: Runtime, image_id: str) -> dict[str, Any]:
     )
     try:
         engine = SDXLEngine.load(config)
-    except WeightHashMismatch as exc:
-        raise InvalidState(
+    except WeightHashMismatch as exc:  # as everywhere: a governance check that cannot pass (exit 6)
+        raise GovernanceCheckFailed(
             f"cannot reproduce image {image_id}: the current models differ from run {run_id}'s: component "
             f"{exc.role} ({exc.name}) has sha256 {exc.actual}, the run used {exc.expected}; point the model "
             "settings (ATELIER_BASE_MODEL, ATELIER_REFINER_MODEL, ATELIER_VAE_MODEL) at the run's weights"

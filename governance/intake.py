@@ -34,6 +34,8 @@ from typing import Any
 
 import pandas as pd
 
+from governance.errors import InvalidInput
+
 logger = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
@@ -113,7 +115,7 @@ _FIX_HINT = {
 # Results
 
 
-class IntakeError(ValueError):
+class IntakeError(InvalidInput, ValueError):
     """The file is not a readable prompt table. The message is one line naming the file and the fix."""
 
 

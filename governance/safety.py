@@ -57,6 +57,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from governance.errors import GovernanceCheckFailed
+
 logger = logging.getLogger(__name__)
 
 POLICY_DIR = Path(__file__).parent / "policies"
@@ -70,7 +72,7 @@ _POLICY_KEYS = {"version", "description", "concepts", "neutral_prompts"}
 _CONCEPT_KEYS = {"name", "prompts", "threshold"}
 
 
-class SafetyModelError(RuntimeError):
+class SafetyModelError(GovernanceCheckFailed, RuntimeError):
     """The safety model or policy cannot be used as configured; the message names the setting to fix."""
 
 

@@ -53,11 +53,12 @@ from sqlalchemy.orm import Session
 
 from governance import fingerprint, watermark
 from governance.credentials import CredentialReport, read_credentials
-from governance.errors import InvalidInput
+from governance.errors import ExitCode, InvalidInput
 from governance.records import Image
 from governance.trace import trace_image
 
-VERDICT_EXIT_CODES = {"original": 0, "derived": 10, "tampered": 11, "unknown": 12}
+VERDICT_EXIT_CODES = {"original": ExitCode.OK, "derived": ExitCode.DERIVED, "tampered": ExitCode.TAMPERED,
+                      "unknown": ExitCode.UNKNOWN}
 ERROR_EXIT_CODE = InvalidInput.exit_code  # a file that could not be checked at all
 # several files: the exit code of the most serious outcome among them
 SEVERITY = ("original", "derived", "unknown", "tampered", "error")

@@ -82,7 +82,7 @@ NONE_MAX_MATCH = _UNCERTAIN_MIN - 1
 ATTRIBUTION_FALSE_RATE = 1e-6
 
 
-class WatermarkError(RuntimeError):
+class WatermarkError(GovernanceCheckFailed, RuntimeError):
     """The image cannot carry or be checked for a watermark (too small, wrong dtype or shape)."""
 
 

@@ -147,3 +147,35 @@ def test_run_refuses_before_prefect_starts_when_something_it_needs_is_missing(ma
     assert "atelier keys init" in line or missing in ("licence", "store")
     assert cli.json("batch", "show", batch_id)["status"] == "approved"  # no run was opened
     assert not (data / "models").exists()  # no model was built or loaded
+
+
+@pytest.mark.parametrize("url, code, fragment", [
+    ("postgres://u@127.0.0.1/db", 2, "not a database URL SQLAlchemy understands"),
+    ("not a url at all", 2, "not a database URL SQLAlchemy understands"),
+    ("postgresql+psycopg://nobody@127.0.0.1:9/none", 14, "cannot be reached"),
+])
+def test_a_bad_or_unreachable_database_is_one_line(make_cli, tmp_path, url, code, fragment) -> None:
+    cli = make_cli(["--data-dir", str(tmp_path / "d"), "--database-url", url])
+    got, out, err = cli("batch", "list")
+    assert got == code and fragment in _one_line(err), err
+    assert "nobody:" not in err  # never a password, were there one
+
+
+def test_output_into_a_closed_pipe_is_no_traceback(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "batch", "list", "--json", "--data-dir",
+                             str(tmp_path / "d")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # `| head` that has read enough
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and b"Traceback" not in err and b"BrokenPipe" not in err, err
+
+
+def test_every_exit_code_is_in_the_readme_table() -> None:
+    from governance.errors import ExitCode
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    for code in ExitCode:
+        assert f"| {code.value} | `{code.name}` |" in readme, code
