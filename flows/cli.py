@@ -9,14 +9,21 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
 from flows.runtime import Runtime, using_settings
 from flows.settings import Settings, get_settings
 from governance.errors import AtelierError, ExitCode
+from governance.records import BatchStatus, ImageStatus, Purpose, Role, SafetyVerdict
+
+
+def _values(vocabulary: type[StrEnum]) -> list[str]:
+    """argparse choices from one of governance.records' vocabularies."""
+    return [str(v) for v in vocabulary]
 
 
 def _print_json(value: Any) -> None:
@@ -617,9 +624,20 @@ def _settings_flags(default: object) -> argparse.ArgumentParser:
     return common
 
 
+class UsageError(Exception):
+    """A command line argparse refuses (unknown option, invalid choice): one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line naming the fix instead of a usage block and SystemExit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = _settings_flags(argparse.SUPPRESS)
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="atelier", description="Governed SDXL batch production.", parents=[_settings_flags(None)]
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -637,7 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
     users = sub.add_parser("users", help="users and roles").add_subparsers(dest="users_command", required=True)
     sp = add(users, "add", cmd_users_add, "add a user or give it more roles (admins only, but the first user)")
     sp.add_argument("name")
-    sp.add_argument("--role", action="append", required=True, help="requester, approver, operator, auditor, admin")
+    sp.add_argument("--role", action="append", required=True, choices=_values(Role), help=", ".join(Role))
     add(users, "list", cmd_users_list, "list users", json_flag=True)
 
     lic = sub.add_parser("licences", help="licence registry").add_subparsers(dest="lic_command", required=True)
@@ -647,7 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch = sub.add_parser("batch", help="prompt batches").add_subparsers(dest="batch_command", required=True)
     sp = add(batch, "submit", cmd_batch_submit, "validate and submit a prompt file", json_flag=True)
     sp.add_argument("file", help="CSV, JSON lines (.jsonl) or Parquet")
-    sp.add_argument("--purpose", required=True, choices=["catalogue", "marketing"])
+    sp.add_argument("--purpose", required=True, choices=_values(Purpose))
     sp.add_argument(
         "--use-category", default="general", metavar="NAME",
         help="declared use of the images (default general), e.g. product-catalogue, marketing-campaign, "
@@ -663,7 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("batch_id")
     sp.add_argument("--reason", required=True)
     sp = add(batch, "list", cmd_batch_list, "list batches", json_flag=True)
-    sp.add_argument("--status")
+    sp.add_argument("--status", choices=_values(BatchStatus))
     sp = add(batch, "show", cmd_batch_show, "show one batch", json_flag=True)
     sp.add_argument("batch_id")
 
@@ -698,12 +716,12 @@ def build_parser() -> argparse.ArgumentParser:
         f.add_argument("--prompt", help="text contained in the prompt (case-insensitive)")
         f.add_argument("--requester", help="user who submitted the batch")
         f.add_argument("--approver", help="user who approved the batch")
-        f.add_argument("--purpose", help="catalogue or marketing")
+        f.add_argument("--purpose", choices=_values(Purpose))
         f.add_argument("--use-category", help="declared use category, e.g. product-catalogue")
         f.add_argument("--model-version", help="model version id, weight SHA-256 (or 8+ hex prefix) or ROLE/SHA256")
         f.add_argument("--licence", help="licence id, e.g. creativeml-openrail++-m")
-        f.add_argument("--verdict", help="safety verdict: passed or quarantined")
-        f.add_argument("--status", help="published or quarantined")
+        f.add_argument("--verdict", choices=_values(SafetyVerdict), help="safety verdict")
+        f.add_argument("--status", choices=_values(ImageStatus), help="image status")
         f.add_argument("--since", help="created at or after: YYYY-MM-DD or ISO time (UTC unless given)")
         f.add_argument("--until", help="created before; a date includes that whole day")
         f.add_argument("--ref", help="external reference of the prompt row (SKU, campaign)")
@@ -761,7 +779,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitCode.INVALID_INPUT
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -14,7 +14,7 @@ are the same, and `finalize_image` keeps the first record.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import case, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -120,8 +120,6 @@ def seconds_until_claimable(session: Session, batch_id: str) -> float | None:
         return None
     if pending or earliest is None:
         return 0.0
-    if earliest.tzinfo is None:  # SQLite hands back naive UTC
-        earliest = earliest.replace(tzinfo=UTC)
     return max(0.0, (earliest - utcnow()).total_seconds())
 
 

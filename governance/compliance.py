@@ -41,9 +41,11 @@ from governance.records import (
     Approval,
     Batch,
     Image,
+    ImageStatus,
     Licence,
     ModelVersion,
     Prompt,
+    Role,
     Run,
     RunModelVersion,
     User,
@@ -53,10 +55,10 @@ from governance.store import ObjectStore
 from governance.users import get_user
 
 VERDICTS = (PASSED, QUARANTINED)
-STATUSES = ("published", "quarantined")
+STATUSES = tuple(ImageStatus)
 EXPORT_FORMATS = ("parquet", "csv")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-ACCESS_ROLES = ("auditor", "admin")
+ACCESS_ROLES = (Role.AUDITOR, Role.ADMIN)
 
 _SHA_PREFIX = re.compile(r"^[0-9a-f]{8,64}$")
 _Requester = aliased(User, name="requester")
@@ -266,7 +268,7 @@ def search_images(session: Session, filters: SearchFilters, limit: int | None = 
 def _iso(value: datetime | None) -> str | None:
     if value is None:
         return None
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    return value.isoformat()  # aware: records.UTCDateTime
 
 
 # ---------------------------------------------------------------- impact

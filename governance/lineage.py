@@ -335,7 +335,7 @@ class RunEvent:
 def _aware(value: datetime | None) -> datetime:
     if value is None:
         return datetime.now(UTC)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)  # SQLite hands times back naive (UTC)
+    return value  # records.UTCDateTime hands every time back aware (UTC)
 
 
 def run_event(session: Session, run_id: str, event_type: str, error: str | None = None) -> RunEvent:

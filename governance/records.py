@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -22,6 +23,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -34,8 +36,69 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-ROLES = ("requester", "approver", "operator", "auditor", "admin")
-PURPOSES = ("catalogue", "marketing")
+
+
+# --- vocabularies: one definition each, feeding the CHECK constraints, the services and the CLI ---
+
+
+class Role(StrEnum):
+    REQUESTER = "requester"
+    APPROVER = "approver"
+    OPERATOR = "operator"
+    AUDITOR = "auditor"
+    ADMIN = "admin"
+
+
+class Purpose(StrEnum):
+    CATALOGUE = "catalogue"
+    MARKETING = "marketing"
+
+
+class BatchStatus(StrEnum):
+    SUBMITTED = "submitted"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class Decision(StrEnum):
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+class RunStatus(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class ImageStatus(StrEnum):
+    QUARANTINED = "quarantined"
+    PUBLISHED = "published"
+
+
+class ChunkStatus(StrEnum):
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    DONE = "done"
+
+
+class SafetyVerdict(StrEnum):
+    PASSED = "passed"
+    QUARANTINED = "quarantined"
+
+
+ROLES = tuple(Role)
+PURPOSES = tuple(Purpose)
+
+
+def one_of(column: str, vocabulary: type[StrEnum]) -> str:
+    """The CHECK constraint text for a vocabulary, e.g. ``status IN ('pending', 'claimed', 'done')``
+    (the same text the migrations wrote, so the constraints did not change)."""
+    return f"{column} IN ({', '.join(repr(str(v)) for v in vocabulary)})"
+
 
 # Namespace for Atelier's deterministic identifiers (uuid5).
 ATELIER_NAMESPACE = uuid.UUID("6f1c1e5a-2f0e-4d7c-9a53-5b8a8f3c2d10")
@@ -43,6 +106,25 @@ ATELIER_NAMESPACE = uuid.UUID("6f1c1e5a-2f0e-4d7c-9a53-5b8a8f3c2d10")
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """The one datetime column type: timezone-aware UTC in and out on every database. PostgreSQL keeps
+    the zone (timestamptz); SQLite keeps none and hands back naive values, which are UTC because
+    they went in as UTC. A naive value going in is taken as UTC."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def new_id() -> str:
@@ -68,7 +150,7 @@ class User(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     roles: Mapped[list[UserRole]] = relationship(
         back_populates="user", cascade="all, delete-orphan", lazy="selectin"
     )
@@ -80,7 +162,7 @@ class User(Base):
 
 class UserRole(Base):
     __tablename__ = "user_roles"
-    __table_args__ = (CheckConstraint("role IN " + str(ROLES), name="role_known"),)
+    __table_args__ = (CheckConstraint(one_of("role", Role), name="role_known"),)
 
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
     role: Mapped[str] = mapped_column(String(20), primary_key=True)
@@ -96,7 +178,7 @@ class Licence(Base):
     text_sha256: Mapped[str] = mapped_column(String(64))
     obligations: Mapped[list[Any]] = mapped_column(default=list)
     restrictions: Mapped[list[Any]] = mapped_column(default=list)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class ModelVersion(Base):
@@ -112,18 +194,15 @@ class ModelVersion(Base):
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     files: Mapped[dict[str, Any]] = mapped_column(default=dict)
     licence_id: Mapped[str] = mapped_column(ForeignKey("licences.id"))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     licence: Mapped[Licence] = relationship(lazy="joined")
 
 
 class Batch(Base):
     __tablename__ = "batches"
     __table_args__ = (
-        CheckConstraint("purpose IN " + str(PURPOSES), name="purpose_known"),
-        CheckConstraint(
-            "status IN ('submitted', 'approved', 'rejected', 'running', 'completed', 'failed')",
-            name="status_known",
-        ),
+        CheckConstraint(one_of("purpose", Purpose), name="purpose_known"),
+        CheckConstraint(one_of("status", BatchStatus), name="status_known"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -133,8 +212,8 @@ class Batch(Base):
     source_name: Mapped[str] = mapped_column(String(500))
     content_sha256: Mapped[str] = mapped_column(String(64))
     use_category: Mapped[str] = mapped_column(String(60), default="general", server_default="general", index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     requested_by: Mapped[User] = relationship(lazy="joined")
     prompts: Mapped[list[Prompt]] = relationship(
@@ -180,7 +259,7 @@ class Approval(Base):
     """A decision on a batch, pinned to the content hash the approver saw."""
 
     __tablename__ = "approvals"
-    __table_args__ = (CheckConstraint("decision IN ('approved', 'rejected')", name="decision_known"),)
+    __table_args__ = (CheckConstraint(one_of("decision", Decision), name="decision_known"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id"), index=True)
@@ -188,8 +267,8 @@ class Approval(Base):
     decided_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     content_sha256: Mapped[str] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(Text, default="")
-    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    voided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    voided_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     void_reason: Mapped[str] = mapped_column(Text, default="")
 
     batch: Mapped[Batch] = relationship(back_populates="approvals")
@@ -199,7 +278,7 @@ class Approval(Base):
 class Run(Base):
     __tablename__ = "runs"
     __table_args__ = (
-        CheckConstraint("status IN ('running', 'completed', 'failed')", name="status_known"),
+        CheckConstraint(one_of("status", RunStatus), name="status_known"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -209,8 +288,8 @@ class Run(Base):
     started_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     flow_run_id: Mapped[str] = mapped_column(String(64), default="")
     engine: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
     model_versions: Mapped[list[ModelVersion]] = relationship(secondary="run_model_versions", lazy="selectin")
@@ -227,7 +306,7 @@ class Image(Base):
     __tablename__ = "images"
     __table_args__ = (
         UniqueConstraint("prompt_id", "image_index"),
-        CheckConstraint("status IN ('quarantined', 'published')", name="status_known"),
+        CheckConstraint(one_of("status", ImageStatus), name="status_known"),
         Index("ix_images_created_at_id", "created_at", "id"),  # time ranges and ordered compliance queries
         Index("ix_images_prompt_id_created_at", "prompt_id", "created_at", "id"),  # prompt search, newest first
     )
@@ -261,7 +340,7 @@ class Image(Base):
     pixels_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     c2pa_manifest: Mapped[str | None] = mapped_column(String(200), nullable=True)  # active manifest label
     licence_obligations: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     prompt: Mapped[Prompt] = relationship(lazy="joined")
     run: Mapped[Run] = relationship()
@@ -273,7 +352,7 @@ class WorkChunk(Base):
     __tablename__ = "work_chunks"
     __table_args__ = (
         UniqueConstraint("batch_id", "position"),
-        CheckConstraint("status IN ('pending', 'claimed', 'done')", name="status_known"),
+        CheckConstraint(one_of("status", ChunkStatus), name="status_known"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -282,9 +361,9 @@ class WorkChunk(Base):
     image_ids: Mapped[list[Any]] = mapped_column(default=list)
     status: Mapped[str] = mapped_column(String(10), default="pending")
     claimed_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class AuditAnchor(Base):

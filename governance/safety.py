@@ -58,6 +58,7 @@ import torch
 from PIL import Image
 
 from governance.errors import GovernanceCheckFailed
+from governance.records import SafetyVerdict
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +66,8 @@ POLICY_DIR = Path(__file__).parent / "policies"
 DEFAULT_POLICY_PATH = POLICY_DIR / "safety-v1.json"
 TINY_MODEL_NAME = "atelier-tiny-clip"
 TINY_MODEL_CONFIG_PATH = POLICY_DIR / f"{TINY_MODEL_NAME}.json"
-PASSED = "passed"
-QUARANTINED = "quarantined"
+PASSED = SafetyVerdict.PASSED
+QUARANTINED = SafetyVerdict.QUARANTINED
 _IMAGE_BATCH_SIZE = 16
 _POLICY_KEYS = {"version", "description", "concepts", "neutral_prompts"}
 _CONCEPT_KEYS = {"name", "prompts", "threshold"}

@@ -1,10 +1,13 @@
 """Alembic environment: the metadata comes from governance.records.
 
 The engine comes from the caller (`governance.db.upgrade` passes it in `config.attributes`);
-run standalone (`alembic -c ...`), the URL comes from Atelier's settings.
+run standalone (`alembic -c ...`), the URL comes from ATELIER_DATABASE_URL (as Atelier's settings
+read it) or the ini file's `sqlalchemy.url`. Nothing here imports the layers above `governance`.
 """
 
 from __future__ import annotations
+
+import os
 
 from alembic import context
 
@@ -14,21 +17,25 @@ config = context.config
 target_metadata = Base.metadata
 
 
+def _url() -> str:
+    url = os.environ.get("ATELIER_DATABASE_URL") or config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise SystemExit("set ATELIER_DATABASE_URL (or sqlalchemy.url in the ini file) to run Alembic standalone")
+    return url
+
+
 def _engine():  # type: ignore[no-untyped-def]
     engine = config.attributes.get("engine")
     if engine is not None:
         return engine
-    from flows.settings import get_settings
     from governance.db import make_engine
 
-    return make_engine(get_settings().database_url_resolved)
+    return make_engine(_url())
 
 
 def run_migrations_offline() -> None:
-    from flows.settings import get_settings
-
     context.configure(
-        url=get_settings().database_url_resolved,
+        url=_url(),
         target_metadata=target_metadata,
         literal_binds=True,
         render_as_batch=True,

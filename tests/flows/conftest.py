@@ -21,6 +21,9 @@ class CLI:
         argv = [*args, *self.flags, *(["--as", actor] if actor else [])]
         code = main(argv)
         out, err = self.capsys.readouterr()
+        # Every failing CLI case in the suite passes here: a refusal is one clear line, never a traceback.
+        if code != 0:
+            assert "Traceback" not in out + err, f"atelier {' '.join(args)} exited {code} with a traceback:\n{err}"
         return code, out, err
 
     def json(self, *args: str, actor: str | None = None) -> Any:

@@ -277,7 +277,7 @@ def test_cli_bad_flags_give_one_line_errors(capsys, tmp_path) -> None:
     cases = [
         (("compliance", "search", "--since", "yesterday"), "--since 'yesterday' is not a date"),
         (("compliance", "search", "--until", "2026-13-01"), "--until '2026-13-01' is not a date"),
-        (("compliance", "search", "--verdict", "maybe"), "unknown verdict 'maybe'"),
+        (("compliance", "search", "--verdict", "maybe"), "invalid choice: 'maybe'"),
         (("compliance", "search", "--limit", "-1"), "--limit must be 0"),
         (("compliance", "search", "--model-version", "nope"), "no model version matches 'nope'"),
         (("compliance", "impact", "--licence", "nope"), "no licence 'nope'"),
