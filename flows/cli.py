@@ -624,6 +624,22 @@ def _settings_flags(default: object) -> argparse.ArgumentParser:
     return common
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Logs to whatever sys.stderr is when a record is emitted (not the one at start-up), so a second
+    `main()` in one process, or a thread logging late, never writes to a closed stream."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):  # type: ignore[no-untyped-def]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+
 class UsageError(Exception):
     """A command line argparse refuses (unknown option, invalid choice): one line, exit 2."""
 
@@ -784,9 +800,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return ExitCode.INVALID_INPUT
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler], force=True)
     try:
         settings = settings_from_args(args)
     except ValidationError as exc:

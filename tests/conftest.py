@@ -66,8 +66,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[str]:
     """moto's S3 server on 127.0.0.1 (a real HTTP server; boto3 speaks the S3 protocol to it)."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    # werkzeug logs every request from its own threads to the stderr it found first (a capture that
+    # pytest has closed by the time later requests come): the test server stays quiet instead
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
