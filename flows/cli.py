@@ -265,7 +265,6 @@ def preflight(rt: Runtime) -> None:
 
 def run_batches(rt: Runtime, batch_ids: list[str], progress: bool = False) -> list[dict[str, Any]]:
     """Pre-flight each batch (clear refusals before Prefect starts), then run the flow for it."""
-    from flows.produce import produce_batch
     from governance.approvals import require_runnable
     from governance.batches import get_batch
     from governance.users import require_role
@@ -278,6 +277,8 @@ def run_batches(rt: Runtime, batch_ids: list[str], progress: bool = False) -> li
     from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED as ANALYTICS
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP
     from prefect.settings import temporary_settings
+
+    from flows.produce import produce_batch  # Prefect, torch and diffusers: only once the run can go ahead
 
     if not logging.getLogger().isEnabledFor(logging.INFO):  # without -v: Prefect's per-task lines off
         logging.getLogger("prefect").setLevel(logging.WARNING)
