@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 
 from flows.pool import BoundedPool
 from flows.runtime import Runtime, active_settings
+from flows.worker import ChunkWorker, Claim, Claimed, Done, Wait
 from governance.batches import get_batch
 from governance.claims import (
     claim_chunk,
@@ -231,22 +232,23 @@ def emit_lineage_task(
 @task(name="claim-chunk", cache_policy=NO_CACHE)
 def claim_chunk_task(
     rt: Runtime, batch_id: str, worker: str, plan: dict[str, PlannedImage], finished: list[str], in_flight: list[str]
-) -> tuple[str, list[PlannedImage]] | float | None:
-    """Claim the next chunk of the batch (lease) and return its images that still lack a record.
+) -> Claim:
+    """Claim the next chunk of the batch (lease): `Claimed` with its images that still lack a record,
+    `Wait` when the only chunks left are leased to others (their lease may run out: a killed worker's
+    chunks come back), `Done` when every chunk is done.
 
     `plan` is the batch's planned images by id (fixed: the approved content cannot change), so a
-    claim reads only its own chunk's records, not the whole batch's. Returns None when every chunk
-    is done, or the seconds to wait when the only chunks left are leased to other workers (their
-    lease may run out: a killed worker's chunks come back). In the same transaction it first
+    claim reads only its own chunk's records, not the whole batch's. In the same transaction it first
     completes the worker's `finished` chunks and renews the leases of those `in_flight`."""
-    def claim(session: Session) -> tuple[str, list[PlannedImage]] | float | None:
+    def claim(session: Session) -> Claim:
         _complete_and_renew(session, rt, worker, finished, in_flight)
         plan_chunks(session, batch_id, rt.settings.chunk_size)
         chunk = claim_chunk(session, batch_id, worker, rt.settings.lease_seconds)
         if chunk is None:
-            return seconds_until_claimable(session, batch_id)
+            seconds = seconds_until_claimable(session, batch_id)
+            return Done() if seconds is None else Wait(seconds)
         recorded = set(session.scalars(select(ImageRecord.id).where(ImageRecord.id.in_(chunk.image_ids))))
-        return chunk.id, [plan[i] for i in chunk.image_ids if i not in recorded]
+        return Claimed(chunk.id, [plan[i] for i in chunk.image_ids if i not in recorded])
 
     return _transaction(rt, "claim-chunk", claim)
 
@@ -297,99 +299,62 @@ def produce_batch(batch_id: str, actor: str) -> dict[str, Any]:
     plan = {p.image_id: p for p in _transaction(rt, "read plan", lambda s: planned_images(get_batch(s, batch_id)))}
     logger.info("run %s (%s): %d images to make for batch %s", run_id, worker,
                 len(_transaction(rt, "read pending images", lambda s: pending_images(s, batch_id))), batch_id)
-    queue: deque[Checked] = deque()
-    outstanding: dict[str, int] = {}
-    # Where the worker's time goes (bench/pool.py reads these from the run summary): generate_s in
-    # the engine, safety_s in the safety check, after_decode_wait_s blocked on the after-decode
-    # pool, publish_s uploading and recording, claim_s claiming and completing chunks, idle_s
-    # waiting for chunks leased to other workers at the end of a batch, wall_s the whole loop.
-    timing = dict.fromkeys(
-        ["generate_s", "safety_s", "after_decode_wait_s", "publish_s", "claim_s", "idle_s", "wall_s"], 0.0
-    )
     pool = BoundedPool(rt.settings.postprocess_workers, max_pending=2 * rt.settings.chunk_size)
-    drained = 0.0
-    started = time.perf_counter()
-
-    finished: list[str] = []  # chunks whose images are all recorded, to be completed with the next claim
-
-    def publish(wait: bool) -> None:
-        """Record what is ready; with `wait`, everything, and complete the finished chunks now."""
-        nonlocal drained
-        t0 = time.perf_counter()
-        recorded, waited = publish_ready_task(rt, run_id, actor, queue, wait=wait)
-        drained += waited
-        t1 = time.perf_counter()
-        timing["publish_s"] += t1 - t0 - waited
-        for chunk_id in recorded:
-            outstanding[chunk_id] -= 1
-        for chunk_id in [c for c, n in outstanding.items() if n == 0]:
-            del outstanding[chunk_id]
-            finished.append(chunk_id)
-        if wait:
-            complete_chunks_task(rt, worker, finished, list(outstanding))
-            finished.clear()
-            timing["claim_s"] += time.perf_counter() - t1
-
-    def claim_next() -> tuple[str, list[PlannedImage]] | None:
-        while True:
-            t0 = time.perf_counter()
-            claimed = claim_chunk_task(rt, batch_id, worker, plan, list(finished), list(outstanding))
-            finished.clear()
-            timing["claim_s"] += time.perf_counter() - t0
-            if claimed is None or isinstance(claimed, tuple):
-                return claimed
-            own = bool(outstanding or finished)
-            publish(wait=True)  # finish our own chunks first: only others' leases are left
-            if own:  # what blocked the claim may have been our own lease: claim again before waiting
-                continue
-            logger.info("waiting %.1f s for chunks leased to other workers", claimed)
-            pause = min(max(claimed, 0.2), 5.0)
-            time.sleep(pause)
-            timing["idle_s"] += pause
-
-    def measured() -> None:
-        timing["after_decode_wait_s"] = pool.wait_seconds + drained
-        timing["wall_s"] = time.perf_counter() - started
-
+    worker_loop = ChunkWorker(_PrefectSteps(rt, run_id, actor, worker, batch_id, plan, pool),
+                              pool_wait_seconds=lambda: pool.wait_seconds)
     try:
         emit_lineage_task(rt, run_id, "START")  # lineage
-        while (claimed := claim_next()) is not None:
-            chunk_id, chunk = claimed
-            outstanding[chunk_id] = len(chunk)
-            if chunk:
-                checked, engine_s, safety_s = generate_chunk_task(rt, chunk)
-                timing["generate_s"] += engine_s
-                timing["safety_s"] += safety_s
-                manifests = _manifests(rt, run_id, [c.planned.image_id for c in checked])
-                for item in checked:
-                    item.chunk_id = chunk_id
-                    if item.safety.verdict == "passed":
-                        image_id = item.planned.image_id
-                        item.marked = pool.submit(
-                            mark_and_encode, image_id, item.pixels, rt.credentials, manifests[image_id],
-                            rt.watermark_key,
-                        )
-                    queue.append(item)
-            publish(wait=False)
-            logger.info("chunk %s: %d generated, %d waiting for after-decode work", chunk_id[:8], len(chunk),
-                        len(queue))
-        publish(wait=True)
+        timing = worker_loop.run()  # work: chunk by claimed chunk
     except Exception as exc:
         pool.close()
-        measured()
-        _release(rt, worker, list(outstanding))  # hand unfinished chunks back at once, not after the lease
-        if finished:
-            complete_chunks_task(rt, worker, finished, [])
-        finish_run_task(rt, run_id, actor, timing, error=f"{type(exc).__name__}: {exc}")
+        finish_run_task(rt, run_id, actor, worker_loop.timing.to_dict(), error=f"{type(exc).__name__}: {exc}")
         emit_lineage_task(rt, run_id, "FAIL", f"{type(exc).__name__}: {exc}", must_deliver=False)  # lineage
         raise
     pool.close()
-    measured()
-    summary = finish_run_task(rt, run_id, actor, timing)
+    summary = finish_run_task(rt, run_id, actor, timing.to_dict())  # finish
     _run_artifact(rt, run_id, summary)
     emit_lineage_task(rt, run_id, "COMPLETE")  # lineage
     logger.info("run %s finished: %s", run_id, summary)
     return summary
+
+
+@dataclass
+class _PrefectSteps:
+    """The worker loop's steps as Prefect tasks on this run (flows.worker.WorkerSteps)."""
+
+    rt: Runtime
+    run_id: str
+    actor: str
+    worker: str
+    batch_id: str
+    plan: dict[str, PlannedImage]
+    pool: BoundedPool
+    _manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def claim(self, finished: list[str], in_flight: list[str]) -> Claim:
+        return claim_chunk_task(self.rt, self.batch_id, self.worker, self.plan, finished, in_flight)
+
+    def generate(self, chunk: list[PlannedImage]) -> tuple[list[Checked], float, float]:
+        checked, engine_s, safety_s = generate_chunk_task(self.rt, chunk)
+        passed = [c.planned.image_id for c in checked if c.safety.verdict == "passed"]
+        self._manifests = _manifests(self.rt, self.run_id, passed) if passed else {}
+        return checked, engine_s, safety_s
+
+    def mark(self, item: Checked) -> Future[MarkedImage] | None:
+        if item.safety.verdict != "passed":
+            return None
+        image_id = item.planned.image_id
+        return self.pool.submit(mark_and_encode, image_id, item.pixels, self.rt.credentials,
+                                self._manifests[image_id], self.rt.watermark_key)
+
+    def publish_ready(self, queue: deque[Checked], wait: bool) -> tuple[list[str], float]:
+        return publish_ready_task(self.rt, self.run_id, self.actor, queue, wait=wait)
+
+    def complete(self, finished: list[str], in_flight: list[str]) -> None:
+        complete_chunks_task(self.rt, self.worker, finished, in_flight)
+
+    def release(self, chunk_ids: list[str]) -> None:
+        _release(self.rt, self.worker, chunk_ids)
 
 
 @flow(name="produce-approved", flow_run_name="produce-approved-{purpose}")
