@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -46,6 +47,28 @@ def progress_bar(done: int, total: int, width: int = 30) -> str:
     return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
 
 
+class RateWindow:
+    """Images per minute over a sliding window of what this process saw (the live progress bar):
+    from the first sample on, so the first images of a run give a sane rate, not a burst's."""
+
+    def __init__(self, window_s: float = 60.0):
+        from collections import deque
+
+        self.window_s = window_s
+        self.samples: deque[tuple[float, int]] = deque()
+
+    def add(self, t: float, done: int) -> None:
+        self.samples.append((t, done))
+        while len(self.samples) > 2 and t - self.samples[1][0] >= self.window_s:
+            self.samples.popleft()
+
+    def per_minute(self) -> float | None:
+        if len(self.samples) < 2:
+            return None
+        (t0, d0), (t1, d1) = self.samples[0], self.samples[-1]
+        return 60 * (d1 - d0) / (t1 - t0) if t1 > t0 and d1 > d0 else None
+
+
 def progress_line(p: dict[str, Any]) -> str:
     """`[####....] 12/200  published 11  quarantined 1  3.2/min  ETA 58 s` (governance.batches.batch_progress)."""
     line = f"{progress_bar(p['done'], p['planned'])}  published {p['published']}  quarantined {p['quarantined']}"
@@ -66,12 +89,19 @@ class ProgressMonitor:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
         self._width = 0
+        self._rate = RateWindow()
 
     def _draw(self) -> None:
         from governance.batches import batch_progress
 
         with self.rt.sessions() as session:
-            line = f"batch {self.batch_id[:8]} " + progress_line(batch_progress(session, self.batch_id))
+            p = batch_progress(session, self.batch_id)
+        self._rate.add(time.monotonic(), p["done"])
+        per_minute = self._rate.per_minute()
+        if per_minute is not None:  # what this run is doing now, over the last minute
+            p = {**p, "images_per_minute": round(per_minute, 1),
+                 "eta_seconds": round(60 * max(0, p["planned"] - p["done"]) / per_minute)}
+        line = f"batch {self.batch_id[:8]} " + progress_line(p)
         sys.stderr.write("\r" + line.ljust(self._width))
         sys.stderr.flush()
         self._width = len(line)

@@ -179,3 +179,23 @@ def test_every_exit_code_is_in_the_readme_table() -> None:
     readme = (REPO / "README.md").read_text()
     for code in ExitCode:
         assert f"| {code.value} | `{code.name}` |" in readme, code
+
+
+def test_the_live_rate_is_sane_from_the_first_images() -> None:
+    # images land a chunk at a time: two recorded 20 ms apart once read as "2843/min"
+    from flows.cli import RateWindow, progress_line
+
+    rate = RateWindow(window_s=60)
+    rate.add(0.0, 0)
+    assert rate.per_minute() is None  # nothing to say yet
+    rate.add(10.0, 4)  # the first chunk of 4 after 10 s
+    assert rate.per_minute() == 24.0
+    rate.add(10.02, 4)
+    rate.add(20.0, 8)
+    assert rate.per_minute() == 24.0
+    for t in range(21, 200):  # an hour-long batch: only the last minute counts
+        rate.add(float(t), 8 + (t - 20) * 2)
+    assert rate.per_minute() == 120.0
+    line = progress_line({"done": 3, "planned": 12, "published": 2, "quarantined": 1, "images_per_minute": 24.0,
+                          "eta_seconds": 23})
+    assert line.endswith("24.0/min  ETA 23 s") and "3/12" in line
