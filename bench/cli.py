@@ -26,8 +26,9 @@ REPO = _here.parent
 
 
 def atelier(*args: str, data: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([sys.executable, "-m", "flows.cli", *args, "--data-dir", str(data)], capture_output=True,
-                          text=True, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args, "--data-dir", str(data)], capture_output=True, text=True, cwd=REPO
+    )
     if check and done.returncode != 0:
         raise SystemExit(f"atelier {' '.join(args)} failed ({done.returncode}): {done.stderr[-500:]}")
     return done
@@ -56,26 +57,66 @@ def main() -> str:
     batch_id = batches[0]["batch_id"]
     image = next((data / "store" / "images").glob("*/*.png"))
     rows: list[tuple[str, list[float], float, str]] = []
-    rows.append(("batch submit (12-row example)", timed(
-        ["batch", "submit", str(REPO / "examples" / "catalogue.csv"), "--purpose", "catalogue", "--as", "maria"],
-        data, a.repeats), 3.0, ""))
+    rows.append(
+        (
+            "batch submit (12-row example)",
+            timed(
+                [
+                    "batch",
+                    "submit",
+                    str(REPO / "examples" / "catalogue.csv"),
+                    "--purpose",
+                    "catalogue",
+                    "--as",
+                    "maria",
+                ],
+                data,
+                a.repeats,
+            ),
+            3.0,
+            "",
+        )
+    )
     rows.append(("batch list", timed(["batch", "list"], data, a.repeats), 1.5, ""))
     rows.append(("batch show", timed(["batch", "show", batch_id], data, a.repeats), 1.5, ""))
     rows.append(("trace", timed(["trace", image.parent.name], data, a.repeats), 1.5, ""))
     rows.append(("verify (one file)", timed(["verify", str(image)], data, a.repeats), 2.0, ""))
     # `run` refusing at once: an approved batch, the signer's key gone
-    fresh = json.loads(atelier("batch", "submit", str(REPO / "examples" / "catalogue.csv"), "--purpose", "marketing",
-                               "--as", "maria", "--json", data=data).stdout)["batch_id"]
+    fresh = json.loads(
+        atelier(
+            "batch",
+            "submit",
+            str(REPO / "examples" / "catalogue.csv"),
+            "--purpose",
+            "marketing",
+            "--as",
+            "maria",
+            "--json",
+            data=data,
+        ).stdout
+    )["batch_id"]
     atelier("batch", "approve", fresh, "--as", "omar", data=data)
     (data / "keys" / "signer-key.pem").rename(data / "keys" / "signer-key.pem.away")
-    rows.append(("run, refused (no signer key)", timed(["run", "--batch", fresh, "--as", "ops"], data, a.repeats,
-                                                       expect=6), 3.0, ""))
+    rows.append(
+        (
+            "run, refused (no signer key)",
+            timed(["run", "--batch", fresh, "--as", "ops"], data, a.repeats, expect=6),
+            3.0,
+            "",
+        )
+    )
     shutil.rmtree(work, ignore_errors=True)
 
     from datetime import UTC, datetime
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "cpu")
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        "cpu",
+    )
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     lines = [
         f"### {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {cpu}, {os.cpu_count()} cores, load {load}",

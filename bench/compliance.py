@@ -53,8 +53,13 @@ from governance.licences import CREATIVEML_OPENRAIL_PP_M  # noqa: E402
 from governance.records import Image, image_id_for, prompt_id_for  # noqa: E402
 
 ADMIN_URL = os.environ.get("ATELIER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-TARGETS = {"trace_p95_ms": 20.0, "search_p95_ms": 300.0, "impact_s": 2.0, "export_100k_s": 10.0,
-           "verify_events_per_s": 200_000.0}
+TARGETS = {
+    "trace_p95_ms": 20.0,
+    "search_p95_ms": 300.0,
+    "impact_s": 2.0,
+    "export_100k_s": 10.0,
+    "verify_events_per_s": 200_000.0,
+}
 
 PROMPTS_PER_BATCH = 100
 IMAGES_PER_PROMPT = 2
@@ -62,24 +67,110 @@ GENERATIONS = 4
 ROLES = ("base_unet", "refiner_unet", "text_encoder", "text_encoder_2", "vae")
 STORE_URL = "s3://atelier-bench/published/"
 START = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
-STYLES = ["studio", "lifestyle", "flat-lay", "macro", "overhead", "catalogue", "editorial", "outdoor", "minimal",
-          "dramatic"]
-ADJECTIVES = ["walnut", "oak", "brass", "ceramic", "linen", "velvet", "marble", "copper", "rattan", "glass",
-              "leather", "wool", "bamboo", "concrete", "terracotta", "steel", "cotton", "cork", "slate", "birch",
-              "teak", "jute", "silk", "pewter", "enamel", "porcelain", "stone", "felt", "chrome", "resin"]
-PRODUCTS = ["desk lamp", "armchair", "coffee mug", "side table", "floor rug", "bookshelf", "vase", "pendant light",
-            "cushion", "dining chair", "wall clock", "mirror", "sofa", "planter", "bed frame", "stool", "sideboard",
-            "throw blanket", "teapot", "candle holder", "bar cart", "headboard", "ottoman", "console table",
-            "desk organiser", "bowl", "tray", "coat rack", "lantern", "cabinet"]
-SETTINGS = ["white background", "soft window light", "on a wooden floor", "in a sunlit loft", "against a grey wall",
-            "with long shadows", "in a Scandinavian living room", "on a kitchen counter", "in golden hour light",
-            "with a plant beside it"]
-OBLIGATIONS = json.dumps([
-    {"licence": CREATIVEML_OPENRAIL_PP_M.id, "licence_name": CREATIVEML_OPENRAIL_PP_M.name,
-     "licence_url": CREATIVEML_OPENRAIL_PP_M.url, "licence_text_sha256": CREATIVEML_OPENRAIL_PP_M.text_sha256,
-     "obligation": o.id, "section": o.section, "text": o.text, "models": sorted(ROLES)}
-    for o in CREATIVEML_OPENRAIL_PP_M.obligations
-], separators=(",", ":"))
+STYLES = [
+    "studio",
+    "lifestyle",
+    "flat-lay",
+    "macro",
+    "overhead",
+    "catalogue",
+    "editorial",
+    "outdoor",
+    "minimal",
+    "dramatic",
+]
+ADJECTIVES = [
+    "walnut",
+    "oak",
+    "brass",
+    "ceramic",
+    "linen",
+    "velvet",
+    "marble",
+    "copper",
+    "rattan",
+    "glass",
+    "leather",
+    "wool",
+    "bamboo",
+    "concrete",
+    "terracotta",
+    "steel",
+    "cotton",
+    "cork",
+    "slate",
+    "birch",
+    "teak",
+    "jute",
+    "silk",
+    "pewter",
+    "enamel",
+    "porcelain",
+    "stone",
+    "felt",
+    "chrome",
+    "resin",
+]
+PRODUCTS = [
+    "desk lamp",
+    "armchair",
+    "coffee mug",
+    "side table",
+    "floor rug",
+    "bookshelf",
+    "vase",
+    "pendant light",
+    "cushion",
+    "dining chair",
+    "wall clock",
+    "mirror",
+    "sofa",
+    "planter",
+    "bed frame",
+    "stool",
+    "sideboard",
+    "throw blanket",
+    "teapot",
+    "candle holder",
+    "bar cart",
+    "headboard",
+    "ottoman",
+    "console table",
+    "desk organiser",
+    "bowl",
+    "tray",
+    "coat rack",
+    "lantern",
+    "cabinet",
+]
+SETTINGS = [
+    "white background",
+    "soft window light",
+    "on a wooden floor",
+    "in a sunlit loft",
+    "against a grey wall",
+    "with long shadows",
+    "in a Scandinavian living room",
+    "on a kitchen counter",
+    "in golden hour light",
+    "with a plant beside it",
+]
+OBLIGATIONS = json.dumps(
+    [
+        {
+            "licence": CREATIVEML_OPENRAIL_PP_M.id,
+            "licence_name": CREATIVEML_OPENRAIL_PP_M.name,
+            "licence_url": CREATIVEML_OPENRAIL_PP_M.url,
+            "licence_text_sha256": CREATIVEML_OPENRAIL_PP_M.text_sha256,
+            "obligation": o.id,
+            "section": o.section,
+            "text": o.text,
+            "models": sorted(ROLES),
+        }
+        for o in CREATIVEML_OPENRAIL_PP_M.obligations
+    ],
+    separators=(",", ":"),
+)
 
 
 def log(msg: str) -> None:
@@ -107,12 +198,20 @@ class Chain:
     def __init__(self) -> None:
         self.seq, self.prev = 0, GENESIS_HASH
 
-    def row(self, at: dt.datetime, actor: str, action: str, subject_type: str, subject_id: str,
-            payload: dict[str, Any]) -> tuple[Any, ...]:
+    def row(
+        self, at: dt.datetime, actor: str, action: str, subject_type: str, subject_id: str, payload: dict[str, Any]
+    ) -> tuple[Any, ...]:
         self.seq += 1
         stamp = iso(at)
-        body = {"seq": self.seq, "at": stamp, "actor": actor, "action": action, "subject_type": subject_type,
-                "subject_id": subject_id, "payload": payload}
+        body = {
+            "seq": self.seq,
+            "at": stamp,
+            "actor": actor,
+            "action": action,
+            "subject_type": subject_type,
+            "subject_id": subject_id,
+            "payload": payload,
+        }
         digest = event_hash(self.prev, body)
         out = (self.seq, stamp, actor, action, subject_type, subject_id, canonical_json(payload), self.prev, digest)
         self.prev = digest
@@ -138,12 +237,21 @@ def fill(url: str, n_images: int, seed: int) -> dict[str, Any]:
     requesters = [f"requester{i:02d}" for i in range(40)]
     approvers = [f"approver{i:02d}" for i in range(10)]
     operators = [f"operator{i}" for i in range(4)]
-    users = [("admin", "admin"), ("lee", "auditor")] + [(u, "requester") for u in requesters] \
-        + [(u, "approver") for u in approvers] + [(u, "operator") for u in operators]
+    users = (
+        [("admin", "admin"), ("lee", "auditor")]
+        + [(u, "requester") for u in requesters]
+        + [(u, "approver") for u in approvers]
+        + [(u, "operator") for u in operators]
+    )
     user_ids = {name: i + 1 for i, (name, _) in enumerate(users)}
     models = {  # generation -> role -> (id, sha256); the text encoders and VAE change every other generation
-        g: {role: (uid("model", role, g if role.endswith("unet") else g // 2),
-                   sha("weights", role, g if role.endswith("unet") else g // 2)) for role in ROLES}
+        g: {
+            role: (
+                uid("model", role, g if role.endswith("unet") else g // 2),
+                sha("weights", role, g if role.endswith("unet") else g // 2),
+            )
+            for role in ROLES
+        }
         for g in range(GENERATIONS)
     }
     pg = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
@@ -162,22 +270,46 @@ def fill(url: str, n_images: int, seed: int) -> dict[str, Any]:
         cur.execute(
             "INSERT INTO licences (id, name, url, text_sha256, obligations, restrictions, created_at) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            (lic.id, lic.name, lic.url, lic.text_sha256, json.dumps([o.to_dict() for o in lic.obligations]),
-             json.dumps([r.to_dict() for r in lic.restrictions]), START),
+            (
+                lic.id,
+                lic.name,
+                lic.url,
+                lic.text_sha256,
+                json.dumps([o.to_dict() for o in lic.obligations]),
+                json.dumps([r.to_dict() for r in lic.restrictions]),
+                START,
+            ),
         )
-        events.append(chain.row(START, "admin", "licence.registered", "licence", lic.id,
-                                {"name": lic.name, "text_sha256": lic.text_sha256}))
+        events.append(
+            chain.row(
+                START,
+                "admin",
+                "licence.registered",
+                "licence",
+                lic.id,
+                {"name": lic.name, "text_sha256": lic.text_sha256},
+            )
+        )
         seen: set[str] = set()
-        with cur.copy("COPY model_versions (id, role, name, source, sha256, files, licence_id, created_at) "
-                      "FROM STDIN") as cp:
+        with cur.copy(
+            "COPY model_versions (id, role, name, source, sha256, files, licence_id, created_at) FROM STDIN"
+        ) as cp:
             for g in range(GENERATIONS):
                 for role, (mid, digest) in models[g].items():
                     if mid in seen:
                         continue
                     seen.add(mid)
                     cp.write_row((mid, role, f"sdxl-gen{g}/{role}", f"/models/gen{g}", digest, "{}", lic.id, START))
-                    events.append(chain.row(START, "operator0", "model_version.registered", "model_version", mid,
-                                            {"role": role, "sha256": digest, "licence_id": lic.id}))
+                    events.append(
+                        chain.row(
+                            START,
+                            "operator0",
+                            "model_version.registered",
+                            "model_version",
+                            mid,
+                            {"role": role, "sha256": digest, "licence_id": lic.id},
+                        )
+                    )
         with cur.copy(f"COPY audit_events ({EVENT_COLUMNS}) FROM STDIN") as cp:
             for e in events:
                 cp.write_row(e)
@@ -190,8 +322,10 @@ def fill(url: str, n_images: int, seed: int) -> dict[str, Any]:
         written = {"prompts": 0, "images": 0, "events": len(events)}
 
         def flush() -> None:
-            with cur.copy("COPY prompts (id, batch_id, position, row_id, prompt, negative_prompt, seed, width, "
-                          "height, steps, guidance_scale, refiner_split, num_images, ref) FROM STDIN") as cp:
+            with cur.copy(
+                "COPY prompts (id, batch_id, position, row_id, prompt, negative_prompt, seed, width, "
+                "height, steps, guidance_scale, refiner_split, num_images, ref) FROM STDIN"
+            ) as cp:
                 for r in prompt_rows:
                     cp.write_row(r)
             with cur.copy(f"COPY images ({', '.join(image_columns)}) FROM STDIN") as cp:
@@ -219,31 +353,95 @@ def fill(url: str, n_images: int, seed: int) -> dict[str, Any]:
             content = sha("content", b)
             n_here = min(PROMPTS_PER_BATCH, n_prompts - b * PROMPTS_PER_BATCH)
             approved_at, started = created + dt.timedelta(hours=1), created + dt.timedelta(hours=2)
-            batch_rows.append((batch_id, purpose, "completed", user_ids[requester], f"batch-{b}.csv", content, use,
-                               created, created))
-            approval_rows.append((approval_id, batch_id, "approved", user_ids[approver], content, "", approved_at,
-                                  None, ""))
-            run_rows.append((run_id, batch_id, approval_id, "completed", user_ids[operator], "", "{}", started,
-                             started + dt.timedelta(hours=1), "{}"))
+            batch_rows.append(
+                (batch_id, purpose, "completed", user_ids[requester], f"batch-{b}.csv", content, use, created, created)
+            )
+            approval_rows.append(
+                (approval_id, batch_id, "approved", user_ids[approver], content, "", approved_at, None, "")
+            )
+            run_rows.append(
+                (
+                    run_id,
+                    batch_id,
+                    approval_id,
+                    "completed",
+                    user_ids[operator],
+                    "",
+                    "{}",
+                    started,
+                    started + dt.timedelta(hours=1),
+                    "{}",
+                )
+            )
             for role in ROLES:
                 rmv_rows.append((run_id, models[gen][role][0]))
-            event_rows.append(chain.row(created, requester, "batch.submitted", "batch", batch_id,
-                                        {"purpose": purpose, "use_category": use, "content_sha256": content,
-                                         "prompts": n_here, "images": n_here * IMAGES_PER_PROMPT}))
-            event_rows.append(chain.row(approved_at, approver, "batch.approved", "batch", batch_id,
-                                        {"approval_id": approval_id, "content_sha256": content, "reason": ""}))
-            event_rows.append(chain.row(started, operator, "run.started", "run", run_id,
-                                        {"batch_id": batch_id, "approval_id": approval_id,
-                                         "model_versions": [models[gen][r][0] for r in ROLES]}))
+            event_rows.append(
+                chain.row(
+                    created,
+                    requester,
+                    "batch.submitted",
+                    "batch",
+                    batch_id,
+                    {
+                        "purpose": purpose,
+                        "use_category": use,
+                        "content_sha256": content,
+                        "prompts": n_here,
+                        "images": n_here * IMAGES_PER_PROMPT,
+                    },
+                )
+            )
+            event_rows.append(
+                chain.row(
+                    approved_at,
+                    approver,
+                    "batch.approved",
+                    "batch",
+                    batch_id,
+                    {"approval_id": approval_id, "content_sha256": content, "reason": ""},
+                )
+            )
+            event_rows.append(
+                chain.row(
+                    started,
+                    operator,
+                    "run.started",
+                    "run",
+                    run_id,
+                    {
+                        "batch_id": batch_id,
+                        "approval_id": approval_id,
+                        "model_versions": [models[gen][r][0] for r in ROLES],
+                    },
+                )
+            )
             published = quarantined = 0
             for p in range(n_here):
                 row_id = f"row-{p:03d}"
                 prompt_id = prompt_id_for(batch_id, row_id)
                 sku = f"SKU-{b:05d}-{p:03d}"
-                text_ = (f"{rng.choice(STYLES)} photo of a {rng.choice(ADJECTIVES)} {rng.choice(PRODUCTS)}, "
-                         f"{rng.choice(SETTINGS)}, {sku}")
-                prompt_rows.append((prompt_id, batch_id, p, row_id, text_, "", 1000 + p, 1024, 1024, 40, 5.0, 0.8,
-                                    IMAGES_PER_PROMPT, sku))
+                text_ = (
+                    f"{rng.choice(STYLES)} photo of a {rng.choice(ADJECTIVES)} {rng.choice(PRODUCTS)}, "
+                    f"{rng.choice(SETTINGS)}, {sku}"
+                )
+                prompt_rows.append(
+                    (
+                        prompt_id,
+                        batch_id,
+                        p,
+                        row_id,
+                        text_,
+                        "",
+                        1000 + p,
+                        1024,
+                        1024,
+                        40,
+                        5.0,
+                        0.8,
+                        IMAGES_PER_PROMPT,
+                        sku,
+                    )
+                )
                 if rng.random() < sample_p:
                     skus.append(sku)
                 for index in range(IMAGES_PER_PROMPT):
@@ -254,49 +452,109 @@ def fill(url: str, n_images: int, seed: int) -> dict[str, Any]:
                     at = started + dt.timedelta(seconds=2 * (p * IMAGES_PER_PROMPT + index))
                     ok = rng.random() >= 0.03
                     values: dict[str, Any] = {
-                        "id": image_id, "prompt_id": prompt_id, "batch_id": batch_id, "run_id": run_id,
-                        "image_index": index, "seed": str(1000 + p + index), "width": 1024, "height": 1024,
-                        "safety_model": "ViT-L-14/openai", "safety_policy": "safety-v1",
+                        "id": image_id,
+                        "prompt_id": prompt_id,
+                        "batch_id": batch_id,
+                        "run_id": run_id,
+                        "image_index": index,
+                        "seed": str(1000 + p + index),
+                        "width": 1024,
+                        "height": 1024,
+                        "safety_model": "ViT-L-14/openai",
+                        "safety_policy": "safety-v1",
                         "safety_scores": '{"nsfw":0.01,"violence":0.02}',
                         "safety_verdict": "passed" if ok else "quarantined",
                         "safety_reasons": "[]" if ok else '["nsfw score 0.91 above 0.5"]',
-                        "watermark_payload": image_id.replace("-", "")[:12], "watermark_matched_bits": 48,
-                        "licence_obligations": OBLIGATIONS if ok else "[]", "created_at": at,
+                        "watermark_payload": image_id.replace("-", "")[:12],
+                        "watermark_matched_bits": 48,
+                        "licence_obligations": OBLIGATIONS if ok else "[]",
+                        "created_at": at,
                         "status": "published" if ok else "quarantined",
                     }
                     if ok:
                         digest, pixels = sha("png", image_id), sha("pixels", image_id)
                         key = f"images/{image_id}/{pixels}.png"
-                        values.update({
-                            "sha256": digest, "pixels_sha256": pixels, "store_url": STORE_URL, "store_key": key,
-                            "provenance_key": f"images/{image_id}/{pixels}.provenance.json",
-                            "watermark_scheme": "invisible-watermark dwtDct", "phash": digest[:16],
-                            "c2pa_manifest": f"urn:c2pa:{image_id}",
-                        })
+                        values.update(
+                            {
+                                "sha256": digest,
+                                "pixels_sha256": pixels,
+                                "store_url": STORE_URL,
+                                "store_key": key,
+                                "provenance_key": f"images/{image_id}/{pixels}.provenance.json",
+                                "watermark_scheme": "invisible-watermark dwtDct",
+                                "phash": digest[:16],
+                                "c2pa_manifest": f"urn:c2pa:{image_id}",
+                            }
+                        )
                         published += 1
                         if rng.random() < sample_p:
                             sample_images.append((digest, key))
-                        event_rows.append(chain.row(at, operator, "image.published", "image", image_id,
-                                                    {"batch_id": batch_id, "run_id": run_id, "prompt_id": prompt_id,
-                                                     "sha256": digest, "store": STORE_URL, "key": key}))
+                        event_rows.append(
+                            chain.row(
+                                at,
+                                operator,
+                                "image.published",
+                                "image",
+                                image_id,
+                                {
+                                    "batch_id": batch_id,
+                                    "run_id": run_id,
+                                    "prompt_id": prompt_id,
+                                    "sha256": digest,
+                                    "store": STORE_URL,
+                                    "key": key,
+                                },
+                            )
+                        )
                     else:
                         quarantined += 1
-                        event_rows.append(chain.row(at, operator, "image.quarantined", "image", image_id,
-                                                    {"batch_id": batch_id, "run_id": run_id, "prompt_id": prompt_id,
-                                                     "reasons": ["nsfw score 0.91 above 0.5"]}))
+                        event_rows.append(
+                            chain.row(
+                                at,
+                                operator,
+                                "image.quarantined",
+                                "image",
+                                image_id,
+                                {
+                                    "batch_id": batch_id,
+                                    "run_id": run_id,
+                                    "prompt_id": prompt_id,
+                                    "reasons": ["nsfw score 0.91 above 0.5"],
+                                },
+                            )
+                        )
                     image_rows.append(tuple(values.get(c) for c in image_columns))
-            event_rows.append(chain.row(started + dt.timedelta(hours=1), operator, "run.completed", "run", run_id,
-                                        {"batch_id": batch_id, "published": published, "quarantined": quarantined,
-                                         "remaining": 0}))
+            event_rows.append(
+                chain.row(
+                    started + dt.timedelta(hours=1),
+                    operator,
+                    "run.completed",
+                    "run",
+                    run_id,
+                    {"batch_id": batch_id, "published": published, "quarantined": quarantined, "remaining": 0},
+                )
+            )
             if len(image_rows) >= 50_000 or b == n_batches - 1:
                 # parents first: batches, approvals, runs (and their model versions) of the rows so far
                 for table, cols, rows in (
-                    ("batches", "id, purpose, status, requested_by_id, source_name, content_sha256, use_category, "
-                                "created_at, updated_at", batch_rows),
-                    ("approvals", "id, batch_id, decision, decided_by_id, content_sha256, reason, decided_at, "
-                                  "voided_at, void_reason", approval_rows),
-                    ("runs", "id, batch_id, approval_id, status, started_by_id, flow_run_id, engine, started_at, "
-                             "finished_at, summary", run_rows),
+                    (
+                        "batches",
+                        "id, purpose, status, requested_by_id, source_name, content_sha256, use_category, "
+                        "created_at, updated_at",
+                        batch_rows,
+                    ),
+                    (
+                        "approvals",
+                        "id, batch_id, decision, decided_by_id, content_sha256, reason, decided_at, "
+                        "voided_at, void_reason",
+                        approval_rows,
+                    ),
+                    (
+                        "runs",
+                        "id, batch_id, approval_id, status, started_by_id, flow_run_id, engine, started_at, "
+                        "finished_at, summary",
+                        run_rows,
+                    ),
                     ("run_model_versions", "run_id, model_version_id", rmv_rows),
                 ):
                     with cur.copy(f"COPY {table} ({cols}) FROM STDIN") as cp:
@@ -305,16 +563,26 @@ def fill(url: str, n_images: int, seed: int) -> dict[str, Any]:
                     rows.clear()
                 flush()
                 rate = written["images"] / (time.perf_counter() - t0)
-                log(f"{written['images']:,} images, {written['prompts']:,} prompts, {written['events']:,} events "
-                    f"({rate:,.0f} images/s)")
+                log(
+                    f"{written['images']:,} images, {written['prompts']:,} prompts, {written['events']:,} events "
+                    f"({rate:,.0f} images/s)"
+                )
         conn.commit()
     fill_s = time.perf_counter() - t0
     log("ANALYZE")
     with psycopg.connect(pg, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")
-    return {"fill_s": fill_s, "analyze_s": time.perf_counter() - t0 - fill_s, "images": written["images"],
-            "prompts": written["prompts"], "events": written["events"], "batches": n_batches,
-            "samples": sample_images, "skus": skus, "models": models}
+    return {
+        "fill_s": fill_s,
+        "analyze_s": time.perf_counter() - t0 - fill_s,
+        "images": written["images"],
+        "prompts": written["prompts"],
+        "events": written["events"],
+        "batches": n_batches,
+        "samples": sample_images,
+        "skus": skus,
+        "models": models,
+    }
 
 
 # ---------------------------------------------------------------- measure
@@ -347,8 +615,15 @@ def measure(url: str, info: dict[str, Any], queries: int, seed: int) -> list[dic
     results: list[dict[str, Any]] = []
 
     def add(name: str, times: list[float], target: str, ok: bool | None, note: str) -> None:
-        row = {"measure": name, "n": len(times), "p50": statistics.median(times), "p95": pct(times, 95),
-               "target": target, "met": "-" if ok is None else ("yes" if ok else "NO"), "note": note}
+        row = {
+            "measure": name,
+            "n": len(times),
+            "p50": statistics.median(times),
+            "p95": pct(times, 95),
+            "target": target,
+            "met": "-" if ok is None else ("yes" if ok else "NO"),
+            "note": note,
+        }
         results.append(row)
         log(f"{name}: p50 {row['p50'] * 1000:.1f} ms, p95 {row['p95'] * 1000:.1f} ms ({row['met']})")
 
@@ -360,16 +635,27 @@ def measure(url: str, info: dict[str, Any], queries: int, seed: int) -> list[dic
         def run() -> Any:
             with sessions() as s:
                 return trace_image(s, find_image(s, ref))
+
         return run
 
     for digest, _ in warm:
         trace_of(digest)()
     by_sha = [t for digest, _ in by_sha_refs for t in timed(trace_of(digest), 1)]
-    add("trace by SHA-256", by_sha, "p95 <= 20 ms", pct(by_sha, 95) * 1000 <= TARGETS["trace_p95_ms"],
-        "find_image + trace_image, fresh session")
+    add(
+        "trace by SHA-256",
+        by_sha,
+        "p95 <= 20 ms",
+        pct(by_sha, 95) * 1000 <= TARGETS["trace_p95_ms"],
+        "find_image + trace_image, fresh session",
+    )
     by_key = [t for _, key in by_key_refs for t in timed(trace_of(STORE_URL + key), 1)]
-    add("trace by key", by_key, "p95 <= 20 ms", pct(by_key, 95) * 1000 <= TARGETS["trace_p95_ms"],
-        "s3:// location of the object")
+    add(
+        "trace by key",
+        by_key,
+        "p95 <= 20 ms",
+        pct(by_key, 95) * 1000 <= TARGETS["trace_p95_ms"],
+        "s3:// location of the object",
+    )
 
     per_kind = max(1, queries // 3)
     terms = (
@@ -387,11 +673,17 @@ def measure(url: str, info: dict[str, Any], queries: int, seed: int) -> list[dic
             search_times[kind].append(time.perf_counter() - t0)
             hits[kind].append(len(found.images))
     every = [t for ts in search_times.values() for t in ts]
-    add("search by prompt substring", every, "p95 <= 300 ms", pct(every, 95) * 1000 <= TARGETS["search_p95_ms"],
-        "limit 1000, newest first; SKU, two-word phrase and common word in equal parts")
+    add(
+        "search by prompt substring",
+        every,
+        "p95 <= 300 ms",
+        pct(every, 95) * 1000 <= TARGETS["search_p95_ms"],
+        "limit 1000, newest first; SKU, two-word phrase and common word in equal parts",
+    )
     for kind, label in (("sku", "SKU code"), ("phrase", "two-word phrase"), ("word", "common word")):
-        add(f"  search: {label}", search_times[kind], "", None,
-            f"median {statistics.median(hits[kind]):.0f} hits shown")
+        add(
+            f"  search: {label}", search_times[kind], "", None, f"median {statistics.median(hits[kind]):.0f} hits shown"
+        )
 
     json_times = []
     for _kind, term in terms[: max(3, queries // 10)]:
@@ -411,8 +703,13 @@ def measure(url: str, info: dict[str, Any], queries: int, seed: int) -> list[dic
                 counts.append(len(impact(s, model_version=base_sha).images))
 
         times = timed(run_impact, 3)
-        add(f"impact, base UNet gen {g}", times, "<= 2 s", max(times) <= TARGETS["impact_s"],
-            f"{counts[0]:,} published images, every row fetched")
+        add(
+            f"impact, base UNet gen {g}",
+            times,
+            "<= 2 s",
+            max(times) <= TARGETS["impact_s"],
+            f"{counts[0]:,} published images, every row fetched",
+        )
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "lineage.parquet"
@@ -425,8 +722,13 @@ def measure(url: str, info: dict[str, Any], queries: int, seed: int) -> list[dic
         times = timed(run_export, 3)
         size = out.stat().st_size / 1e6
     n = rows[0]
-    add(f"export {n:,} rows to Parquet", times, "<= 10 s", max(times) <= TARGETS["export_100k_s"],
-        f"{len(EXPORT_COLUMNS)} columns, {size:.1f} MB")
+    add(
+        f"export {n:,} rows to Parquet",
+        times,
+        "<= 10 s",
+        max(times) <= TARGETS["export_100k_s"],
+        f"{len(EXPORT_COLUMNS)} columns, {size:.1f} MB",
+    )
 
     with sessions() as s:
         t0 = time.perf_counter()
@@ -434,9 +736,17 @@ def measure(url: str, info: dict[str, Any], queries: int, seed: int) -> list[dic
         took = time.perf_counter() - t0
     assert report.ok, report.problem
     rate = report.events / took
-    results.append({"measure": "audit verify", "n": 1, "p50": took, "p95": took,
-                    "target": ">= 200,000 events/s", "met": "yes" if rate >= TARGETS["verify_events_per_s"] else "NO",
-                    "note": f"{report.events:,} events, {rate:,.0f} events/s"})
+    results.append(
+        {
+            "measure": "audit verify",
+            "n": 1,
+            "p50": took,
+            "p95": took,
+            "target": ">= 200,000 events/s",
+            "met": "yes" if rate >= TARGETS["verify_events_per_s"] else "NO",
+            "note": f"{report.events:,} events, {rate:,.0f} events/s",
+        }
+    )
     log(f"audit verify: {report.events:,} events in {took:.1f} s = {rate:,.0f} events/s")
     engine.dispose()
     return results
@@ -448,8 +758,12 @@ def measure(url: str, info: dict[str, Any], queries: int, seed: int) -> list[dic
 def create_database(name: str) -> str:
     admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n "
-                          "AND pid <> pg_backend_pid()"), {"n": name})
+        conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"
+            ),
+            {"n": name},
+        )
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
@@ -482,8 +796,10 @@ def fmt_ms(seconds: float) -> str:
 def table(results: list[dict[str, Any]]) -> str:
     lines = ["| measure | n | p50 | p95 | target | met | note |", "| --- | ---: | ---: | ---: | --- | --- | --- |"]
     for r in results:
-        lines.append(f"| {r['measure']} | {r['n']} | {fmt_ms(r['p50'])} | {fmt_ms(r['p95'])} | {r['target']} | "
-                     f"{r['met']} | {r['note']} |")
+        lines.append(
+            f"| {r['measure']} | {r['n']} | {fmt_ms(r['p50'])} | {fmt_ms(r['p95'])} | {r['target']} | "
+            f"{r['met']} | {r['note']} |"
+        )
     return "\n".join(lines)
 
 
@@ -533,8 +849,10 @@ def main(argv: list[str] | None = None) -> int:
         info = fill(url, args.images, args.seed)
         info_file.write_text(json.dumps(info, default=str))
     results = measure(url, info, args.queries, args.seed)
-    text_ = f"### {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC: {args.images:,} images\n\n{header(info, url)}\n\n" \
+    text_ = (
+        f"### {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC: {args.images:,} images\n\n{header(info, url)}\n\n"
         f"{table(results)}\n"
+    )
     print()
     print(text_)
     if args.drop:

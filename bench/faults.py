@@ -39,8 +39,9 @@ from governance.records import Image  # noqa: E402
 from sdxl_core.tiny import ensure_tiny_models  # noqa: E402
 
 
-def trial(n: int, args: argparse.Namespace, s3_url: str, prefect_url: str, models: tuple[Path, Path],
-          rng: random.Random) -> dict:
+def trial(
+    n: int, args: argparse.Namespace, s3_url: str, prefect_url: str, models: tuple[Path, Path], rng: random.Random
+) -> dict:
     images = args.images
     bucket = f"faults-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=s3_url).create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
@@ -81,17 +82,24 @@ def _trial(n: int, args: argparse.Namespace, batch: Batch, prefect_url: str, rng
     codes = [w.wait() for w in live]  # the survivors finish the batch, the dead workers' chunks included
     with rt.sessions() as s:
         ids = list(s.scalars(select(Image.id).where(Image.batch_id == batch_id)))
-        published = set(s.scalars(select(Image.store_key).where(Image.batch_id == batch_id,
-                                                                Image.status == "published")))
+        published = set(
+            s.scalars(select(Image.store_key).where(Image.batch_id == batch_id, Image.status == "published"))
+        )
         chunks = chunk_progress(s, batch_id)
         ledger = verify_ledger(s, rt.store, rt.anchor_store, rt.signing_certificate())
     keys = set(rt.store.keys("images/"))
     pngs = {k for k in keys if k.endswith(".png")}
     row = {
-        "trial": n, "kills": len(kills), "killed_at_images": ",".join(map(str, kills)) or "-",
-        "survivors_exit": ",".join(map(str, codes)), "recorded": len(ids),
-        "unique": len(set(ids)), "orphans": len(pngs - published), "missing": len(published - pngs),
-        "chunks_not_done": sum(v for k, v in chunks.items() if k != "done"), "ledger": ledger.ok,
+        "trial": n,
+        "kills": len(kills),
+        "killed_at_images": ",".join(map(str, kills)) or "-",
+        "survivors_exit": ",".join(map(str, codes)),
+        "recorded": len(ids),
+        "unique": len(set(ids)),
+        "orphans": len(pngs - published),
+        "missing": len(published - pngs),
+        "chunks_not_done": sum(v for k, v in chunks.items() if k != "done"),
+        "ledger": ledger.ok,
         "seconds": round(time.time() - t0),
     }
     return row
@@ -121,13 +129,21 @@ def run(args: argparse.Namespace) -> str:
         server.stop()
     if not rows:
         raise SystemExit("no trial finished")
-    ok = all(r["recorded"] == r["unique"] == args.images and not r["orphans"] and not r["missing"]
-             and not r["chunks_not_done"] and r["ledger"] and set(r["survivors_exit"].split(",")) == {"0"}
-             for r in rows)
+    ok = all(
+        r["recorded"] == r["unique"] == args.images
+        and not r["orphans"]
+        and not r["missing"]
+        and not r["chunks_not_done"]
+        and r["ledger"]
+        and set(r["survivors_exit"].split(",")) == {"0"}
+        for r in rows
+    )
     done = f"{len(rows)} of {args.trials} trials (stopped early)" if interrupted else f"{len(rows)} trials"
     return results_table(
         f"{done} of {args.images} images, 2 workers (fresh processes), {sum(r['kills'] for r in rows)} SIGKILLs "
-        f"at random points, survivors finish: {'all exactly once' if ok else 'FAILURES'}", rows)
+        f"at random points, survivors finish: {'all exactly once' if ok else 'FAILURES'}",
+        rows,
+    )
 
 
 if __name__ == "__main__":

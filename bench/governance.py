@@ -171,10 +171,16 @@ class AtelierStep:
         from governance.credentials import manifest_for
 
         return manifest_for(
-            title=f"{image_id}.png", image_id=image_id, batch_id="bench-batch", approval_id="bench-approval",
-            models=[{"role": "base", "name": "sdxl-base", "sha256": "0" * 64},
-                    {"role": "refiner", "name": "sdxl-refiner", "sha256": "1" * 64}],
-            licences=["CreativeML-OpenRAIL++-M"], software_version="bench",
+            title=f"{image_id}.png",
+            image_id=image_id,
+            batch_id="bench-batch",
+            approval_id="bench-approval",
+            models=[
+                {"role": "base", "name": "sdxl-base", "sha256": "0" * 64},
+                {"role": "refiner", "name": "sdxl-refiner", "sha256": "1" * 64},
+            ],
+            licences=["CreativeML-OpenRAIL++-M"],
+            software_version="bench",
         )
 
     def args(self, image_id: str, pixels: np.ndarray) -> tuple[Any, ...]:
@@ -247,7 +253,7 @@ def machine() -> dict[str, str]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "libs": f"numpy {np.__version__}, Pillow {PIL.__version__}, zlib {zlib.ZLIB_RUNTIME_VERSION}, "
-                f"opencv {cv2.__version__}, torch {torch.__version__}",
+        f"opencv {cv2.__version__}, torch {torch.__version__}",
         "torch_threads": str(torch.get_num_threads()),
     }
 
@@ -353,24 +359,40 @@ def step_table(images: list[np.ndarray], repeats: int, checker: Any, atelier: At
 
     rows = []
     for s in scope:
-        rows.append([labels[s], *cells(s, "naive"), *cells(s, "atelier"),
-                     f"{cpu_med[s]['naive'] / cpu_med[s]['atelier']:.1f}x"])
+        rows.append(
+            [labels[s], *cells(s, "naive"), *cells(s, "atelier"), f"{cpu_med[s]['naive'] / cpu_med[s]['atelier']:.1f}x"]
+        )
     tn, ta = (sum(med[s][v] for s in scope) for v in ("naive", "atelier"))
     cn, ca = (sum(cpu_med[s][v] for s in scope) for v in ("naive", "atelier"))
     verdict = "met" if ca <= TARGET_MS else "MISSED"
-    rows.append([f"**total, item 7 scope (target {TARGET_MS:.0f} ms)**", f"**{tn:.1f}**", f"**{cn:.1f}**",
-                 f"**{ta:.1f}**", f"**{ca:.1f}**", f"**{cn / ca:.1f}x** (CPU: {verdict})"])
+    rows.append(
+        [
+            f"**total, item 7 scope (target {TARGET_MS:.0f} ms)**",
+            f"**{tn:.1f}**",
+            f"**{cn:.1f}**",
+            f"**{ta:.1f}**",
+            f"**{ca:.1f}**",
+            f"**{cn / ca:.1f}x** (CPU: {verdict})",
+        ]
+    )
     for s in ("C2PA sign", "C2PA read-back", "pHash"):
         if s in med:
-            rows.append([f"{s} (in the current mark_and_encode, outside item 7's scope)", "-", "-",
-                         *cells(s, "atelier"), ""])
-    rows.append(["mark_and_encode timed whole (naive: embed, encode, decode, verify, hash"
-                 + (f"; atelier: {atelier.note})" if atelier.note else ")"),
-                 *cells("whole", "naive"), *cells("whole", "atelier"),
-                 f"{cpu_med['whole']['naive'] / cpu_med['whole']['atelier']:.1f}x"])
+            rows.append(
+                [f"{s} (in the current mark_and_encode, outside item 7's scope)", "-", "-", *cells(s, "atelier"), ""]
+            )
+    rows.append(
+        [
+            "mark_and_encode timed whole (naive: embed, encode, decode, verify, hash"
+            + (f"; atelier: {atelier.note})" if atelier.note else ")"),
+            *cells("whole", "naive"),
+            *cells("whole", "atelier"),
+            f"{cpu_med['whole']['naive'] / cpu_med['whole']['atelier']:.1f}x",
+        ]
+    )
     safety_default = cpu_med["safety"]["naive"]
-    text = table(["step (ms per image, median)", "naive wall", "naive CPU", "atelier wall", "atelier CPU",
-                  "CPU speed-up"], rows)
+    text = table(
+        ["step (ms per image, median)", "naive wall", "naive CPU", "atelier wall", "atelier CPU", "CPU speed-up"], rows
+    )
     text += (
         f"\n\nCPU = process CPU time (all threads; what the step costs, and robust to other processes "
         f"taking the cores); wall = elapsed time on this shared machine. The target is judged on CPU. "
@@ -464,18 +486,41 @@ def pool_table(images: list[np.ndarray], workers: list[int], atelier: AtelierSte
         base_rate = base_rate or rate
         service = median_ms([ms for _, svc, _ in results[name] for ms in svc])
         turnaround = median_ms([ms for _, _, tat in results[name] for ms in tat])
-        rows.append([name, f"{rate:.2f}", f"{1000 / rate:.0f}", f"{service:.0f}", f"{turnaround:.0f}",
-                     f"{rate / base_rate:.2f}x"])
-    return table([f"mark_and_encode over {len(jobs)} images, median of {rounds} interleaved rounds", "images/s",
-                  "wall ms per image", "latency ms (in worker, median)",
-                  "submit to done ms (median, all submitted at once)", "vs serial"], rows)
+        rows.append(
+            [
+                name,
+                f"{rate:.2f}",
+                f"{1000 / rate:.0f}",
+                f"{service:.0f}",
+                f"{turnaround:.0f}",
+                f"{rate / base_rate:.2f}x",
+            ]
+        )
+    return table(
+        [
+            f"mark_and_encode over {len(jobs)} images, median of {rounds} interleaved rounds",
+            "images/s",
+            "wall ms per image",
+            "latency ms (in worker, median)",
+            "submit to done ms (median, all submitted at once)",
+            "vs serial",
+        ],
+        rows,
+    )
 
 
 # --- 4. simulated overlap with generation --------------------------------------------------------------
 
 
-def overlap_table(images: list[np.ndarray], workers: list[int], gpu_s: list[float], chunk: int,
-                  max_pending: int, checker: Any, atelier: AtelierStep) -> str:
+def overlap_table(
+    images: list[np.ndarray],
+    workers: list[int],
+    gpu_s: list[float],
+    chunk: int,
+    max_pending: int,
+    checker: Any,
+    atelier: AtelierStep,
+) -> str:
     import torch
 
     from flows.pool import BoundedPool
@@ -491,7 +536,7 @@ def overlap_table(images: list[np.ndarray], workers: list[int], gpu_s: list[floa
                 gpu = safety_s = 0.0
                 t0 = time.perf_counter()
                 for start in range(0, len(images), chunk):
-                    part = images[start:start + chunk]
+                    part = images[start : start + chunk]
                     time.sleep(seconds * len(part))  # the GPU generating this chunk
                     gpu += seconds * len(part)
                     if where == "loop":  # as flows/produce.py does today: safety on the loop thread
@@ -511,15 +556,31 @@ def overlap_table(images: list[np.ndarray], workers: list[int], gpu_s: list[floa
                 total = time.perf_counter() - t0
                 pool.close()
                 loop = loop_end - t0
-                rows.append([
-                    f"{seconds:.2f}", str(n), "loop thread" if where == "loop" else "pool",
-                    f"{total:.2f}", f"{100 * gpu / loop:.1f}%", f"{100 * gpu / total:.1f}%",
-                    f"{pool.wait_seconds:.3f}", f"{safety_s:.2f}", f"{total - loop:.2f}",
-                ])
+                rows.append(
+                    [
+                        f"{seconds:.2f}",
+                        str(n),
+                        "loop thread" if where == "loop" else "pool",
+                        f"{total:.2f}",
+                        f"{100 * gpu / loop:.1f}%",
+                        f"{100 * gpu / total:.1f}%",
+                        f"{pool.wait_seconds:.3f}",
+                        f"{safety_s:.2f}",
+                        f"{total - loop:.2f}",
+                    ]
+                )
     torch.set_num_threads(default_threads)
-    header = ["GPU s/image (simulated)", "workers", "safety runs on", "total s", "GPU busy while generating",
-              "GPU busy incl. final drain", "loop wait on pool s", "loop busy with safety s",
-              "drain after last chunk s"]
+    header = [
+        "GPU s/image (simulated)",
+        "workers",
+        "safety runs on",
+        "total s",
+        "GPU busy while generating",
+        "GPU busy incl. final drain",
+        "loop wait on pool s",
+        "loop busy with safety s",
+        "drain after last chunk s",
+    ]
     return table(header, rows) + (
         f"\n\n{len(images)} images in chunks of {chunk}, max_pending={max_pending} (flows/produce.py uses "
         f"2 x chunk size); torch 1 thread. GPU busy while generating = simulated GPU time / time until the "
@@ -541,8 +602,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=8, help="images per measurement (default 8)")
     parser.add_argument("--repeats", type=int, default=3, help="repeats per image in the step table (default 3)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--gpu-s-per-image", type=float, nargs="+", default=[1.1, 0.3],
-                        help="simulated GPU seconds per image (default: 1.1 as an H100 today, 0.3 as a stress)")
+    parser.add_argument(
+        "--gpu-s-per-image",
+        type=float,
+        nargs="+",
+        default=[1.1, 0.3],
+        help="simulated GPU seconds per image (default: 1.1 as an H100 today, 0.3 as a stress)",
+    )
     parser.add_argument("--chunk", type=int, default=4)
     parser.add_argument("--max-pending", type=int, default=8)
     parser.add_argument("--no-png-table", action="store_true")
@@ -569,8 +635,13 @@ def main(argv: list[str] | None = None) -> int:
 
         sections = []
         steps, _ = step_table(images, args.repeats, checker, atelier)
-        sections.append((f"Per-image CPU cost at {args.size}x{args.size} ({args.images} photo-like images x "
-                         f"{args.repeats} repeats)", steps))
+        sections.append(
+            (
+                f"Per-image CPU cost at {args.size}x{args.size} ({args.images} photo-like images x "
+                f"{args.repeats} repeats)",
+                steps,
+            )
+        )
         print(f"\n{sections[-1][0]}\n\n{steps}\n", flush=True)
         if not args.no_png_table:
             png = png_table(args.size, max(3, args.repeats))
@@ -580,8 +651,9 @@ def main(argv: list[str] | None = None) -> int:
         sections.append((f"Pool throughput ({args.images} images)", pool))
         print(f"{sections[-1][0]}\n\n{pool}\n", flush=True)
         if not args.no_overlap:
-            overlap = overlap_table(images, args.workers, args.gpu_s_per_image, args.chunk, args.max_pending,
-                                    checker, atelier)
+            overlap = overlap_table(
+                images, args.workers, args.gpu_s_per_image, args.chunk, args.max_pending, checker, atelier
+            )
             sections.append(("Generation overlapped with the pool (simulated GPU)", overlap))
             print(f"{sections[-1][0]}\n\n{overlap}\n", flush=True)
 

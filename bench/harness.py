@@ -48,8 +48,9 @@ def prefect_server() -> Iterator[str]:
 
     home = Path(tempfile.mkdtemp(prefix="atelier-prefect-"))
     with fresh_database("atelier_bench_prefect") as url:
-        server = PrefectServer(make_url(url).set(drivername="postgresql+asyncpg").render_as_string(
-            hide_password=False), home)
+        server = PrefectServer(
+            make_url(url).set(drivername="postgresql+asyncpg").render_as_string(hide_password=False), home
+        )
         try:
             yield server.start()
         finally:
@@ -66,13 +67,28 @@ class Batch:
 
 
 @contextlib.contextmanager
-def approved_batch(images: int, size: int, steps: int, models: tuple[Path, Path], store_url: str | None = None,
-                   s3_url: str | None = None, prefix: str = "atelier_bench") -> Iterator[Batch]:
+def approved_batch(
+    images: int,
+    size: int,
+    steps: int,
+    models: tuple[Path, Path],
+    store_url: str | None = None,
+    s3_url: str | None = None,
+    prefix: str = "atelier_bench",
+) -> Iterator[Batch]:
     """Users, licence, test signer, a batch of `images` (two per prompt) submitted and approved."""
     work = Path(tempfile.mkdtemp(prefix=f"{prefix}-"))
     with fresh_database(prefix) as url:
-        flags = ["--data-dir", str(work / "d"), "--database-url", url,
-                 "--base-model", str(models[0]), "--refiner-model", str(models[1])]
+        flags = [
+            "--data-dir",
+            str(work / "d"),
+            "--database-url",
+            url,
+            "--base-model",
+            str(models[0]),
+            "--refiner-model",
+            str(models[1]),
+        ]
         flags += ["--store-url", store_url] if store_url else []
         flags += ["--s3-endpoint-url", s3_url] if s3_url else []
         with (work / "p.csv").open("w", newline="") as fh:
@@ -80,12 +96,16 @@ def approved_batch(images: int, size: int, steps: int, models: tuple[Path, Path]
             w.writerow(["row_id", "prompt", "seed", "width", "height", "steps", "num_images"])
             for i in range(images // 2):
                 w.writerow([f"r{i}", f"product {i}", 100 + i, size, size, steps, 2])
-        for argv in (["db", "upgrade"], ["users", "add", "admin", "--role", "admin"],
-                     ["users", "add", "req", "--role", "requester", "--as", "admin"],
-                     ["users", "add", "app", "--role", "approver", "--as", "admin"],
-                     ["users", "add", "ops", "--role", "operator", "--as", "admin"],
-                     ["licences", "register", "creativeml-openrail++-m", "--as", "admin"], ["keys", "init"],
-                     ["batch", "submit", str(work / "p.csv"), "--purpose", "catalogue", "--as", "req"]):
+        for argv in (
+            ["db", "upgrade"],
+            ["users", "add", "admin", "--role", "admin"],
+            ["users", "add", "req", "--role", "requester", "--as", "admin"],
+            ["users", "add", "app", "--role", "approver", "--as", "admin"],
+            ["users", "add", "ops", "--role", "operator", "--as", "admin"],
+            ["licences", "register", "creativeml-openrail++-m", "--as", "admin"],
+            ["keys", "init"],
+            ["batch", "submit", str(work / "p.csv"), "--purpose", "catalogue", "--as", "req"],
+        ):
             assert main([*argv, *flags]) == 0, argv
         rt = Runtime(get_settings(database_url=url, data_dir=work / "d", store_url=store_url, s3_endpoint_url=s3_url))
         with rt.sessions() as s:
@@ -119,7 +139,11 @@ def results_table(heading: str, rows: list[dict[str, Any]]) -> str:
     from datetime import UTC, datetime
 
     cols = list(rows[0])
-    lines = [f"### {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPU cores: {heading}", "",
-             "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    lines = [
+        f"### {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPU cores: {heading}",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + " --- |" * len(cols),
+    ]
     lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"

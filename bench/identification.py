@@ -51,8 +51,14 @@ BENCH_KEY = watermark.WatermarkKey(bytes(range(32)))  # a fixed key: the bench's
 
 
 def _cpu() -> str:
-    return next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                 if ln.startswith("model name")), platform.processor())
+    return next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
 
 
 def _jpeg(quality: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -60,6 +66,7 @@ def _jpeg(quality: int) -> Callable[[np.ndarray], np.ndarray]:
         buffer = io.BytesIO()
         Image.fromarray(px).save(buffer, "JPEG", quality=quality)  # Pillow's default subsampling: 4:2:0
         return np.asarray(Image.open(buffer).convert("RGB"))
+
     return f
 
 
@@ -74,11 +81,14 @@ def _brighter(px: np.ndarray) -> np.ndarray:
 
 def _crop10(px: np.ndarray) -> np.ndarray:
     h, w = px.shape[:2]
-    return np.ascontiguousarray(px[h // 20 + 3: h - h // 20, w // 20 + 5: w - w // 20])  # 10% off, grid moved
+    return np.ascontiguousarray(px[h // 20 + 3 : h - h // 20, w // 20 + 5 : w - w // 20])  # 10% off, grid moved
 
 
 TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "JPEG q85": _jpeg(85), "JPEG q70": _jpeg(70), "50% and back": _half_and_back, "brightness x1.1": _brighter,
+    "JPEG q85": _jpeg(85),
+    "JPEG q70": _jpeg(70),
+    "50% and back": _half_and_back,
+    "brightness x1.1": _brighter,
     "crop 10%": _crop10,
 }
 
@@ -156,7 +166,8 @@ def catalogue(args: argparse.Namespace) -> str:
         f"`governance.verify`'s code among {args.candidates:,} published payloads; {elapsed:.0f} s in all.",
         "",
         "| scheme | category | n | verified after embed | pure white kept | PSNR (median) | "
-        + " | ".join(TRANSFORMS) + " |",
+        + " | ".join(TRANSFORMS)
+        + " |",
         "| --- | --- | ---: | ---: | ---: | ---: |" + " ---: |" * len(TRANSFORMS),
     ]
     for scheme in schemes:
@@ -165,8 +176,11 @@ def catalogue(args: argparse.Namespace) -> str:
             cells = " | ".join(fmt(c, s[c]) for c in cols)
             lines.append(f"| {scheme} | {cat} | {len(s['verified'])} | {cells} |")
         s = stats[scheme]
-        lines.append(f"| **{scheme}** | **all** | **{len(s['verified'])}** | "
-                     + " | ".join(f"**{fmt(c, s[c])}**" for c in cols) + " |")
+        lines.append(
+            f"| **{scheme}** | **all** | **{len(s['verified'])}** | "
+            + " | ".join(f"**{fmt(c, s[c])}**" for c in cols)
+            + " |"
+        )
     lines += [
         "| target | | | >= 99%, every category | >= 99.5% | >= 40 dB | >= 95% | >= 90% | >= 90% | >= 90% | report |",
         "",
@@ -183,15 +197,31 @@ def unmarked_false_accepts(args: argparse.Namespace) -> list[str]:
     checked against random payloads: how often one would be called marked."""
     rng = np.random.default_rng(2026)
     images: list[np.ndarray] = []
-    backgrounds = ["pure-white", "near-white", "off-white", "grey", "studio-sweep", "pastel", "pastel-mint",
-                   "saturated", "saturated-blue", "dark"]
+    backgrounds = [
+        "pure-white",
+        "near-white",
+        "off-white",
+        "grey",
+        "studio-sweep",
+        "pastel",
+        "pastel-mint",
+        "saturated",
+        "saturated-blue",
+        "dark",
+    ]
     while len(images) < args.unmarked:
         kind = len(images) % 10
         if kind < 7:
-            images.append(render_product(backgrounds[int(rng.integers(len(backgrounds)))],
-                                         PRODUCTS[int(rng.integers(len(PRODUCTS)))],
-                                         list(PRODUCT_COLOURS)[int(rng.integers(len(PRODUCT_COLOURS)))], 256,
-                                         grain=float(rng.choice([0.0, 2.0, 4.0])), label=bool(rng.integers(2))))
+            images.append(
+                render_product(
+                    backgrounds[int(rng.integers(len(backgrounds)))],
+                    PRODUCTS[int(rng.integers(len(PRODUCTS)))],
+                    list(PRODUCT_COLOURS)[int(rng.integers(len(PRODUCT_COLOURS)))],
+                    256,
+                    grain=float(rng.choice([0.0, 2.0, 4.0])),
+                    label=bool(rng.integers(2)),
+                )
+            )
         elif kind < 9:
             images.append(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8))
         else:
@@ -259,12 +289,15 @@ def flow(args: argparse.Namespace) -> str:
         w.writerow(["row_id", "prompt", "seed", "width", "height", "steps"])
         for i in range(args.images):
             w.writerow([f"r{i}", f"product photo number {i}", 5000 + i, args.size, args.size, args.steps])
-    for argv in (["users", "add", "admin", "--role", "admin"],
-                 ["users", "add", "req", "--role", "requester", "--as", "admin"],
-                 ["users", "add", "app", "--role", "approver", "--as", "admin"],
-                 ["users", "add", "ops", "--role", "operator", "--as", "admin"],
-                 ["licences", "register", "creativeml-openrail++-m", "--as", "admin"], ["keys", "init"],
-                 ["batch", "submit", str(prompts), "--purpose", "marketing", "--as", "req"]):
+    for argv in (
+        ["users", "add", "admin", "--role", "admin"],
+        ["users", "add", "req", "--role", "requester", "--as", "admin"],
+        ["users", "add", "app", "--role", "approver", "--as", "admin"],
+        ["users", "add", "ops", "--role", "operator", "--as", "admin"],
+        ["licences", "register", "creativeml-openrail++-m", "--as", "admin"],
+        ["keys", "init"],
+        ["batch", "submit", str(prompts), "--purpose", "marketing", "--as", "req"],
+    ):
         assert main([*argv, *flags]) == 0, argv
     rt = Runtime(get_settings(data_dir=work / "d"))
     with rt.sessions() as s:
@@ -277,12 +310,16 @@ def flow(args: argparse.Namespace) -> str:
     gen_s = time.perf_counter() - t0
     anchors = (work / "d" / "keys" / "trust-anchors.pem").read_bytes()
     transforms = {
-        "resize 50%": ("png", lambda im, out: im.resize((im.width // 2, im.height // 2), Image.Resampling.LANCZOS)
-                       .save(out, "PNG")),
+        "resize 50%": (
+            "png",
+            lambda im, out: im.resize((im.width // 2, im.height // 2), Image.Resampling.LANCZOS).save(out, "PNG"),
+        ),
         "JPEG q85 4:4:4": ("jpg", lambda im, out: im.save(out, "JPEG", quality=85, subsampling=0)),
         "JPEG q85 4:2:0": ("jpg", lambda im, out: im.save(out, "JPEG", quality=85)),
-        "PNG, metadata stripped": ("png", lambda im, out: Image.frombytes("RGB", im.size, im.tobytes())
-                                   .save(out, "PNG")),
+        "PNG, metadata stripped": (
+            "png",
+            lambda im, out: Image.frombytes("RGB", im.size, im.tobytes()).save(out, "PNG"),
+        ),
     }
     folder = work / "inbox"
     folder.mkdir()
@@ -303,8 +340,9 @@ def flow(args: argparse.Namespace) -> str:
     for extra in sorted(folder.iterdir())[100:]:
         extra.unlink()
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "flows.cli", "verify", str(folder), *flags], capture_output=True,
-                          text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "verify", str(folder), *flags], capture_output=True, text=True
+    )
     verify_s = time.perf_counter() - t0
     lines = [
         f"### {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {_cpu()}",

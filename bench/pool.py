@@ -57,16 +57,38 @@ def simulate_gpu(seconds_per_image: float) -> None:
     SDXLEngine.generate = generate  # type: ignore[method-assign]
 
 
-def measure(label: str, workers: int, images: int, size: int, steps: int, gpu_seconds: float,
-            models: tuple[Path, Path], prefect_url: str) -> dict:
+def measure(
+    label: str,
+    workers: int,
+    images: int,
+    size: int,
+    steps: int,
+    gpu_seconds: float,
+    models: tuple[Path, Path],
+    prefect_url: str,
+) -> dict:
     from bench.harness import approved_batch
 
     with approved_batch(images, size, steps, models, prefix="atelier_pool") as batch:
         env = {**os.environ, "PREFECT_API_URL": prefect_url, "ATELIER_CHUNK_SIZE": "4"}
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(gpu_seconds), "--",
-               "run", "--batch", batch.batch_id, "--as", "ops", "--json", *batch.flags]
-        procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-                 for _ in range(workers)]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--worker",
+            str(gpu_seconds),
+            "--",
+            "run",
+            "--batch",
+            batch.batch_id,
+            "--as",
+            "ops",
+            "--json",
+            *batch.flags,
+        ]
+        procs = [
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            for _ in range(workers)
+        ]
         summaries = []
         for p in procs:
             out, _ = p.communicate(timeout=3600)
@@ -75,14 +97,20 @@ def measure(label: str, workers: int, images: int, size: int, steps: int, gpu_se
             summaries.append(json.loads(out)[0])
     done = sum(s["published"] + s["quarantined"] for s in summaries)
     assert done == images, (done, images)
-    total = {k: sum(s[k] for s in summaries) for k in
-             ("generate_s", "safety_s", "after_decode_wait_s", "publish_s", "claim_s", "idle_s", "wall_s")}
+    total = {
+        k: sum(s[k] for s in summaries)
+        for k in ("generate_s", "safety_s", "after_decode_wait_s", "publish_s", "claim_s", "idle_s", "wall_s")
+    }
     wall = max(s["wall_s"] for s in summaries)
     engine = total["generate_s"] / images
-    overhead = (total["wall_s"] - total["generate_s"] - total["safety_s"] - total["after_decode_wait_s"]
-                - total["idle_s"]) / images
+    overhead = (
+        total["wall_s"] - total["generate_s"] - total["safety_s"] - total["after_decode_wait_s"] - total["idle_s"]
+    ) / images
     return {
-        "mode": label, "workers": workers, "images": images, "seconds": round(wall, 1),
+        "mode": label,
+        "workers": workers,
+        "images": images,
+        "seconds": round(wall, 1),
         "images_per_s": round(images / wall, 3),
         "engine_s_per_image": round(engine, 3),
         "safety_s_per_image": round(total["safety_s"] / images, 3),
@@ -106,15 +134,27 @@ def run(args: argparse.Namespace) -> str:
             rows.append(measure("tiny (CPU)", n, args.images, 256, 2, 0.0, models, api))
             print(rows[-1], flush=True)
         for n in args.sim_workers:
-            rows.append(measure(f"simulated GPU {args.gpu_seconds} s/image", n, args.sim_images, args.sim_size, 2,
-                                args.gpu_seconds, models, api))
+            rows.append(
+                measure(
+                    f"simulated GPU {args.gpu_seconds} s/image",
+                    n,
+                    args.sim_images,
+                    args.sim_size,
+                    2,
+                    args.gpu_seconds,
+                    models,
+                    api,
+                )
+            )
             print(rows[-1], flush=True)
     for r in rows:
         one = next(x for x in rows if x["mode"] == r["mode"] and x["workers"] == 1)
         r["vs_N_x_one"] = f"{r['images_per_s'] / (r['workers'] * one['images_per_s']):.0%}"
     return results_table(
         f"no GPU; tiny batches of {args.images} images (256x256, 2 steps), simulated-GPU batches of "
-        f"{args.sim_images} images ({args.sim_size}x{args.sim_size})", rows)
+        f"{args.sim_images} images ({args.sim_size}x{args.sim_size})",
+        rows,
+    )
 
 
 def main() -> None:

@@ -99,8 +99,11 @@ class ProgressMonitor:
         self._rate.add(time.monotonic(), p["done"])
         per_minute = self._rate.per_minute()
         if per_minute is not None:  # what this run is doing now, over the last minute
-            p = {**p, "images_per_minute": round(per_minute, 1),
-                 "eta_seconds": round(60 * max(0, p["planned"] - p["done"]) / per_minute)}
+            p = {
+                **p,
+                "images_per_minute": round(per_minute, 1),
+                "eta_seconds": round(60 * max(0, p["planned"] - p["done"]) / per_minute),
+            }
         line = f"batch {self.batch_id[:8]} " + progress_line(p)
         sys.stderr.write("\r" + line.ljust(self._width))
         sys.stderr.flush()
@@ -189,7 +192,11 @@ def cmd_batch_submit(rt: Runtime, args: argparse.Namespace) -> int:
     try:
         with rt.sessions.begin() as session:
             batch = submit_batch(
-                session, rt.settings.actor, Path(args.file), args.purpose, use_category=args.use_category,
+                session,
+                rt.settings.actor,
+                Path(args.file),
+                args.purpose,
+                use_category=args.use_category,
                 licence_ids=[rt.settings.model_licence],
             )
             out = {"batch_id": batch.id, "content_sha256": batch.content_sha256}
@@ -248,8 +255,20 @@ def cmd_batch_list(rt: Runtime, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(rows)
     else:
-        print_table(rows, ["batch_id", "status", "purpose", "requested_by", "decided_by", "prompts",
-                           "images_planned", "images_published", "images_quarantined"])
+        print_table(
+            rows,
+            [
+                "batch_id",
+                "status",
+                "purpose",
+                "requested_by",
+                "decided_by",
+                "prompts",
+                "images_planned",
+                "images_published",
+                "images_quarantined",
+            ],
+        )
     return 0
 
 
@@ -260,8 +279,7 @@ def cmd_batch_show(rt: Runtime, args: argparse.Namespace) -> int:
         batch = get_batch(session, args.batch_id)
         out = batch_summary(session, batch)
         out["prompts_detail"] = [
-            {"row_id": p.row_id, "prompt": p.prompt, "seed": p.seed, "ref": p.ref, **p.params()}
-            for p in batch.prompts
+            {"row_id": p.row_id, "prompt": p.prompt, "seed": p.seed, "ref": p.ref, **p.params()} for p in batch.prompts
         ]
     if args.json:
         _print_json(out)
@@ -370,8 +388,10 @@ def cmd_audit_verify(rt: Runtime, args: argparse.Namespace) -> int:
         _print_json(report.to_dict())
     elif report.ok:
         chain = report.chain
-        print(f"audit ledger intact: {chain['events']} events, head {chain['head_seq']} {chain['head_hash']}; "
-              f"{report.anchors_checked} anchors and {report.objects_checked} published objects checked")
+        print(
+            f"audit ledger intact: {chain['events']} events, head {chain['head_seq']} {chain['head_hash']}; "
+            f"{report.anchors_checked} anchors and {report.objects_checked} published objects checked"
+        )
     else:
         print(f"audit ledger BROKEN: {report.problems[0]}", file=sys.stderr)
         for more in report.problems[1:6]:
@@ -392,8 +412,10 @@ def cmd_audit_anchor(rt: Runtime, args: argparse.Namespace) -> int:
         if anchor is None:
             print("nothing to anchor: the audit chain is empty")
             return 0
-        print(f"anchored event {anchor.seq} ({anchor.head_hash}) at {rt.anchor_store.location(anchor.key)}"
-              + (f", retained until {anchor.retain_until}" if anchor.retain_until else " (no Object Lock here)"))
+        print(
+            f"anchored event {anchor.seq} ({anchor.head_hash}) at {rt.anchor_store.location(anchor.key)}"
+            + (f", retained until {anchor.retain_until}" if anchor.retain_until else " (no Object Lock here)")
+        )
     return 0
 
 
@@ -407,8 +429,10 @@ def cmd_keys_init(rt: Runtime, args: argparse.Namespace) -> int:
     print(f"trust anchor (test CA): {paths.trust_anchors}")
     if not rt.settings.watermark_key_callback:
         ring = ensure_development_key(rt.settings.watermark_key_path(), rotate=args.force)
-        print(f"watermark key (development, NOT FOR PRODUCTION): {rt.settings.watermark_key_path()} "
-              f"(current {ring[0].key_id}, {len(ring) - 1} earlier)")
+        print(
+            f"watermark key (development, NOT FOR PRODUCTION): {rt.settings.watermark_key_path()} "
+            f"(current {ring[0].key_id}, {len(ring) - 1} earlier)"
+        )
     return 0
 
 
@@ -430,32 +454,47 @@ def _print_verify_detail(out: dict[str, Any]) -> None:
     if c2pa["present"] and c2pa["state"] == "Valid":
         c2pa_result = "Valid, UNTRUSTED signer"
     rows = [
-        {"signal": "bytes", "result": "match" if sig["bytes"]["matches_image"] else "no match",
-         "evidence": f"sha256 {sig['bytes']['sha256']}"},
-        {"signal": "c2pa", "result": c2pa_result,
-         "evidence": "; ".join(c2pa["failures"]) or c2pa.get("error") or (c2pa["signer"] or {}).get("issuer", "")},
+        {
+            "signal": "bytes",
+            "result": "match" if sig["bytes"]["matches_image"] else "no match",
+            "evidence": f"sha256 {sig['bytes']['sha256']}",
+        },
+        {
+            "signal": "c2pa",
+            "result": c2pa_result,
+            "evidence": "; ".join(c2pa["failures"]) or c2pa.get("error") or (c2pa["signer"] or {}).get("issuer", ""),
+        },
     ]
     if "watermark" in sig:
         wm = sig["watermark"]
         rows.append({"signal": "watermark", "result": wm.get("verdict", "none"), "evidence": _watermark_evidence(wm)})
     if "fingerprint" in sig:
         fp = sig["fingerprint"]
-        rows.append({"signal": "fingerprint", "result": "match" if fp["match"] else "no match",
-                     "evidence": f"distance {fp['distance']}/64 to {fp['nearest'] or '-'}"})
+        rows.append(
+            {
+                "signal": "fingerprint",
+                "result": "match" if fp["match"] else "no match",
+                "evidence": f"distance {fp['distance']}/64 to {fp['nearest'] or '-'}",
+            }
+        )
     if "pixels" in sig:
         rows.append({"signal": "pixels", "result": "unreadable", "evidence": sig["pixels"]["error"]})
     print_table(rows, ["signal", "result", "evidence"])
     if c2pa.get("soft_binding_matches_pixels") is not None:
         soft = c2pa["soft_binding"]
         agrees = "matches" if c2pa["soft_binding_matches_pixels"] else "does NOT match"
-        print(f"\nthe manifest's soft binding ({soft.get('alg')}, payload {soft['blocks'][0].get('value')}) "
-              f"{agrees} the watermark read from the pixels")
+        print(
+            f"\nthe manifest's soft binding ({soft.get('alg')}, payload {soft['blocks'][0].get('value')}) "
+            f"{agrees} the watermark read from the pixels"
+        )
     if out.get("claim") and not out["claim"]["verified"]:
         print(f"\nthe manifest claims image {out['claim']['image_id']}: UNVERIFIED ({out['claim']['note']})")
     if out["trace"]:
         t = out["trace"]
-        print(f"\nbatch {t['batch']['id']} ({t['batch']['purpose']}) requested by {t['batch']['requested_by']}, "
-              f"approved by {t['approval']['approved_by']}; prompt {t['prompt']['row_id']!r}: {t['prompt']['text']}")
+        print(
+            f"\nbatch {t['batch']['id']} ({t['batch']['purpose']}) requested by {t['batch']['requested_by']}, "
+            f"approved by {t['approval']['approved_by']}; prompt {t['prompt']['row_id']!r}: {t['prompt']['text']}"
+        )
         print("full record: atelier trace " + t["image_id"])
 
 
@@ -486,10 +525,14 @@ def cmd_verify(rt: Runtime, args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(out, sort_keys=True, default=str), flush=True)
                 continue
-            rows.append({
-                "file": out["file"], "verdict": out["verdict"], "image": out.get("image_id") or "",
-                "identified_by": ",".join(out.get("identified_by") or []) or out.get("error", ""),
-            })
+            rows.append(
+                {
+                    "file": out["file"],
+                    "verdict": out["verdict"],
+                    "image": out.get("image_id") or "",
+                    "identified_by": ",".join(out.get("identified_by") or []) or out.get("error", ""),
+                }
+            )
     if not args.json:
         print_table(rows, ["file", "verdict", "image", "identified_by"])
         counts = {v: verdicts.count(v) for v in dict.fromkeys(verdicts)}
@@ -504,9 +547,16 @@ def _filters(args: argparse.Namespace) -> Any:
     from governance.compliance import SearchFilters, parse_when
 
     return SearchFilters(
-        prompt=args.prompt, requester=args.requester, approver=args.approver, purpose=args.purpose,
-        use_category=args.use_category, model_version=args.model_version, licence=args.licence,
-        verdict=args.verdict, status=args.status, ref=args.ref,
+        prompt=args.prompt,
+        requester=args.requester,
+        approver=args.approver,
+        purpose=args.purpose,
+        use_category=args.use_category,
+        model_version=args.model_version,
+        licence=args.licence,
+        verdict=args.verdict,
+        status=args.status,
+        ref=args.ref,
         since=parse_when(args.since, flag="--since") if args.since else None,
         until=parse_when(args.until, end=True, flag="--until") if args.until else None,
     )
@@ -531,11 +581,14 @@ def cmd_compliance_search(rt: Runtime, args: argparse.Namespace) -> int:
         if args.json:
             _print_json(trace_images(session, [r["image_id"] for r in result.images]))
     if result.truncated:
-        print(f"note: more than {limit} images match; showing the newest {limit} (--limit 0 shows all)",
-              file=sys.stderr)
+        print(
+            f"note: more than {limit} images match; showing the newest {limit} (--limit 0 shows all)", file=sys.stderr
+        )
     if not args.json:
-        print_table(result.images, ["image_id", "status", "created_at", "ref", "requested_by", "use_category",
-                                    "safety_verdict", "sha256"])
+        print_table(
+            result.images,
+            ["image_id", "status", "created_at", "ref", "requested_by", "use_category", "safety_verdict", "sha256"],
+        )
     return 0
 
 
@@ -551,8 +604,10 @@ def cmd_compliance_impact(rt: Runtime, args: argparse.Namespace) -> int:
     print("model versions:")
     print_table(out["model_versions"], ["role", "sha256", "licence", "id"])
     print(f"\n{out['published_images']} published images depend on them:")
-    print_table([{**i, "location": f"{i['store_url'] or ''}{i['store_key'] or ''}"} for i in out["images"]],
-                ["image_id", "created_at", "ref", "sha256", "location"])
+    print_table(
+        [{**i, "location": f"{i['store_url'] or ''}{i['store_key'] or ''}"} for i in out["images"]],
+        ["image_id", "created_at", "ref", "sha256", "location"],
+    )
     return 0
 
 
@@ -574,11 +629,14 @@ def cmd_compliance_report(rt: Runtime, args: argparse.Namespace) -> int:
     until = parse_when(args.to, end=True, flag="--to")
     with rt.sessions() as session:
         user = require_compliance_access(session, rt.settings.actor, "write compliance reports")
-        summary = period_report(session, rt.store, since, until, Path(args.out), max_thumbnails=args.thumbnails,
-                                generated_by=user.name)
-    print(f"report {summary.path}: {summary.images} images ({summary.published} published, "
-          f"{summary.quarantined} quarantined), {summary.approvals} approval decisions, "
-          f"{summary.thumbnails} thumbnails")
+        summary = period_report(
+            session, rt.store, since, until, Path(args.out), max_thumbnails=args.thumbnails, generated_by=user.name
+        )
+    print(
+        f"report {summary.path}: {summary.images} images ({summary.published} published, "
+        f"{summary.quarantined} quarantined), {summary.approvals} approval decisions, "
+        f"{summary.thumbnails} thumbnails"
+    )
     return 0
 
 
@@ -595,14 +653,21 @@ def cmd_reproduce(rt: Runtime, args: argparse.Namespace) -> int:
         print(f"image {out['image_id']}: IDENTICAL pixels (bit-exact) to the published file")
     else:
         summary = "MATCHES within tolerance" if out["matches"] else "DIFFERENT"
-        diff = ("sizes differ" if out["max_abs_diff"] is None
-                else f"max abs diff {out['max_abs_diff']}, mean abs diff {out['mean_abs_diff']:.4f}")
-        print(f"image {out['image_id']}: {summary}: {diff} (tolerance: mean <= {tol['mean_abs_diff']}, "
-              f"max <= {tol['max_abs_diff']})")
+        diff = (
+            "sizes differ"
+            if out["max_abs_diff"] is None
+            else f"max abs diff {out['max_abs_diff']}, mean abs diff {out['mean_abs_diff']:.4f}"
+        )
+        print(
+            f"image {out['image_id']}: {summary}: {diff} (tolerance: mean <= {tol['mean_abs_diff']}, "
+            f"max <= {tol['max_abs_diff']})"
+        )
     r, e = out["request"], out["engine"]
-    print(f"regenerated with run {out['run_id']}'s settings: sampler {e['scheduler']}, {e['dtype']} on {e['device']} "
-          f"(run: {e['recorded_device']}), seed {r['seed']}, {r['width']}x{r['height']}, {r['steps']} steps, "
-          f"guidance {r['guidance_scale']}, split {r['refiner_split']}; model hashes equal to the run's")
+    print(
+        f"regenerated with run {out['run_id']}'s settings: sampler {e['scheduler']}, {e['dtype']} on {e['device']} "
+        f"(run: {e['recorded_device']}), seed {r['seed']}, {r['width']}x{r['height']}, {r['steps']} steps, "
+        f"guidance {r['guidance_scale']}, split {r['refiner_split']}; model hashes equal to the run's"
+    )
     for note in out["notes"]:
         print(f"note: {note}")
     return ExitCode.OK if out["matches"] else ExitCode.NOT_REPRODUCED
@@ -615,10 +680,14 @@ def cmd_deploy(rt: Runtime, args: argparse.Namespace) -> int:
     if args.json:
         _print_json([d.__dict__ for d in deployed])
         return 0
-    print(f"work pool {args.pool} ({args.type}): at most {args.gpus} flow runs at once; "
-          "queues marketing (priority 1), catalogue (priority 10)")
-    print_table([{**d.__dict__, "schedules": ", ".join(d.schedules)} for d in deployed],
-                ["name", "queue", "concurrency_limit", "schedules"])
+    print(
+        f"work pool {args.pool} ({args.type}): at most {args.gpus} flow runs at once; "
+        "queues marketing (priority 1), catalogue (priority 10)"
+    )
+    print_table(
+        [{**d.__dict__, "schedules": ", ".join(d.schedules)} for d in deployed],
+        ["name", "queue", "concurrency_limit", "schedules"],
+    )
     print(f"next: start workers, e.g. `atelier workers --pool {args.pool} --gpus 0,1` on each GPU machine")
     return 0
 
@@ -684,9 +753,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     common = _settings_flags(argparse.SUPPRESS)
-    parser = _Parser(
-        prog="atelier", description="Governed SDXL batch production.", parents=[_settings_flags(None)]
-    )
+    parser = _Parser(prog="atelier", description="Governed SDXL batch production.", parents=[_settings_flags(None)])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(p: argparse._SubParsersAction, name: str, fn: Callable, help: str, json_flag: bool = False):  # type: ignore[type-arg]
@@ -714,7 +781,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("file", help="CSV, JSON lines (.jsonl) or Parquet")
     sp.add_argument("--purpose", required=True, choices=_values(Purpose))
     sp.add_argument(
-        "--use-category", default="general", metavar="NAME",
+        "--use-category",
+        default="general",
+        metavar="NAME",
         help="declared use of the images (default general), e.g. product-catalogue, marketing-campaign, "
         "editorial; refused when the models' licence prohibits it",
     )
@@ -734,15 +803,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add(sub, "run", cmd_run, "run approved batches through the production flow (operators)", json_flag=True)
     sp.add_argument("--batch", help="one batch id (default: every approved batch)")
-    sp.add_argument("--progress", choices=["auto", "always", "never"], default="auto",
-                    help="a progress bar on stderr (auto: when stderr is a terminal)")
+    sp.add_argument(
+        "--progress",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="a progress bar on stderr (auto: when stderr is a terminal)",
+    )
 
     sp = add(sub, "trace", cmd_trace, "everything known about one image", json_flag=True)
     sp.add_argument("ref", help="image id, SHA-256, store key or a local image file")
 
-    sp = add(sub, "verify", cmd_verify, "did Atelier make these files, and were they altered? (exit 0 original, "
-             "10 derived, 11 tampered, 12 unknown, 2 a file that cannot be checked; several files: the most "
-             "serious of those)", json_flag=True)
+    sp = add(
+        sub,
+        "verify",
+        cmd_verify,
+        "did Atelier make these files, and were they altered? (exit 0 original, "
+        "10 derived, 11 tampered, 12 unknown, 2 a file that cannot be checked; several files: the most "
+        "serious of those)",
+        json_flag=True,
+    )
     sp.add_argument("files", nargs="+", metavar="FILE", help="image files or folders (every file under them)")
 
     keys = sub.add_parser("keys", help="C2PA signing keys").add_subparsers(dest="keys_command", required=True)
@@ -750,8 +829,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--force", action="store_true", help="replace existing keys")
 
     audit = sub.add_parser("audit", help="audit ledger").add_subparsers(dest="audit_command", required=True)
-    add(audit, "verify", cmd_audit_verify, "check the hash chain, every anchor and every published object",
-        json_flag=True)
+    add(
+        audit,
+        "verify",
+        cmd_audit_verify,
+        "check the hash chain, every anchor and every published object",
+        json_flag=True,
+    )
     add(audit, "anchor", cmd_audit_anchor, "write a signed checkpoint of the chain head to WORM storage (operators)")
 
     comp = sub.add_parser("compliance", help="legal and compliance queries (auditors)").add_subparsers(
@@ -773,12 +857,22 @@ def build_parser() -> argparse.ArgumentParser:
         f.add_argument("--until", help="created before; a date includes that whole day")
         f.add_argument("--ref", help="external reference of the prompt row (SKU, campaign)")
 
-    sp = add(comp, "search", cmd_compliance_search, "find images; --json gives the `atelier trace` record of each",
-             json_flag=True)
+    sp = add(
+        comp,
+        "search",
+        cmd_compliance_search,
+        "find images; --json gives the `atelier trace` record of each",
+        json_flag=True,
+    )
     filter_flags(sp)
     sp.add_argument("--limit", type=int, default=1000, help="at most this many, newest first (0: no limit)")
-    sp = add(comp, "impact", cmd_compliance_impact,
-             "every published image that depends on a model version or a licence (recall, takedown)", json_flag=True)
+    sp = add(
+        comp,
+        "impact",
+        cmd_compliance_impact,
+        "every published image that depends on a model version or a licence (recall, takedown)",
+        json_flag=True,
+    )
     which = sp.add_mutually_exclusive_group(required=True)
     which.add_argument("--model-version", help="model version id, weight SHA-256 (or 8+ hex prefix) or ROLE/SHA256")
     which.add_argument("--licence", help="licence id")
@@ -793,23 +887,47 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="HTML file to write")
     sp.add_argument("--thumbnails", type=int, default=60, help="at most this many thumbnails (default 60)")
 
-    sp = add(sub, "reproduce", cmd_reproduce, "regenerate a published image from its record and compare its pixels "
-             "(exit 0 identical or within tolerance, 1 different)", json_flag=True)
+    sp = add(
+        sub,
+        "reproduce",
+        cmd_reproduce,
+        "regenerate a published image from its record and compare its pixels "
+        "(exit 0 identical or within tolerance, 1 different)",
+        json_flag=True,
+    )
     sp.add_argument("image_id")
 
-    sp = add(sub, "deploy", cmd_deploy, "create the GPU work pool, its queues and the deployments of prefect.yaml "
-             "on the Prefect server (PREFECT_API_URL); idempotent", json_flag=True)
+    sp = add(
+        sub,
+        "deploy",
+        cmd_deploy,
+        "create the GPU work pool, its queues and the deployments of prefect.yaml "
+        "on the Prefect server (PREFECT_API_URL); idempotent",
+        json_flag=True,
+    )
     sp.add_argument("--pool", default="atelier-gpu", help="work pool name (default atelier-gpu)")
-    sp.add_argument("--type", choices=["process", "kubernetes"], default="process",
-                    help="process: `atelier workers` on GPU machines; kubernetes: one Job per flow run")
+    sp.add_argument(
+        "--type",
+        choices=["process", "kubernetes"],
+        default="process",
+        help="process: `atelier workers` on GPU machines; kubernetes: one Job per flow run",
+    )
     sp.add_argument("--gpus", type=int, default=1, help="GPUs in the pool: the pool's concurrency limit")
 
-    sp = add(sub, "workers", cmd_workers, "one Prefect worker per GPU of this machine, pinned with "
-             "CUDA_VISIBLE_DEVICES, one flow run each; runs until Ctrl-C")
+    sp = add(
+        sub,
+        "workers",
+        cmd_workers,
+        "one Prefect worker per GPU of this machine, pinned with "
+        "CUDA_VISIBLE_DEVICES, one flow run each; runs until Ctrl-C",
+    )
     sp.add_argument("--pool", default="atelier-gpu", help="work pool to serve (a process pool)")
     sp.add_argument("--gpus", default="0", help="GPU indices, e.g. 0,1,2,3 (default 0)")
-    sp.add_argument("--gpu-device", default="cuda",
-                    help="ATELIER_DEVICE inside each worker (default cuda; cpu to try the pool without GPUs)")
+    sp.add_argument(
+        "--gpu-device",
+        default="cuda",
+        help="ATELIER_DEVICE inside each worker (default cuda; cpu to try the pool without GPUs)",
+    )
 
     sp = add(sub, "demo", cmd_demo, "the whole flow on the example catalogue")
     sp.add_argument("--file", default=str(Path(__file__).resolve().parent.parent / "examples" / "catalogue.csv"))
@@ -818,8 +936,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     return get_settings(
-        actor=args.actor, data_dir=args.data_dir, database_url=args.database_url, store_url=args.store_url,
-        s3_endpoint_url=args.s3_endpoint_url, base_model=args.base_model, refiner_model=args.refiner_model,
+        actor=args.actor,
+        data_dir=args.data_dir,
+        database_url=args.database_url,
+        store_url=args.store_url,
+        s3_endpoint_url=args.s3_endpoint_url,
+        base_model=args.base_model,
+        refiner_model=args.refiner_model,
         device=args.device,
     )
 
@@ -850,15 +973,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except (ArgumentError, NoSuchModuleError) as exc:  # a malformed URL, or postgres:// for postgresql://
-        print(f"error: ATELIER_DATABASE_URL is not a database URL SQLAlchemy understands ({_first_line(exc)}); "
-              "use e.g. postgresql+psycopg://user@host/db or sqlite:////path/atelier.db", file=sys.stderr)
+        print(
+            f"error: ATELIER_DATABASE_URL is not a database URL SQLAlchemy understands ({_first_line(exc)}); "
+            "use e.g. postgresql+psycopg://user@host/db or sqlite:////path/atelier.db",
+            file=sys.stderr,
+        )
         return ExitCode.INVALID_INPUT
     except OperationalError as exc:  # refused, unknown host, bad password, locked file
         from sqlalchemy.engine import make_url
 
         where = make_url(settings.database_url_resolved).render_as_string(hide_password=True)
-        print(f"error: the database at {where} cannot be reached ({_first_line(exc.orig or exc)}); check that it "
-              "runs and ATELIER_DATABASE_URL", file=sys.stderr)
+        print(
+            f"error: the database at {where} cannot be reached ({_first_line(exc.orig or exc)}); check that it "
+            "runs and ATELIER_DATABASE_URL",
+            file=sys.stderr,
+        )
         return ExitCode.SERVICE_UNAVAILABLE
     except BrokenPipeError:  # `atelier ... --json | head`: the reader left; say nothing more
         devnull = os.open(os.devnull, os.O_WRONLY)

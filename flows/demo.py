@@ -69,8 +69,10 @@ def run_demo(rt: Runtime, csv: Path, run_batches: Callable, print_table: Callabl
             for img in sorted(images, key=lambda i: (i.prompt.position, i.image_index))
         ]
     state = "intact" if report.ok else "BROKEN: " + report.problems[0]
-    print(f"7. audit ledger: {state} ({report.chain['events']} events, {report.anchors_checked} signed anchors, "
-          f"{report.objects_checked} published objects checked)\n")
+    print(
+        f"7. audit ledger: {state} ({report.chain['events']} events, {report.anchors_checked} signed anchors, "
+        f"{report.objects_checked} published objects checked)\n"
+    )
     print_table(rows, ["row_id", "image_id", "status", "watermark", "where"])
     print(
         f"\nbatch {batch_id}: {result['published']} published, {result['quarantined']} quarantined "

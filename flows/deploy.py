@@ -78,13 +78,16 @@ async def _deploy(pool: str, pool_type: str, gpus: int, working_dir: str) -> lis
         path, pull = working_dir, [{"prefect.deployments.steps.set_working_directory": {"directory": working_dir}}]
     async with get_client() as client:
         try:
-            await client.create_work_pool(WorkPoolCreate(name=pool, type=pool_type, base_job_template=template,
-                                                         concurrency_limit=gpus))
+            await client.create_work_pool(
+                WorkPoolCreate(name=pool, type=pool_type, base_job_template=template, concurrency_limit=gpus)
+            )
         except ObjectAlreadyExists:
             existing = await client.read_work_pool(pool)
             if existing.type != pool_type:
-                raise InvalidInput(f"work pool {pool!r} exists with type {existing.type}, not {pool_type}: "
-                                   "choose another --pool name or delete it first") from None
+                raise InvalidInput(
+                    f"work pool {pool!r} exists with type {existing.type}, not {pool_type}: "
+                    "choose another --pool name or delete it first"
+                ) from None
             await client.update_work_pool(pool, WorkPoolUpdate(base_job_template=template, concurrency_limit=gpus))
         for queue, priority in QUEUES.items():
             try:
@@ -102,14 +105,29 @@ async def _deploy(pool: str, pool_type: str, gpus: int, working_dir: str) -> lis
             ]
             queue = d["work_pool"]["work_queue_name"]
             await client.create_deployment(
-                flow_id=flow_id, name=d["name"], description=d.get("description"), entrypoint=d["entrypoint"],
-                work_pool_name=pool, work_queue_name=queue, parameters=d.get("parameters") or {},
+                flow_id=flow_id,
+                name=d["name"],
+                description=d.get("description"),
+                entrypoint=d["entrypoint"],
+                work_pool_name=pool,
+                work_queue_name=queue,
+                parameters=d.get("parameters") or {},
                 parameter_openapi_schema=parameter_schema(flow).model_dump_for_openapi(),
-                enforce_parameter_schema=True, schedules=schedules, concurrency_limit=d.get("concurrency_limit"),
-                path=path, pull_steps=pull,
+                enforce_parameter_schema=True,
+                schedules=schedules,
+                concurrency_limit=d.get("concurrency_limit"),
+                path=path,
+                pull_steps=pull,
             )
-            deployed.append(Deployed(f"{flow.name}/{d['name']}", flow.name, queue, d.get("concurrency_limit"),
-                                     [s["cron"] for s in d.get("schedules") or []]))
+            deployed.append(
+                Deployed(
+                    f"{flow.name}/{d['name']}",
+                    flow.name,
+                    queue,
+                    d.get("concurrency_limit"),
+                    [s["cron"] for s in d.get("schedules") or []],
+                )
+            )
         return deployed
 
 
@@ -153,8 +171,21 @@ def run_workers(gpus: list[str], pool: str, device: str, env: dict[str, str], re
 
     def start(gpu: str) -> subprocess.Popen[bytes]:
         worker_env = {**os.environ, **env, "CUDA_VISIBLE_DEVICES": gpu, "ATELIER_DEVICE": device}
-        cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process",
-               "--limit", "1", "--name", f"{host}-gpu{gpu}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "prefect",
+            "worker",
+            "start",
+            "--pool",
+            pool,
+            "--type",
+            "process",
+            "--limit",
+            "1",
+            "--name",
+            f"{host}-gpu{gpu}",
+        ]
         print(f"worker {host}-gpu{gpu}: CUDA_VISIBLE_DEVICES={gpu}, one flow run at a time", flush=True)
         return subprocess.Popen(cmd, env=worker_env)
 
@@ -169,8 +200,11 @@ def run_workers(gpus: list[str], pool: str, device: str, env: dict[str, str], re
             time.sleep(0.5)
             for gpu, proc in list(workers.items()):
                 if proc.poll() is not None and not stopping:
-                    print(f"worker gpu{gpu} exited with {proc.returncode}; restarting in {restart_delay:.0f} s",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"worker gpu{gpu} exited with {proc.returncode}; restarting in {restart_delay:.0f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     time.sleep(restart_delay)
                     workers[gpu] = start(gpu)
     finally:

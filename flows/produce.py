@@ -96,15 +96,20 @@ def start_run_task(rt: Runtime, batch_id: str, actor: str, flow_run_id: str, wor
     def open_run(session: Session) -> str:
         get_batch(session, batch_id)  # a clear error for an unknown batch before anything else
         versions = [
-            record_model_version(
-                session, actor, c.role, c.name, c.source, c.sha256, c.files, rt.settings.model_licence
-            )
+            record_model_version(session, actor, c.role, c.name, c.source, c.sha256, c.files, rt.settings.model_licence)
             for c in engine.components
         ]
         run = start_run(
-            session, actor, batch_id, versions,
-            engine={**engine.describe(), "safety_model": rt.safety.model_id, "worker": worker,
-                    "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")},
+            session,
+            actor,
+            batch_id,
+            versions,
+            engine={
+                **engine.describe(),
+                "safety_model": rt.safety.model_id,
+                "worker": worker,
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            },
             flow_run_id=flow_run_id,
         )
         return run.id
@@ -125,8 +130,13 @@ def generate_chunk_task(rt: Runtime, chunk: list[PlannedImage]) -> tuple[list[Ch
         p = prompts[planned.prompt_id]
         requests.append(
             ImageRequest(
-                prompt=p.prompt, negative_prompt=p.negative_prompt, seed=image_seed(p.seed, planned.image_index),
-                width=p.width, height=p.height, steps=p.steps, guidance_scale=p.guidance_scale,
+                prompt=p.prompt,
+                negative_prompt=p.negative_prompt,
+                seed=image_seed(p.seed, planned.image_index),
+                width=p.width,
+                height=p.height,
+                steps=p.steps,
+                guidance_scale=p.guidance_scale,
                 refiner_split=p.refiner_split,
             )
         )
@@ -135,8 +145,7 @@ def generate_chunk_task(rt: Runtime, chunk: list[PlannedImage]) -> tuple[list[Ch
     t1 = time.perf_counter()
     verdicts = rt.safety.check([g.pixels for g in generated])
     checked = [
-        Checked(planned, g.request.seed, g.pixels, v)
-        for planned, g, v in zip(chunk, generated, verdicts, strict=True)
+        Checked(planned, g.request.seed, g.pixels, v) for planned, g, v in zip(chunk, generated, verdicts, strict=True)
     ]
     return checked, t1 - t0, time.perf_counter() - t1
 
@@ -166,15 +175,26 @@ def publish_ready_task(
             assert run is not None and approval is not None
             prompt = prompts_by_id(session, [item.planned.prompt_id])[item.planned.prompt_id]
             finalize_image(
-                session, actor, rt.store, run, approval, prompt, item.planned.image_index, item.seed,
-                item.pixels, item.safety, ctx, marked=marked,
+                session,
+                actor,
+                rt.store,
+                run,
+                approval,
+                prompt,
+                item.planned.image_index,
+                item.seed,
+                item.pixels,
+                item.safety,
+                ctx,
+                marked=marked,
             )
 
         try:
             _transaction(rt, f"publish {item.planned.image_id}", record)
         except IntegrityError:  # another worker recorded this image first (its copy of the lease ran out)
-            if not _transaction(rt, "check image",
-                                lambda s, i=item.planned.image_id: s.get(ImageRecord, i) is not None):
+            if not _transaction(
+                rt, "check image", lambda s, i=item.planned.image_id: s.get(ImageRecord, i) is not None
+            ):
                 raise
             log.info("image %s was recorded by another worker meanwhile", item.planned.image_id)
         queue.popleft()
@@ -206,7 +226,8 @@ def finish_run_task(
     result = _transaction(rt, "finish-run", close)
     signer = rt.checkpoint_signer()
     anchor = _transaction(  # every run ends with its audit trail anchored to WORM storage
-        rt, "anchor audit chain",
+        rt,
+        "anchor audit chain",
         lambda s: anchor_chain(s, actor, rt.anchor_store, signer, rt.settings.audit_retention_days),
     )
     result["anchored_seq"] = anchor.seq if anchor else None
@@ -240,6 +261,7 @@ def claim_chunk_task(
     `plan` is the batch's planned images by id (fixed: the approved content cannot change), so a
     claim reads only its own chunk's records, not the whole batch's. In the same transaction it first
     completes the worker's `finished` chunks and renews the leases of those `in_flight`."""
+
     def claim(session: Session) -> Claim:
         _complete_and_renew(session, rt, worker, finished, in_flight)
         plan_chunks(session, batch_id, rt.settings.chunk_size)
@@ -273,15 +295,25 @@ def _run_artifact(rt: Runtime, run_id: str, summary: dict[str, Any]) -> None:
     """A table per run in Prefect's UI: every image this run recorded, with where it went."""
     from prefect.artifacts import create_table_artifact
 
-    rows = _transaction(rt, "read run images", lambda session: [
-        {"image": i.id, "row": i.prompt.row_id, "status": i.status, "key": i.store_key or "",
-         "reasons": "; ".join(i.safety_reasons)}
-        for i in session.query(ImageRecord).filter(ImageRecord.run_id == run_id)
-    ])
+    rows = _transaction(
+        rt,
+        "read run images",
+        lambda session: [
+            {
+                "image": i.id,
+                "row": i.prompt.row_id,
+                "status": i.status,
+                "key": i.store_key or "",
+                "reasons": "; ".join(i.safety_reasons),
+            }
+            for i in session.query(ImageRecord).filter(ImageRecord.run_id == run_id)
+        ],
+    )
     create_table_artifact(
-        key=f"run-{run_id[:8]}", table=rows,
+        key=f"run-{run_id[:8]}",
+        table=rows,
         description=f"batch {summary['batch_id']}: {summary['published']} published, "
-                    f"{summary['quarantined']} quarantined, {summary['remaining']} remaining",
+        f"{summary['quarantined']} quarantined, {summary['remaining']} remaining",
     )
 
 
@@ -297,11 +329,17 @@ def produce_batch(batch_id: str, actor: str) -> dict[str, Any]:
     worker = f"{socket.gethostname()}:{os.getpid()}:{flow_run_id[:8]}"
     run_id = start_run_task(rt, batch_id, actor, flow_run_id, worker)
     plan = {p.image_id: p for p in _transaction(rt, "read plan", lambda s: planned_images(get_batch(s, batch_id)))}
-    logger.info("run %s (%s): %d images to make for batch %s", run_id, worker,
-                len(_transaction(rt, "read pending images", lambda s: pending_images(s, batch_id))), batch_id)
+    logger.info(
+        "run %s (%s): %d images to make for batch %s",
+        run_id,
+        worker,
+        len(_transaction(rt, "read pending images", lambda s: pending_images(s, batch_id))),
+        batch_id,
+    )
     pool = BoundedPool(rt.settings.postprocess_workers, max_pending=2 * rt.settings.chunk_size)
-    worker_loop = ChunkWorker(_PrefectSteps(rt, run_id, actor, worker, batch_id, plan, pool),
-                              pool_wait_seconds=lambda: pool.wait_seconds)
+    worker_loop = ChunkWorker(
+        _PrefectSteps(rt, run_id, actor, worker, batch_id, plan, pool), pool_wait_seconds=lambda: pool.wait_seconds
+    )
     try:
         emit_lineage_task(rt, run_id, "START")  # lineage
         timing = worker_loop.run()  # work: chunk by claimed chunk
@@ -344,8 +382,14 @@ class _PrefectSteps:
         if item.safety.verdict != "passed":
             return None
         image_id = item.planned.image_id
-        return self.pool.submit(mark_and_encode, image_id, item.pixels, self.rt.credentials,
-                                self._manifests[image_id], self.rt.watermark_key)
+        return self.pool.submit(
+            mark_and_encode,
+            image_id,
+            item.pixels,
+            self.rt.credentials,
+            self._manifests[image_id],
+            self.rt.watermark_key,
+        )
 
     def publish_ready(self, queue: deque[Checked], wait: bool) -> tuple[list[str], float]:
         return publish_ready_task(self.rt, self.run_id, self.actor, queue, wait=wait)
@@ -363,7 +407,8 @@ def produce_approved(purpose: str, actor: str) -> list[dict[str, Any]]:
     from governance.batches import list_batches
 
     rt = Runtime(active_settings())
-    ids = _transaction(rt, "list approved batches",
-                       lambda s: [b.id for b in list_batches(s, "approved") if b.purpose == purpose])
+    ids = _transaction(
+        rt, "list approved batches", lambda s: [b.id for b in list_batches(s, "approved") if b.purpose == purpose]
+    )
     get_run_logger().info("%d approved %s batches", len(ids), purpose)
     return [produce_batch(batch_id=batch_id, actor=actor) for batch_id in ids]

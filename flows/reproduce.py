@@ -64,9 +64,7 @@ def reproduce_image(rt: Runtime, image_id: str) -> dict[str, Any]:
         if image is None:
             raise NotFound(f"no image {image_id!r}; `atelier compliance search` or `atelier trace` find image ids")
         if image.status != "published" or not image.store_key or image.watermark_payload is None:
-            raise InvalidState(
-                f"image {image_id} is {image.status}: only a published image has a file to compare with"
-            )
+            raise InvalidState(f"image {image_id} is {image.status}: only a published image has a file to compare with")
         prompt, run = image.prompt, image.run
         recorded: dict[str, Any] = dict(run.engine or {})
         expected = {mv.role: mv.sha256 for mv in run.model_versions if mv.role in ROLES}
@@ -74,8 +72,13 @@ def reproduce_image(rt: Runtime, image_id: str) -> dict[str, Any]:
         if seed != image_seed(prompt.seed, image.image_index):
             notes.append(f"stored seed {seed} is not image_seed({prompt.seed}, {image.image_index}); used as stored")
         fields = {
-            "prompt": prompt.prompt, "negative_prompt": prompt.negative_prompt, "seed": seed, "width": prompt.width,
-            "height": prompt.height, "steps": prompt.steps, "guidance_scale": prompt.guidance_scale,
+            "prompt": prompt.prompt,
+            "negative_prompt": prompt.negative_prompt,
+            "seed": seed,
+            "width": prompt.width,
+            "height": prompt.height,
+            "steps": prompt.steps,
+            "guidance_scale": prompt.guidance_scale,
             "refiner_split": prompt.refiner_split,
         }
         run_id, store_key, payload = run.id, image.store_key, int(image.watermark_payload, 16)
@@ -84,18 +87,28 @@ def reproduce_image(rt: Runtime, image_id: str) -> dict[str, Any]:
     micro = {k: v for k, v in (recorded.get("micro_conditioning") or {}).items() if k in MICRO_CONDITIONING}
     request = ImageRequest(**fields, **{k: v for k, v in micro.items() if v is not None})
     if "scheduler" not in recorded or "micro_conditioning" not in recorded:
-        notes.append("the run recorded no sampler or micro-conditioning: assumed the model's own sampler (euler) "
-                     "and diffusers' defaults")
+        notes.append(
+            "the run recorded no sampler or micro-conditioning: assumed the model's own sampler (euler) "
+            "and diffusers' defaults"
+        )
 
     # 2. The run's engine settings on the current models; their hashes must be the run's.
     base, refiner = rt.model_sources()
     current = rt.settings.engine_config(base, refiner)
     config = EngineConfig.from_record(
         recorded.get("config") or recorded,  # runs recorded before the full description: device and dtype
-        base=current.base, refiner=current.refiner, revision=current.revision,
-        refiner_revision=current.refiner_revision, base_config=current.base_config,
-        refiner_config=current.refiner_config, vae=current.vae,
-        device=current.device, hash_cache=current.hash_cache, compile=False, compile_mode=None, max_batch_size=1,
+        base=current.base,
+        refiner=current.refiner,
+        revision=current.revision,
+        refiner_revision=current.refiner_revision,
+        base_config=current.base_config,
+        refiner_config=current.refiner_config,
+        vae=current.vae,
+        device=current.device,
+        hash_cache=current.hash_cache,
+        compile=False,
+        compile_mode=None,
+        max_batch_size=1,
         expected_sha256=expected,
     )
     try:

@@ -177,7 +177,9 @@ class Runtime:
         if key not in _checkers:
             try:
                 _checkers[key] = SafetyChecker(
-                    load_policy(s.safety_policy), model_name=s.safety_model, pretrained=s.safety_pretrained,
+                    load_policy(s.safety_policy),
+                    model_name=s.safety_model,
+                    pretrained=s.safety_pretrained,
                     device=s.device,
                 )
             except SafetyModelError as exc:  # never a skip: no safety model, no publishing

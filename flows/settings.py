@@ -107,9 +107,17 @@ class Settings(BaseSettings):
         from sdxl_core.engine import EngineConfig
 
         return EngineConfig(
-            base=base, refiner=refiner, revision=self.model_revision, device=self.device, dtype=self.dtype,
-            base_config=self.base_model_config, refiner_config=self.refiner_model_config, vae=self.vae_model,
-            upcast_vae=self.upcast_vae, vae_tiling=self.vae_tiling, scheduler=self.scheduler,
+            base=base,
+            refiner=refiner,
+            revision=self.model_revision,
+            device=self.device,
+            dtype=self.dtype,
+            base_config=self.base_model_config,
+            refiner_config=self.refiner_model_config,
+            vae=self.vae_model,
+            upcast_vae=self.upcast_vae,
+            vae_tiling=self.vae_tiling,
+            scheduler=self.scheduler,
             expected_sha256=dict(self.model_sha256),
         )
 

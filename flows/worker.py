@@ -99,8 +99,12 @@ class ChunkWorker:
             while (claimed := self._claim_next()) is not None:
                 self._work_on(claimed)
                 self._publish(wait=False)
-                log.info("chunk %s: %d generated, %d waiting for after-decode work", claimed.chunk_id[:8],
-                         len(claimed.images), len(self.queue))
+                log.info(
+                    "chunk %s: %d generated, %d waiting for after-decode work",
+                    claimed.chunk_id[:8],
+                    len(claimed.images),
+                    len(self.queue),
+                )
             self._publish(wait=True)
         except Exception:
             self._measure(started)

@@ -17,9 +17,7 @@ def _decide(
     batch = get_batch(session, batch_id)
     user = require_role(session, actor, "approver", "approve or reject batches")
     if user.id == batch.requested_by_id:
-        raise PermissionDenied(
-            f"{user.name} requested batch {batch.id} and cannot decide on it: another approver must"
-        )
+        raise PermissionDenied(f"{user.name} requested batch {batch.id} and cannot decide on it: another approver must")
     if batch.status != "submitted":
         raise InvalidState(f"batch {batch.id} is {batch.status}; only a submitted batch can be decided")
     if expected_sha256 and expected_sha256 != batch.content_sha256:
@@ -34,15 +32,17 @@ def _decide(
     batch.status = decision
     session.flush()
     record_event(
-        session, user.name, f"batch.{decision}", "batch", batch.id,
+        session,
+        user.name,
+        f"batch.{decision}",
+        "batch",
+        batch.id,
         {"approval_id": approval.id, "content_sha256": batch.content_sha256, "reason": reason},
     )
     return approval
 
 
-def approve_batch(
-    session: Session, actor: str | None, batch_id: str, expected_sha256: str | None = None
-) -> Approval:
+def approve_batch(session: Session, actor: str | None, batch_id: str, expected_sha256: str | None = None) -> Approval:
     return _decide(session, actor, batch_id, "approved", "", expected_sha256)
 
 

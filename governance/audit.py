@@ -57,9 +57,7 @@ def record_event(
     """Append one event to the chain inside the caller's transaction."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
-    head = session.execute(
-        select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
-    ).first()
+    head = session.execute(select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)).first()
     seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
     event = AuditEvent(
         seq=seq,
@@ -126,8 +124,17 @@ def verify_chain(session: Session, batch_size: int = 20000) -> ChainReport:
     expected_seq, prev, count = 1, GENESIS_HASH, 0
     sha256 = hashlib.sha256
     stmt = (
-        select(AuditEvent.seq, AuditEvent.at, AuditEvent.actor, AuditEvent.action, AuditEvent.subject_type,
-               AuditEvent.subject_id, cast(AuditEvent.payload, Text), AuditEvent.prev_hash, AuditEvent.hash)
+        select(
+            AuditEvent.seq,
+            AuditEvent.at,
+            AuditEvent.actor,
+            AuditEvent.action,
+            AuditEvent.subject_type,
+            AuditEvent.subject_id,
+            cast(AuditEvent.payload, Text),
+            AuditEvent.prev_hash,
+            AuditEvent.hash,
+        )
         .order_by(AuditEvent.seq)
         .execution_options(yield_per=batch_size)
     )
@@ -140,14 +147,20 @@ def verify_chain(session: Session, batch_size: int = 20000) -> ChainReport:
             return ChainReport(False, count, expected_seq - 1, prev, expected_seq, problem)
         if prev_hash != prev:
             problem = (
-                f"event {seq} ({action}) does not link to event {seq - 1}: "
-                "events were deleted, inserted or reordered"
+                f"event {seq} ({action}) does not link to event {seq - 1}: events were deleted, inserted or reordered"
             )
             return ChainReport(False, count, seq - 1, prev, seq, problem)
         body = _fast_body(seq, at, actor, action, subject_type, subject_id, payload)
         if sha256((prev + body).encode()).hexdigest() != stored_hash:
-            slow = {"seq": seq, "at": at, "actor": actor, "action": action, "subject_type": subject_type,
-                    "subject_id": subject_id, "payload": json.loads(payload)}
+            slow = {
+                "seq": seq,
+                "at": at,
+                "actor": actor,
+                "action": action,
+                "subject_type": subject_type,
+                "subject_id": subject_id,
+                "payload": json.loads(payload),
+            }
             if event_hash(prev, slow) != stored_hash:
                 problem = f"event {seq} ({action}) was altered: its content no longer matches its hash"
                 return ChainReport(False, count, seq - 1, prev, seq, problem)

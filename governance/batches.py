@@ -72,7 +72,11 @@ def submit_batch(
     session.flush()
     session.add_all(_prompt_records(batch.id, rows))
     record_event(
-        session, user.name, "batch.submitted", "batch", batch.id,
+        session,
+        user.name,
+        "batch.submitted",
+        "batch",
+        batch.id,
         {
             "purpose": purpose,
             "use_category": use_category,
@@ -108,12 +112,20 @@ def edit_batch(session: Session, actor: str | None, batch_id: str, path: Path) -
             approval.voided_at = utcnow()
             approval.void_reason = "batch edited"
             record_event(
-                session, user.name, "approval.voided", "approval", approval.id,
+                session,
+                user.name,
+                "approval.voided",
+                "approval",
+                approval.id,
                 {"batch_id": batch.id, "reason": "batch edited", "content_sha256": approval.content_sha256},
             )
     batch.status = "submitted"
     record_event(
-        session, user.name, "batch.edited", "batch", batch.id,
+        session,
+        user.name,
+        "batch.edited",
+        "batch",
+        batch.id,
         {"old_content_sha256": old_hash, "content_sha256": batch.content_sha256, "prompts": len(rows)},
     )
     session.flush()
@@ -131,9 +143,17 @@ def stored_content_sha256(batch: Batch) -> str:
     """The content hash recomputed from the stored prompt rows (catches edits that bypassed Atelier)."""
     rows = [
         PromptRow(
-            row_id=p.row_id, prompt=p.prompt, negative_prompt=p.negative_prompt, seed=p.seed,
-            width=p.width, height=p.height, steps=p.steps, guidance_scale=p.guidance_scale,
-            refiner_split=p.refiner_split, num_images=p.num_images, ref=p.ref,
+            row_id=p.row_id,
+            prompt=p.prompt,
+            negative_prompt=p.negative_prompt,
+            seed=p.seed,
+            width=p.width,
+            height=p.height,
+            steps=p.steps,
+            guidance_scale=p.guidance_scale,
+            refiner_split=p.refiner_split,
+            num_images=p.num_images,
+            ref=p.ref,
         )
         for p in batch.prompts
     ]
@@ -148,8 +168,9 @@ def current_approval(batch: Batch) -> Approval | None:
 def batch_progress(session: Session, batch_id: str) -> dict[str, Any]:
     """Images planned, published, quarantined, rate and ETA, from aggregates only (cheap enough to
     poll every second on a batch of any size: `atelier run`'s progress bar does)."""
-    planned = int(session.scalar(
-        select(func.coalesce(func.sum(Prompt.num_images), 0)).where(Prompt.batch_id == batch_id)) or 0)
+    planned = int(
+        session.scalar(select(func.coalesce(func.sum(Prompt.num_images), 0)).where(Prompt.batch_id == batch_id)) or 0
+    )
     counts = dict(
         session.execute(
             select(Image.status, func.count()).where(Image.batch_id == batch_id).group_by(Image.status)
@@ -157,8 +178,10 @@ def batch_progress(session: Session, batch_id: str) -> dict[str, Any]:
     )
     done = counts.get("published", 0) + counts.get("quarantined", 0)
     started, last = session.execute(
-        select(select(func.min(Run.started_at)).where(Run.batch_id == batch_id).scalar_subquery(),
-               func.max(Image.created_at)).where(Image.batch_id == batch_id)
+        select(
+            select(func.min(Run.started_at)).where(Run.batch_id == batch_id).scalar_subquery(),
+            func.max(Image.created_at),
+        ).where(Image.batch_id == batch_id)
     ).one()
     rate = None
     # From the first run's start, not the first image: images land in bursts (a chunk at a time), and
@@ -166,7 +189,9 @@ def batch_progress(session: Session, batch_id: str) -> dict[str, Any]:
     if started is not None and last is not None and done and last > started:
         rate = done / (last - started).total_seconds()
     return {
-        "done": done, "planned": planned, "published": counts.get("published", 0),
+        "done": done,
+        "planned": planned,
+        "published": counts.get("published", 0),
         "quarantined": counts.get("quarantined", 0),
         "percent": round(100 * done / planned, 1) if planned else 100.0,
         "images_per_minute": round(rate * 60, 2) if rate else None,

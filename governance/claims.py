@@ -35,10 +35,14 @@ def plan_chunks(session: Session, batch_id: str, chunk_size: int) -> int:
     try:
         with session.begin_nested():  # another worker may be planning the same batch right now
             for position, start in enumerate(range(0, len(planned), chunk_size)):
-                session.add(WorkChunk(
-                    id=str(uuid.uuid5(ATELIER_NAMESPACE, f"chunk:{batch_id}:{position}")), batch_id=batch_id,
-                    position=position, image_ids=[p.image_id for p in planned[start : start + chunk_size]],
-                ))
+                session.add(
+                    WorkChunk(
+                        id=str(uuid.uuid5(ATELIER_NAMESPACE, f"chunk:{batch_id}:{position}")),
+                        batch_id=batch_id,
+                        position=position,
+                        image_ids=[p.image_id for p in planned[start : start + chunk_size]],
+                    )
+                )
     except IntegrityError:
         return int(session.scalar(select(func.count()).select_from(WorkChunk).where(WorkChunk.batch_id == batch_id)))
     return -(-len(planned) // chunk_size)
@@ -56,20 +60,30 @@ def claim_chunk(session: Session, batch_id: str, worker: str, lease_seconds: flo
     lease_until = now + timedelta(seconds=lease_seconds)
     if session.get_bind().dialect.name == "postgresql":
         chunk_id = session.scalar(
-            select(WorkChunk.id).where(_claimable(batch_id, now)).order_by(WorkChunk.position)
-            .limit(1).with_for_update(skip_locked=True)
+            select(WorkChunk.id)
+            .where(_claimable(batch_id, now))
+            .order_by(WorkChunk.position)
+            .limit(1)
+            .with_for_update(skip_locked=True)
         )
         if chunk_id is None:
             return None
         session.execute(
-            update(WorkChunk).where(WorkChunk.id == chunk_id)
+            update(WorkChunk)
+            .where(WorkChunk.id == chunk_id)
             .values(status="claimed", claimed_by=worker, lease_until=lease_until, attempts=WorkChunk.attempts + 1)
         )
     else:
         chunk_id = session.scalar(
             update(WorkChunk)
-            .where(WorkChunk.id == select(WorkChunk.id).where(_claimable(batch_id, now))
-                   .order_by(WorkChunk.position).limit(1).scalar_subquery())
+            .where(
+                WorkChunk.id
+                == select(WorkChunk.id)
+                .where(_claimable(batch_id, now))
+                .order_by(WorkChunk.position)
+                .limit(1)
+                .scalar_subquery()
+            )
             .where(_claimable(batch_id, now))
             .values(status="claimed", claimed_by=worker, lease_until=lease_until, attempts=WorkChunk.attempts + 1)
             .returning(WorkChunk.id)
@@ -79,17 +93,25 @@ def claim_chunk(session: Session, batch_id: str, worker: str, lease_seconds: flo
     chunk = session.get(WorkChunk, chunk_id, populate_existing=True)
     assert chunk is not None
     record_event(
-        session, worker, "chunk.claimed", "chunk", chunk.id,
-        {"batch_id": batch_id, "position": chunk.position, "attempt": chunk.attempts,
-         "lease_until": lease_until.isoformat()},
+        session,
+        worker,
+        "chunk.claimed",
+        "chunk",
+        chunk.id,
+        {
+            "batch_id": batch_id,
+            "position": chunk.position,
+            "attempt": chunk.attempts,
+            "lease_until": lease_until.isoformat(),
+        },
     )
     return chunk
 
 
 def renew_lease(session: Session, chunk_id: str, worker: str, lease_seconds: float) -> bool:
     result = session.execute(
-        update(WorkChunk).where(WorkChunk.id == chunk_id, WorkChunk.claimed_by == worker,
-                                WorkChunk.status == "claimed")
+        update(WorkChunk)
+        .where(WorkChunk.id == chunk_id, WorkChunk.claimed_by == worker, WorkChunk.status == "claimed")
         .values(lease_until=utcnow() + timedelta(seconds=lease_seconds))
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
@@ -98,7 +120,8 @@ def renew_lease(session: Session, chunk_id: str, worker: str, lease_seconds: flo
 def complete_chunk(session: Session, chunk_id: str, worker: str) -> bool:
     """Mark a chunk done (once: a second completion, by a slow worker whose lease expired, is a no-op)."""
     result = session.execute(
-        update(WorkChunk).where(WorkChunk.id == chunk_id, WorkChunk.status != "done")
+        update(WorkChunk)
+        .where(WorkChunk.id == chunk_id, WorkChunk.status != "done")
         .values(status="done", finished_at=utcnow(), lease_until=None)
     )
     if not result.rowcount:  # type: ignore[attr-defined]
@@ -113,8 +136,9 @@ def seconds_until_claimable(session: Session, batch_id: str) -> float | None:
     is pending again). A surviving worker waits that long and claims again, so a batch whose
     other worker was killed is finished by the survivor, not left for someone to re-run."""
     left, pending, earliest = session.execute(
-        select(func.count(), func.count(case((WorkChunk.status == "pending", 1))), func.min(WorkChunk.lease_until))
-        .where(WorkChunk.batch_id == batch_id, WorkChunk.status != "done")
+        select(
+            func.count(), func.count(case((WorkChunk.status == "pending", 1))), func.min(WorkChunk.lease_until)
+        ).where(WorkChunk.batch_id == batch_id, WorkChunk.status != "done")
     ).one()
     if not left:
         return None
@@ -134,12 +158,14 @@ def release_chunks(session: Session, chunk_ids: list[str], worker: str) -> int:
     """Hand chunks back to the queue at once (a worker that failed cleanly need not wait for its lease)."""
     if not chunk_ids:
         return 0
-    released = list(session.scalars(
-        update(WorkChunk).where(WorkChunk.id.in_(chunk_ids), WorkChunk.claimed_by == worker,
-                                WorkChunk.status == "claimed")
-        .values(status="pending", claimed_by=None, lease_until=None)
-        .returning(WorkChunk.id)
-    ))
+    released = list(
+        session.scalars(
+            update(WorkChunk)
+            .where(WorkChunk.id.in_(chunk_ids), WorkChunk.claimed_by == worker, WorkChunk.status == "claimed")
+            .values(status="pending", claimed_by=None, lease_until=None)
+            .returning(WorkChunk.id)
+        )
+    )
     for chunk_id in sorted(released):  # only what this worker still held: the audit says what happened
         record_event(session, worker, "chunk.released", "chunk", chunk_id, {})
     return len(released)

@@ -124,9 +124,7 @@ def resolve_model_versions(session: Session, ref: str) -> list[ModelVersion]:
         role, _, sha = ref.partition("/")
         stmt = stmt.where(ModelVersion.role == role, ModelVersion.sha256 == sha.lower())
     elif _SHA_PREFIX.match(ref.lower()):
-        stmt = stmt.where(
-            or_(ModelVersion.id == ref, ModelVersion.sha256.startswith(ref.lower(), autoescape=True))
-        )
+        stmt = stmt.where(or_(ModelVersion.id == ref, ModelVersion.sha256.startswith(ref.lower(), autoescape=True)))
     else:
         stmt = stmt.where(ModelVersion.id == ref)
     found = list(session.scalars(stmt.order_by(ModelVersion.role, ModelVersion.sha256)))
@@ -192,9 +190,7 @@ def _conditions(session: Session, f: SearchFilters) -> list[ColumnElement[bool]]
         where.append(Batch.use_category == f.use_category)
     if f.model_version:
         ids = [mv.id for mv in resolve_model_versions(session, f.model_version)]
-        where.append(
-            Image.run_id.in_(select(RunModelVersion.run_id).where(RunModelVersion.model_version_id.in_(ids)))
-        )
+        where.append(Image.run_id.in_(select(RunModelVersion.run_id).where(RunModelVersion.model_version_id.in_(ids))))
     if f.licence:
         _require_licence(session, f.licence)
         where.append(
@@ -249,9 +245,20 @@ def search_images(session: Session, filters: SearchFilters, limit: int | None = 
     stmt = (
         _joined(
             select(
-                Image.id.label("image_id"), Image.status, Image.created_at, Image.sha256, Image.store_url,
-                Image.store_key, Image.safety_verdict, Image.batch_id, Image.run_id, Prompt.row_id, Prompt.ref,
-                Batch.purpose, Batch.use_category, _Requester.name.label("requested_by"),
+                Image.id.label("image_id"),
+                Image.status,
+                Image.created_at,
+                Image.sha256,
+                Image.store_url,
+                Image.store_key,
+                Image.safety_verdict,
+                Image.batch_id,
+                Image.run_id,
+                Prompt.row_id,
+                Prompt.ref,
+                Batch.purpose,
+                Batch.use_category,
+                _Requester.name.label("requested_by"),
             ).join(found, found.c.id == Image.id)
         )
         .join(_Requester, _Requester.id == Batch.requested_by_id)
@@ -286,8 +293,17 @@ def _plain_rows(session: Session, stmt: Select[Any]) -> list[tuple[Any, ...]]:
         cursor.close()
 
 
-IMPACT_COLUMNS = ("image_id", "sha256", "store_url", "store_key", "provenance_key", "version_id", "batch_id",
-                  "run_id", "created_at")
+IMPACT_COLUMNS = (
+    "image_id",
+    "sha256",
+    "store_url",
+    "store_key",
+    "provenance_key",
+    "version_id",
+    "batch_id",
+    "run_id",
+    "created_at",
+)
 
 
 @dataclass(frozen=True)
@@ -323,15 +339,23 @@ def impact(session: Session, model_version: str | None = None, licence: str | No
         _require_licence(session, licence)
         versions = list(
             session.scalars(
-                select(ModelVersion).where(ModelVersion.licence_id == licence)
+                select(ModelVersion)
+                .where(ModelVersion.licence_id == licence)
                 .order_by(ModelVersion.role, ModelVersion.sha256)
             )
         )
     using = select(RunModelVersion.run_id).where(RunModelVersion.model_version_id.in_([mv.id for mv in versions]))
     runs = select(Run.id.label("run_id")).where(Run.id.in_(using))  # each run once, however many versions match
     columns = (
-        Image.id, Image.sha256, Image.store_url, Image.store_key, Image.provenance_key, Image.store_version_id,
-        Image.batch_id, Image.run_id, Image.created_at,
+        Image.id,
+        Image.sha256,
+        Image.store_url,
+        Image.store_key,
+        Image.provenance_key,
+        Image.store_version_id,
+        Image.batch_id,
+        Image.run_id,
+        Image.created_at,
     )
     if session.get_bind().dialect.name == "postgresql":
         # Run by run: a run's images were written together, so each run's rows sit in a few pages.
@@ -378,28 +402,53 @@ def neutralise(value: str) -> str:
 def _export_selection() -> list[tuple[str, Any]]:
     """(column name, SQL expression) of an export row, in order; the model columns are filled per run."""
     return [
-        ("image_id", Image.id), ("status", Image.status), ("created_at", Image.created_at),
-        ("sha256", Image.sha256), ("pixels_sha256", Image.pixels_sha256), ("store_url", Image.store_url),
-        ("store_key", Image.store_key), ("store_version_id", Image.store_version_id),
-        ("provenance_key", Image.provenance_key), ("c2pa_manifest", Image.c2pa_manifest), ("phash", Image.phash),
-        ("watermark_payload", Image.watermark_payload), ("watermark_matched_bits", Image.watermark_matched_bits),
-        ("safety_verdict", Image.safety_verdict), ("safety_reasons", cast(Image.safety_reasons, Text)),
-        ("safety_policy", Image.safety_policy), ("safety_model", Image.safety_model),
-        ("prompt_id", Prompt.id), ("row_id", Prompt.row_id), ("ref", Prompt.ref), ("prompt", Prompt.prompt),
-        ("negative_prompt", Prompt.negative_prompt), ("prompt_seed", Prompt.seed),
-        ("image_index", Image.image_index), ("seed", Image.seed), ("width", Image.width), ("height", Image.height),
-        ("batch_id", Batch.id), ("purpose", Batch.purpose), ("use_category", Batch.use_category),
-        ("requested_by", _Requester.name), ("batch_content_sha256", Batch.content_sha256),
-        ("batch_created_at", Batch.created_at), ("approval_id", Approval.id), ("approved_by", _Approver.name),
-        ("approved_at", Approval.decided_at), ("approval_content_sha256", Approval.content_sha256),
-        ("run_id", Run.id), ("run_started_at", Run.started_at),
+        ("image_id", Image.id),
+        ("status", Image.status),
+        ("created_at", Image.created_at),
+        ("sha256", Image.sha256),
+        ("pixels_sha256", Image.pixels_sha256),
+        ("store_url", Image.store_url),
+        ("store_key", Image.store_key),
+        ("store_version_id", Image.store_version_id),
+        ("provenance_key", Image.provenance_key),
+        ("c2pa_manifest", Image.c2pa_manifest),
+        ("phash", Image.phash),
+        ("watermark_payload", Image.watermark_payload),
+        ("watermark_matched_bits", Image.watermark_matched_bits),
+        ("safety_verdict", Image.safety_verdict),
+        ("safety_reasons", cast(Image.safety_reasons, Text)),
+        ("safety_policy", Image.safety_policy),
+        ("safety_model", Image.safety_model),
+        ("prompt_id", Prompt.id),
+        ("row_id", Prompt.row_id),
+        ("ref", Prompt.ref),
+        ("prompt", Prompt.prompt),
+        ("negative_prompt", Prompt.negative_prompt),
+        ("prompt_seed", Prompt.seed),
+        ("image_index", Image.image_index),
+        ("seed", Image.seed),
+        ("width", Image.width),
+        ("height", Image.height),
+        ("batch_id", Batch.id),
+        ("purpose", Batch.purpose),
+        ("use_category", Batch.use_category),
+        ("requested_by", _Requester.name),
+        ("batch_content_sha256", Batch.content_sha256),
+        ("batch_created_at", Batch.created_at),
+        ("approval_id", Approval.id),
+        ("approved_by", _Approver.name),
+        ("approved_at", Approval.decided_at),
+        ("approval_content_sha256", Approval.content_sha256),
+        ("run_id", Run.id),
+        ("run_started_at", Run.started_at),
         ("licence_obligations", cast(Image.licence_obligations, Text)),
     ]
 
 
 _MODEL_COLUMNS = ("model_version_ids", "models", "licences")
 EXPORT_COLUMNS: tuple[str, ...] = (
-    *(name for name, _ in _export_selection() if name != "licence_obligations"), *_MODEL_COLUMNS,
+    *(name for name, _ in _export_selection() if name != "licence_obligations"),
+    *_MODEL_COLUMNS,
     "licence_obligations",
 )
 _INT_COLUMNS = {"watermark_matched_bits", "prompt_seed", "image_index", "width", "height"}
@@ -422,8 +471,9 @@ def _run_models(session: Session, run_ids: Iterable[str]) -> dict[str, tuple[str
         mvs.sort(key=lambda m: m.role)
         out[run_id] = (
             ";".join(m.id for m in mvs),
-            json.dumps([{"role": m.role, "sha256": m.sha256, "licence": m.licence_id} for m in mvs],
-                       separators=(",", ":")),
+            json.dumps(
+                [{"role": m.role, "sha256": m.sha256, "licence": m.licence_id} for m in mvs], separators=(",", ":")
+            ),
             ";".join(sorted({m.licence_id for m in mvs})),
         )
     return out
@@ -504,7 +554,11 @@ _EXPORT_SCHEMA = _export_schema()
 
 
 def export_lineage(
-    session: Session, out: Path, fmt: str, filters: SearchFilters | None = None, limit: int | None = None,
+    session: Session,
+    out: Path,
+    fmt: str,
+    filters: SearchFilters | None = None,
+    limit: int | None = None,
     chunk: int = 20_000,
 ) -> int:
     """Write one row per image with its full lineage (EXPORT_COLUMNS); returns the number of rows.
@@ -569,8 +623,15 @@ def _thumbnail(data: bytes, size: int) -> str:
 
 
 def period_report(
-    session: Session, store: ObjectStore, since: datetime, until: datetime, out: Path, *,
-    max_thumbnails: int = 60, thumbnail_px: int = 160, generated_by: str = "",
+    session: Session,
+    store: ObjectStore,
+    since: datetime,
+    until: datetime,
+    out: Path,
+    *,
+    max_thumbnails: int = 60,
+    thumbnail_px: int = 160,
+    generated_by: str = "",
 ) -> ReportSummary:
     """A self-contained HTML report of [since, until): counts, approvals, quarantines, licences, thumbnails."""
     if since >= until:
@@ -579,18 +640,29 @@ def period_report(
         raise InvalidInput(f"cannot write {out}: folder {out.parent} does not exist")
     in_period = (Image.created_at >= since, Image.created_at < until)
 
-    status = Counter(dict(
-        session.execute(select(Image.status, func.count()).where(*in_period).group_by(Image.status)).all()
-    ))
+    status = Counter(
+        dict(session.execute(select(Image.status, func.count()).where(*in_period).group_by(Image.status)).all())
+    )
     by_use = session.execute(
         select(Batch.use_category, Batch.purpose, Image.status, func.count())
-        .join(Batch, Batch.id == Image.batch_id).where(*in_period)
+        .join(Batch, Batch.id == Image.batch_id)
+        .where(*in_period)
         .group_by(Batch.use_category, Batch.purpose, Image.status)
         .order_by(Batch.use_category, Batch.purpose, Image.status)
     ).all()
     approvals = session.execute(
-        select(Approval.decided_at, Approval.decision, Approval.batch_id, _Approver.name, _Requester.name,
-               Batch.purpose, Batch.use_category, Approval.content_sha256, Approval.voided_at, Approval.reason)
+        select(
+            Approval.decided_at,
+            Approval.decision,
+            Approval.batch_id,
+            _Approver.name,
+            _Requester.name,
+            Batch.purpose,
+            Batch.use_category,
+            Approval.content_sha256,
+            Approval.voided_at,
+            Approval.reason,
+        )
         .join(Batch, Batch.id == Approval.batch_id)
         .join(_Approver, _Approver.id == Approval.decided_by_id)
         .join(_Requester, _Requester.id == Batch.requested_by_id)
@@ -604,8 +676,9 @@ def period_report(
         .order_by(Image.created_at, Image.id)
     ).all()
     licences = session.execute(
-        select(Licence.id, Licence.name, Licence.text_sha256, ModelVersion.role, ModelVersion.sha256,
-               func.count(Image.id))
+        select(
+            Licence.id, Licence.name, Licence.text_sha256, ModelVersion.role, ModelVersion.sha256, func.count(Image.id)
+        )
         .select_from(Image)
         .join(RunModelVersion, RunModelVersion.run_id == Image.run_id)
         .join(ModelVersion, ModelVersion.id == RunModelVersion.model_version_id)
@@ -614,9 +687,15 @@ def period_report(
         .group_by(Licence.id, Licence.name, Licence.text_sha256, ModelVersion.role, ModelVersion.sha256)
         .order_by(Licence.id, ModelVersion.role, ModelVersion.sha256)
     ).all()
-    runs = Counter(dict(session.execute(
-        select(Run.status, func.count()).where(Run.started_at >= since, Run.started_at < until).group_by(Run.status)
-    ).all()))
+    runs = Counter(
+        dict(
+            session.execute(
+                select(Run.status, func.count())
+                .where(Run.started_at >= since, Run.started_at < until)
+                .group_by(Run.status)
+            ).all()
+        )
+    )
     shown = session.execute(
         select(Image.id, Image.store_key, Prompt.ref, Prompt.row_id)
         .join(Prompt, Prompt.id == Image.prompt_id)
@@ -630,10 +709,16 @@ def period_report(
     total = sum(status.values())
 
     def table(head: Sequence[str], body: Iterable[Sequence[Any]]) -> str:
-        rows = "".join("<tr>" + "".join(f"<td>{e('' if c is None else str(c))}</td>" for c in r) + "</tr>"
-                       for r in body)
-        return ("<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr></thead><tbody>"
-                + (rows or f'<tr><td colspan="{len(head)}">none</td></tr>') + "</tbody></table>")
+        rows = "".join(
+            "<tr>" + "".join(f"<td>{e('' if c is None else str(c))}</td>" for c in r) + "</tr>" for r in body
+        )
+        return (
+            "<table><thead><tr>"
+            + "".join(f"<th>{e(h)}</th>" for h in head)
+            + "</tr></thead><tbody>"
+            + (rows or f'<tr><td colspan="{len(head)}">none</td></tr>')
+            + "</tbody></table>"
+        )
 
     def reasons(text: str | None) -> str:
         try:
@@ -653,14 +738,17 @@ def period_report(
         "figure img{display:block;border:1px solid #ccc}code{font-size:12px}</style></head><body>",
         "<h1>Atelier compliance report</h1>",
         f"<p>Period: <b>{e(period)}</b> (start inclusive, end exclusive). Generated "
-        f"{e(datetime.now(UTC).isoformat(timespec='seconds'))}" + (f" by {e(generated_by)}" if generated_by else "")
+        f"{e(datetime.now(UTC).isoformat(timespec='seconds'))}"
+        + (f" by {e(generated_by)}" if generated_by else "")
         + ".</p>",
         "<div class=cards>"
         + "".join(
             f"<div class=card><div class=num>{n}</div>{e(label)}</div>"
             for label, n in (
-                ("images", total), ("published", status.get("published", 0)),
-                ("quarantined", status.get("quarantined", 0)), ("approval decisions", len(approvals)),
+                ("images", total),
+                ("published", status.get("published", 0)),
+                ("quarantined", status.get("quarantined", 0)),
+                ("approval decisions", len(approvals)),
                 ("runs started", sum(runs.values())),
             )
         )
@@ -669,13 +757,25 @@ def period_report(
         table(["use category", "purpose", "status", "images"], by_use),
         "<h2>Approvals</h2>",
         table(
-            ["decided at", "decision", "batch", "approver", "requester", "purpose", "use category",
-             "content sha256", "voided at", "reason"],
+            [
+                "decided at",
+                "decision",
+                "batch",
+                "approver",
+                "requester",
+                "purpose",
+                "use category",
+                "content sha256",
+                "voided at",
+                "reason",
+            ],
             [(_iso(a[0]), *a[1:8], _iso(a[8]), a[9]) for a in approvals],
         ),
         "<h2>Quarantined images</h2>",
-        table(["image", "created", "batch", "ref", "row", "reasons"],
-              [(q[0], _iso(q[1]), q[2], q[3], q[4], reasons(q[5])) for q in quarantines]),
+        table(
+            ["image", "created", "batch", "ref", "row", "reasons"],
+            [(q[0], _iso(q[1]), q[2], q[3], q[4], reasons(q[5])) for q in quarantines],
+        ),
         "<h2>Licences of the published images</h2>",
         table(["licence", "name", "text sha256", "model role", "weights sha256", "published images"], licences),
         f"<h2>Published images ({len(thumbs)} of {status.get('published', 0)} shown)</h2><div>",
@@ -687,6 +787,6 @@ def period_report(
         "</div></body></html>",
     ]
     out.write_text("".join(parts), encoding="utf-8")
-    return ReportSummary(out, total, status.get("published", 0), status.get("quarantined", 0), len(approvals),
-                         len(thumbs))
-
+    return ReportSummary(
+        out, total, status.get("published", 0), status.get("quarantined", 0), len(approvals), len(thumbs)
+    )

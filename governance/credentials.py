@@ -51,16 +51,25 @@ def init_test_ca(keys_dir: Path, force: bool = False) -> KeyPaths:
     now = dt.datetime.now(dt.UTC)
 
     def subject(cn: str) -> x509.Name:
-        return x509.Name([
-            x509.NameAttribute(NameOID.COMMON_NAME, cn),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, TEST_ORGANISATION),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "development and tests only"),
-        ])
+        return x509.Name(
+            [
+                x509.NameAttribute(NameOID.COMMON_NAME, cn),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, TEST_ORGANISATION),
+                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "development and tests only"),
+            ]
+        )
 
     def usage(sign: bool, ca: bool) -> x509.KeyUsage:
         return x509.KeyUsage(
-            digital_signature=sign, content_commitment=False, key_encipherment=False, data_encipherment=False,
-            key_agreement=False, key_cert_sign=ca, crl_sign=ca, encipher_only=False, decipher_only=False,
+            digital_signature=sign,
+            content_commitment=False,
+            key_encipherment=False,
+            data_encipherment=False,
+            key_agreement=False,
+            key_cert_sign=ca,
+            crl_sign=ca,
+            encipher_only=False,
+            decipher_only=False,
         )
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -68,8 +77,10 @@ def init_test_ca(keys_dir: Path, force: bool = False) -> KeyPaths:
         x509.CertificateBuilder()
         .subject_name(subject("Atelier test root CA"))
         .issuer_name(subject("Atelier test root CA"))
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=3650))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=3650))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(usage(sign=False, ca=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
@@ -77,9 +88,13 @@ def init_test_ca(keys_dir: Path, force: bool = False) -> KeyPaths:
     )
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
-        x509.CertificateBuilder().subject_name(subject("Atelier test content signer")).issuer_name(ca.subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=365))
+        x509.CertificateBuilder()
+        .subject_name(subject("Atelier test content signer"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=365))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(usage(sign=True, ca=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
@@ -122,8 +137,13 @@ class CredentialReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "present": self.present, "state": self.state, "label": self.label, "signer": self.signer,
-            "atelier": self.atelier, "failures": self.failures, "error": self.error,
+            "present": self.present,
+            "state": self.state,
+            "label": self.label,
+            "signer": self.signer,
+            "atelier": self.atelier,
+            "failures": self.failures,
+            "error": self.error,
             "soft_binding": self.soft_binding,
         }
 
@@ -147,8 +167,9 @@ class ContentCredentials:
         self.trust_anchors_pem = trust_anchors_pem
         try:
             if sign_callback is not None:
-                self._signer = c2pa.Signer.from_callback(sign_callback, c2pa.C2paSigningAlg.ES256, chain_pem.decode(),
-                                                         tsa_url)
+                self._signer = c2pa.Signer.from_callback(
+                    sign_callback, c2pa.C2paSigningAlg.ES256, chain_pem.decode(), tsa_url
+                )
             else:
                 self._signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(b"es256", chain_pem, key_pem, tsa_url))
         except Exception as exc:  # the native library's message names the problem
@@ -160,7 +181,11 @@ class ContentCredentials:
 
     @classmethod
     def from_files(
-        cls, chain: Path, key: Path | None, trust_anchors: Path | None, tsa_url: str | None = None,
+        cls,
+        chain: Path,
+        key: Path | None,
+        trust_anchors: Path | None,
+        tsa_url: str | None = None,
         callback: str | None = None,
     ) -> ContentCredentials:
         def read(path: Path, what: str) -> bytes:
@@ -221,8 +246,13 @@ def read_credentials(data: bytes, mime: str | None = None, context: Any = None) 
         atelier = next((a.get("data") for a in assertions if a.get("label") == ATELIER_ASSERTION), None)
         soft = next((a.get("data") for a in assertions if a.get("label") == "c2pa.soft-binding"), None)
         return CredentialReport(
-            present=True, state=reader.get_validation_state(), label=manifest.get("label"),
-            signer=manifest.get("signature_info") or {}, atelier=atelier, failures=failures, soft_binding=soft,
+            present=True,
+            state=reader.get_validation_state(),
+            label=manifest.get("label"),
+            signer=manifest.get("signature_info") or {},
+            atelier=atelier,
+            failures=failures,
+            soft_binding=soft,
         )
 
 
@@ -241,8 +271,14 @@ def load_callback(spec: str) -> Callable[[bytes], bytes]:
 
 
 def manifest_for(
-    *, title: str, image_id: str, batch_id: str, approval_id: str, models: list[dict[str, Any]],
-    licences: list[str], software_version: str,
+    *,
+    title: str,
+    image_id: str,
+    batch_id: str,
+    approval_id: str,
+    models: list[dict[str, Any]],
+    licences: list[str],
+    software_version: str,
 ) -> dict[str, Any]:
     """The manifest every Atelier image carries: c2pa.created by a trained model, and the Atelier record."""
     agents = ", ".join(f"{m['role']}={m['name']}" for m in models)
@@ -254,22 +290,24 @@ def manifest_for(
             {
                 "label": "c2pa.actions",
                 "data": {
-                    "actions": [{
-                        "action": "c2pa.created",
-                        "digitalSourceType": DIGITAL_SOURCE_TYPE,
-                        "softwareAgent": {"name": f"Atelier SDXL base+refiner ({agents})"},
-                    }]
+                    "actions": [
+                        {
+                            "action": "c2pa.created",
+                            "digitalSourceType": DIGITAL_SOURCE_TYPE,
+                            "softwareAgent": {"name": f"Atelier SDXL base+refiner ({agents})"},
+                        }
+                    ]
                 },
             },
             {
                 "label": ATELIER_ASSERTION,
                 "data": {
-                    "image_id": image_id, "batch_id": batch_id, "approval_id": approval_id,
+                    "image_id": image_id,
+                    "batch_id": batch_id,
+                    "approval_id": approval_id,
                     "models": [{"role": m["role"], "sha256": m["sha256"]} for m in models],
                     "licences": licences,
                 },
             },
         ],
     }
-
-

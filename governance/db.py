@@ -75,6 +75,4 @@ def ensure_schema(engine: Engine, auto_upgrade: bool) -> None:
         upgrade(engine)
         return
     state = "is empty" if current is None and not inspect(engine).get_table_names() else f"is at {current}"
-    raise SchemaNotReady(
-        f"the database schema {state}, Atelier needs {head}: run `atelier db upgrade` first"
-    )
+    raise SchemaNotReady(f"the database schema {state}, Atelier needs {head}: run `atelier db upgrade` first")

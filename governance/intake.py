@@ -219,6 +219,7 @@ def _decode_text(path: Path, data: bytes, hint: str) -> str:
 
 def _read_csv(path: Path, text: str, hint: str) -> pd.DataFrame:
     import pandas as pd  # imported on use: `batch list` and friends need no pandas
+
     try:
         frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False)
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
@@ -229,6 +230,7 @@ def _read_csv(path: Path, text: str, hint: str) -> pd.DataFrame:
 
 def _read_json_lines(path: Path, text: str, hint: str) -> pd.DataFrame:
     import pandas as pd  # imported on use: `batch list` and friends need no pandas
+
     records: list[dict[str, Any]] = []
     # Split on "\n" only: str.splitlines would also split on U+2028 etc., legal inside JSON strings.
     for line_no, line in enumerate(text.split("\n"), start=1):
@@ -250,6 +252,7 @@ def _read_json_lines(path: Path, text: str, hint: str) -> pd.DataFrame:
 
 def _read_parquet(path: Path, data: bytes, hint: str) -> pd.DataFrame:
     import pandas as pd  # imported on use: `batch list` and friends need no pandas
+
     if len(data) < 12 or not (data.startswith(b"PAR1") and data.endswith(b"PAR1")):
         raise IntakeError(f"{path}: not a Parquet file (no PAR1 magic bytes); {hint}")
     try:
@@ -279,6 +282,7 @@ def _is_scalar_cell(value: Any) -> bool:
 
 def _is_missing(value: Any) -> bool:
     import pandas as pd  # imported on use: `batch list` and friends need no pandas
+
     if value is None:
         return True
     try:
@@ -362,6 +366,7 @@ def _checked_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[st
     and turn None into NaN.
     """
     import pandas as pd  # imported on use: `batch list` and friends need no pandas
+
     n = len(frame)
     checked: dict[str, pd.Series] = {}
     texts: dict[str, list[str | None]] = {}  # raw text of each known column, for messages

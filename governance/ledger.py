@@ -102,8 +102,11 @@ def anchor_chain(
     now = datetime.now(UTC)
     retain_until = now + timedelta(days=retention_days)
     checkpoint = {
-        "schema": CHECKPOINT_SCHEMA, "seq": head.seq, "head_hash": head.hash,
-        "at": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "retain_until": retain_until.isoformat(),
+        "schema": CHECKPOINT_SCHEMA,
+        "seq": head.seq,
+        "head_hash": head.hash,
+        "at": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "retain_until": retain_until.isoformat(),
     }
     signature = base64.b64encode(signer.sign(canonical_json(checkpoint).encode())).decode()
     body = json.dumps({"checkpoint": checkpoint, "alg": "ES256", "signature": signature}, indent=2).encode()
@@ -118,14 +121,23 @@ def anchor_chain(
             "anchors need a bucket created with Object Lock enabled (ATELIER_AUDIT_STORE_URL)"
         ) from exc
     anchor = AuditAnchor(
-        seq=head.seq, head_hash=head.hash, at=checkpoint["at"], store_url=store.url, key=key,
-        version_id=stored.version_id, retain_until=retain_until.isoformat() if store.worm else None,
+        seq=head.seq,
+        head_hash=head.hash,
+        at=checkpoint["at"],
+        store_url=store.url,
+        key=key,
+        version_id=stored.version_id,
+        retain_until=retain_until.isoformat() if store.worm else None,
         signature=signature,
     )
     session.add(anchor)
     session.flush()
     record_event(
-        session, actor, "audit.anchored", "audit", str(head.seq),
+        session,
+        actor,
+        "audit.anchored",
+        "audit",
+        str(head.seq),
         {"head_hash": head.hash, "key": key, "version_id": stored.version_id, "worm": store.worm},
     )
     return anchor
@@ -142,9 +154,13 @@ class LedgerReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "ok": self.ok, "chain": self.chain, "anchors_checked": self.anchors_checked,
-            "objects_checked": self.objects_checked, "first_problem": self.problems[0] if self.problems else None,
-            "problems": self.problems, "warnings": self.warnings,
+            "ok": self.ok,
+            "chain": self.chain,
+            "anchors_checked": self.anchors_checked,
+            "objects_checked": self.objects_checked,
+            "first_problem": self.problems[0] if self.problems else None,
+            "problems": self.problems,
+            "warnings": self.warnings,
         }
 
 
@@ -155,8 +171,15 @@ def verify_ledger(
     problems: list[str] = [] if chain.ok else [f"chain: {chain.problem}"]
     warnings: list[str] = []
     anchors = list(session.scalars(select(AuditAnchor).order_by(AuditAnchor.seq)))
-    hashes = dict(session.execute(select(AuditEvent.seq, AuditEvent.hash).where(
-        AuditEvent.seq.in_([a.seq for a in anchors]))).all()) if anchors else {}
+    hashes = (
+        dict(
+            session.execute(
+                select(AuditEvent.seq, AuditEvent.hash).where(AuditEvent.seq.in_([a.seq for a in anchors]))
+            ).all()
+        )
+        if anchors
+        else {}
+    )
     for a in anchors:
         if a.seq not in hashes:
             problems.append(f"anchor {a.seq}: the anchored event {a.seq} is gone (chain truncated or renumbered)")

@@ -149,12 +149,14 @@ CREATIVEML_OPENRAIL_PP_M = KnownLicence(
     text_sha256="744afca95783155040321a97b52e56e19e38aaf28eb1340e46673ff76f8f719c",
     obligations=(
         Obligation(
-            "pass-on-use-restrictions", "Section III, paragraph 4",
+            "pass-on-use-restrictions",
+            "Section III, paragraph 4",
             "The use-based restrictions of Attachment A (paragraph 5) must be included as an enforceable "
             "provision in any agreement governing use or distribution, with notice to subsequent users.",
         ),
         Obligation(
-            "output-accountability", "Section III, paragraph 5",
+            "output-accountability",
+            "Section III, paragraph 5",
             "The user is accountable for the output and its subsequent uses; no use of the output may "
             "contravene the licence, including the use restrictions of Attachment A.",
         ),
@@ -189,9 +191,14 @@ def register_licence(session: Session, actor: str, known: KnownLicence) -> Licen
     session.add(licence)
     session.flush()
     record_event(
-        session, actor, "licence.registered", "licence", known.id,
+        session,
+        actor,
+        "licence.registered",
+        "licence",
+        known.id,
         {
-            "name": known.name, "text_sha256": known.text_sha256,
+            "name": known.name,
+            "text_sha256": known.text_sha256,
             "prohibited_use_categories": sorted(r.category for r in known.restrictions),
         },
     )
@@ -285,8 +292,13 @@ def _obligation_dicts(licence: Licence) -> list[dict[str, str]]:
     out = []
     for entry in licence.obligations:
         if isinstance(entry, dict):
-            out.append({"id": str(entry.get("id", "")), "section": str(entry.get("section", "")),
-                        "text": str(entry.get("text", ""))})
+            out.append(
+                {
+                    "id": str(entry.get("id", "")),
+                    "section": str(entry.get("section", "")),
+                    "text": str(entry.get("text", "")),
+                }
+            )
         else:  # older rows: free text
             out.append({"id": "", "section": "", "text": str(entry)})
     return out
@@ -323,7 +335,13 @@ def obligations_for(model_versions: Sequence[ModelVersion]) -> list[dict[str, An
 
 
 def record_model_version(
-    session: Session, actor: str, role: str, name: str, source: str, sha256: str, files: dict[str, Any],
+    session: Session,
+    actor: str,
+    role: str,
+    name: str,
+    source: str,
+    sha256: str,
+    files: dict[str, Any],
     licence_id: str,
 ) -> ModelVersion:
     """The model-version record for one component, keyed by (role, weight hash); idempotent."""
@@ -333,7 +351,12 @@ def record_model_version(
         return existing
     mv = ModelVersion(
         id=str(uuid.uuid5(ATELIER_NAMESPACE, f"model:{role}:{sha256}")),
-        role=role, name=name, source=source, sha256=sha256, files=files, licence=licence,
+        role=role,
+        name=name,
+        source=source,
+        sha256=sha256,
+        files=files,
+        licence=licence,
     )
     try:
         with session.begin_nested():  # two workers starting at once both try to register it
@@ -343,7 +366,11 @@ def record_model_version(
         assert winner is not None
         return winner
     record_event(
-        session, actor, "model_version.registered", "model_version", mv.id,
+        session,
+        actor,
+        "model_version.registered",
+        "model_version",
+        mv.id,
         {"role": role, "name": name, "source": source, "sha256": sha256, "licence_id": licence_id},
     )
     return mv

@@ -142,8 +142,12 @@ class LicenceTerms:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "name": self.name, "url": self.url, "textSha256": self.text_sha256,
-            "models": list(self.models), "prohibitedUseCategories": list(self.prohibited_use_categories),
+            "id": self.id,
+            "name": self.name,
+            "url": self.url,
+            "textSha256": self.text_sha256,
+            "models": list(self.models),
+            "prohibitedUseCategories": list(self.prohibited_use_categories),
             "obligations": [dict(o) for o in self.obligations],
         }
 
@@ -172,8 +176,13 @@ class AtelierModelDatasetFacet(Facet):
     licence: str
 
     def payload(self) -> dict[str, Any]:
-        return {"role": self.role, "name": self.name, "source": self.source, "sha256": self.sha256,
-                "licence": self.licence}
+        return {
+            "role": self.role,
+            "name": self.name,
+            "source": self.source,
+            "sha256": self.sha256,
+            "licence": self.licence,
+        }
 
 
 @dataclass(frozen=True)
@@ -191,8 +200,12 @@ class AtelierBatchDatasetFacet(Facet):
 
     def payload(self) -> dict[str, Any]:
         return {
-            "purpose": self.purpose, "useCategory": self.use_category, "requestedBy": self.requested_by,
-            "approvalId": self.approval_id, "approvedBy": self.approved_by, "contentSha256": self.content_sha256,
+            "purpose": self.purpose,
+            "useCategory": self.use_category,
+            "requestedBy": self.requested_by,
+            "approvalId": self.approval_id,
+            "approvedBy": self.approved_by,
+            "contentSha256": self.content_sha256,
             "prompts": self.prompts,
         }
 
@@ -221,7 +234,8 @@ CUSTOM_FACET_SCHEMAS: dict[str, dict[str, Any]] = {
     s["$id"]: s
     for s in (
         _custom_schema(
-            "AtelierLicencesRunFacet", "RunFacet",
+            "AtelierLicencesRunFacet",
+            "RunFacet",
             {
                 "useCategory": _STR,
                 "licences": {
@@ -229,9 +243,12 @@ CUSTOM_FACET_SCHEMAS: dict[str, dict[str, Any]] = {
                     "items": {
                         "type": "object",
                         "properties": {
-                            "id": _STR, "name": _STR, "url": _STR,
+                            "id": _STR,
+                            "name": _STR,
+                            "url": _STR,
                             "textSha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-                            "models": _STRS, "prohibitedUseCategories": _STRS,
+                            "models": _STRS,
+                            "prohibitedUseCategories": _STRS,
                             "obligations": {
                                 "type": "array",
                                 "items": {"type": "object", "properties": {"id": _STR, "section": _STR, "text": _STR}},
@@ -244,15 +261,29 @@ CUSTOM_FACET_SCHEMAS: dict[str, dict[str, Any]] = {
             ["useCategory", "licences"],
         ),
         _custom_schema(
-            "AtelierModelDatasetFacet", "DatasetFacet",
-            {"role": _STR, "name": _STR, "source": _STR, "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-             "licence": _STR},
+            "AtelierModelDatasetFacet",
+            "DatasetFacet",
+            {
+                "role": _STR,
+                "name": _STR,
+                "source": _STR,
+                "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                "licence": _STR,
+            },
             ["role", "sha256", "licence"],
         ),
         _custom_schema(
-            "AtelierBatchDatasetFacet", "DatasetFacet",
-            {"purpose": _STR, "useCategory": _STR, "requestedBy": _STR, "approvalId": _STR, "approvedBy": _STR,
-             "contentSha256": _STR, "prompts": {"type": "integer", "minimum": 0}},
+            "AtelierBatchDatasetFacet",
+            "DatasetFacet",
+            {
+                "purpose": _STR,
+                "useCategory": _STR,
+                "requestedBy": _STR,
+                "approvalId": _STR,
+                "approvedBy": _STR,
+                "contentSha256": _STR,
+                "prompts": {"type": "integer", "minimum": 0},
+            },
             ["purpose", "useCategory", "requestedBy", "approvalId", "approvedBy", "contentSha256"],
         ),
     )
@@ -353,11 +384,16 @@ def run_event(session: Session, run_id: str, event_type: str, error: str | None 
         roles.setdefault(mv.licence_id, []).append(mv.role)
     licences = tuple(
         LicenceTerms(
-            id=lic.id, name=lic.name, url=lic.url, text_sha256=lic.text_sha256, models=tuple(roles[lic.id]),
+            id=lic.id,
+            name=lic.name,
+            url=lic.url,
+            text_sha256=lic.text_sha256,
+            models=tuple(roles[lic.id]),
             prohibited_use_categories=tuple(sorted(r.category for r in restrictions_of(lic))),
             obligations=tuple(
                 {"id": str(o.get("id", "")), "section": str(o.get("section", "")), "text": str(o.get("text", ""))}
-                if isinstance(o, dict) else {"id": "", "section": "", "text": str(o)}
+                if isinstance(o, dict)
+                else {"id": "", "section": "", "text": str(o)}
                 for o in lic.obligations
             ),
         )
@@ -374,7 +410,8 @@ def run_event(session: Session, run_id: str, event_type: str, error: str | None 
         )
     inputs = [
         Dataset(
-            MODELS_NAMESPACE, f"{mv.role}/{mv.sha256}",
+            MODELS_NAMESPACE,
+            f"{mv.role}/{mv.sha256}",
             {
                 "version": DatasetVersionDatasetFacet(mv.sha256),
                 "atelierModel": AtelierModelDatasetFacet(mv.role, mv.name, mv.source, mv.sha256, mv.licence_id),
@@ -384,13 +421,18 @@ def run_event(session: Session, run_id: str, event_type: str, error: str | None 
     ]
     inputs.append(
         Dataset(
-            BATCHES_NAMESPACE, batch.id,
+            BATCHES_NAMESPACE,
+            batch.id,
             {
                 "version": DatasetVersionDatasetFacet(batch.content_sha256),
                 "atelierBatch": AtelierBatchDatasetFacet(
-                    purpose=batch.purpose, use_category=batch.use_category, requested_by=batch.requested_by.name,
-                    approval_id=approval.id, approved_by=approval.decided_by.name,
-                    content_sha256=approval.content_sha256, prompts=len(batch.prompts),
+                    purpose=batch.purpose,
+                    use_category=batch.use_category,
+                    requested_by=batch.requested_by.name,
+                    approval_id=approval.id,
+                    approved_by=approval.decided_by.name,
+                    content_sha256=approval.content_sha256,
+                    prompts=len(batch.prompts),
                 ),
             },
         )
@@ -407,7 +449,8 @@ def run_event(session: Session, run_id: str, event_type: str, error: str | None 
         ]
     when = run.started_at if event_type == "START" else run.finished_at
     job = Job(
-        JOB_NAMESPACE, JOB_NAME,
+        JOB_NAMESPACE,
+        JOB_NAME,
         {
             "jobType": JobTypeJobFacet(),
             "documentation": DocumentationJobFacet(
@@ -512,6 +555,5 @@ def emit_run_event(
     """Build one run's event from the records and send it."""
     event = run_event(session, run_id, event_type, error)
     sink.emit(event)
-    log.info("lineage %s for run %s: %d inputs, %d outputs", event_type, run_id, len(event.inputs),
-             len(event.outputs))
+    log.info("lineage %s for run %s: %d inputs, %d outputs", event_type, run_id, len(event.inputs), len(event.outputs))
     return event

@@ -85,14 +85,28 @@ def decode_png(data: bytes) -> np.ndarray:
 
 def _model_record(mv: ModelVersion) -> dict[str, Any]:
     return {
-        "id": mv.id, "role": mv.role, "name": mv.name, "source": mv.source,
-        "sha256": mv.sha256, "licence": mv.licence_id,
+        "id": mv.id,
+        "role": mv.role,
+        "name": mv.name,
+        "source": mv.source,
+        "sha256": mv.sha256,
+        "licence": mv.licence_id,
     }
 
 
 def provenance_document(
-    *, image_id: str, sha256: str, key: str, batch: Batch, approval: Approval, prompt: Prompt,
-    image_index: int, seed: int, run: Run, safety: SafetyResult, safety_ctx: SafetyContext,
+    *,
+    image_id: str,
+    sha256: str,
+    key: str,
+    batch: Batch,
+    approval: Approval,
+    prompt: Prompt,
+    image_index: int,
+    seed: int,
+    run: Run,
+    safety: SafetyResult,
+    safety_ctx: SafetyContext,
     check: watermark.WatermarkCheck,
 ) -> dict[str, Any]:
     licences = {mv.licence.id: mv.licence for mv in run.model_versions}
@@ -103,16 +117,24 @@ def provenance_document(
         "key": key,
         "created_at": utcnow().isoformat(),
         "batch": {
-            "id": batch.id, "purpose": batch.purpose, "requested_by": batch.requested_by.name,
+            "id": batch.id,
+            "purpose": batch.purpose,
+            "requested_by": batch.requested_by.name,
             "content_sha256": batch.content_sha256,
         },
         "approval": {
-            "id": approval.id, "approved_by": approval.decided_by.name,
-            "content_sha256": approval.content_sha256, "at": approval.decided_at.isoformat(),
+            "id": approval.id,
+            "approved_by": approval.decided_by.name,
+            "content_sha256": approval.content_sha256,
+            "at": approval.decided_at.isoformat(),
         },
         "prompt": {
-            "id": prompt.id, "row_id": prompt.row_id, "text": prompt.prompt, "ref": prompt.ref,
-            "seed": prompt.seed, "params": prompt.params(),
+            "id": prompt.id,
+            "row_id": prompt.row_id,
+            "text": prompt.prompt,
+            "ref": prompt.ref,
+            "seed": prompt.seed,
+            "params": prompt.params(),
         },
         "image_index": image_index,
         "seed": str(seed),
@@ -120,31 +142,60 @@ def provenance_document(
         "models": [_model_record(mv) for mv in run.model_versions],
         "licence_obligations": obligations_for(run.model_versions),
         "licences": [
-            {"id": lic.id, "name": lic.name, "url": lic.url, "text_sha256": lic.text_sha256,
-             "obligations": lic.obligations, "use_restrictions": lic.restrictions}
+            {
+                "id": lic.id,
+                "name": lic.name,
+                "url": lic.url,
+                "text_sha256": lic.text_sha256,
+                "obligations": lic.obligations,
+                "use_restrictions": lic.restrictions,
+            }
             for lic in licences.values()
         ],
         "safety": {
-            "model": safety_ctx.model_id, "policy": safety_ctx.policy_version,
-            "scores": safety.scores, "verdict": safety.verdict,
+            "model": safety_ctx.model_id,
+            "policy": safety_ctx.policy_version,
+            "scores": safety.scores,
+            "verdict": safety.verdict,
         },
         "watermark": {
-            "scheme": check.scheme, "key_id": check.key_id, "bits": check.total_bits,
-            "payload": f"{check.expected:012x}", "matched_bits": check.matched_bits,
+            "scheme": check.scheme,
+            "key_id": check.key_id,
+            "bits": check.total_bits,
+            "payload": f"{check.expected:012x}",
+            "matched_bits": check.matched_bits,
             "score": None if check.score is None else round(check.score, 2),
         },
     }
 
 
 def _image_record(
-    image_id: str, prompt: Prompt, run: Run, image_index: int, seed: int, pixels: np.ndarray,
-    safety: SafetyResult, safety_ctx: SafetyContext, status: str, reasons: list[str],
+    image_id: str,
+    prompt: Prompt,
+    run: Run,
+    image_index: int,
+    seed: int,
+    pixels: np.ndarray,
+    safety: SafetyResult,
+    safety_ctx: SafetyContext,
+    status: str,
+    reasons: list[str],
 ) -> Image:
     return Image(
-        id=image_id, prompt_id=prompt.id, batch_id=prompt.batch_id, run_id=run.id, image_index=image_index,
-        seed=str(seed), status=status, height=int(pixels.shape[0]), width=int(pixels.shape[1]),
-        safety_model=safety_ctx.model_id, safety_policy=safety_ctx.policy_version,
-        safety_scores=dict(safety.scores), safety_verdict=safety.verdict, safety_reasons=reasons,
+        id=image_id,
+        prompt_id=prompt.id,
+        batch_id=prompt.batch_id,
+        run_id=run.id,
+        image_index=image_index,
+        seed=str(seed),
+        status=status,
+        height=int(pixels.shape[0]),
+        width=int(pixels.shape[1]),
+        safety_model=safety_ctx.model_id,
+        safety_policy=safety_ctx.policy_version,
+        safety_scores=dict(safety.scores),
+        safety_verdict=safety.verdict,
+        safety_reasons=reasons,
     )
 
 
@@ -169,21 +220,31 @@ def with_soft_binding(manifest: dict[str, Any], payload: int, key: watermark.Wat
     out = json.loads(json.dumps(manifest))
     for assertion in out["assertions"]:
         if assertion["label"] == "c2pa.actions":
-            assertion["data"]["actions"].append({
-                "action": "c2pa.watermarked.bound",
-                "softwareAgent": {"name": f"Atelier {watermark.DEFAULT_SCHEME}"},
-                "parameters": {"alg": SOFT_BINDING_ALG},
-            })
-    out["assertions"].append({
-        "label": "c2pa.soft-binding",
-        "data": {"alg": SOFT_BINDING_ALG, "name": f"{watermark.DEFAULT_SCHEME} key {key.key_id}",
-                 "blocks": [{"scope": {}, "value": f"{payload:012x}"}]},
-    })
+            assertion["data"]["actions"].append(
+                {
+                    "action": "c2pa.watermarked.bound",
+                    "softwareAgent": {"name": f"Atelier {watermark.DEFAULT_SCHEME}"},
+                    "parameters": {"alg": SOFT_BINDING_ALG},
+                }
+            )
+    out["assertions"].append(
+        {
+            "label": "c2pa.soft-binding",
+            "data": {
+                "alg": SOFT_BINDING_ALG,
+                "name": f"{watermark.DEFAULT_SCHEME} key {key.key_id}",
+                "blocks": [{"scope": {}, "value": f"{payload:012x}"}],
+            },
+        }
+    )
     return out
 
 
 def mark_and_encode(
-    image_id: str, pixels: np.ndarray, signer: ContentCredentials, manifest: dict[str, Any],
+    image_id: str,
+    pixels: np.ndarray,
+    signer: ContentCredentials,
+    manifest: dict[str, Any],
     key: watermark.WatermarkKey,
 ) -> MarkedImage:
     """Watermark, verify the mark, encode once, sign, read the manifest back, hash."""
@@ -196,8 +257,12 @@ def mark_and_encode(
     check = watermark.verify(decode_png(png), payload, key=key)  # decoded from the very bytes to be published
     signed = signer.sign_png(png, with_soft_binding(manifest, payload, key))
     return MarkedImage(
-        image_id=image_id, png=signed, sha256=hashlib.sha256(signed).hexdigest(), check=check,
-        credentials=signer.read(signed, "image/png"), phash=fingerprint.phash(marked),
+        image_id=image_id,
+        png=signed,
+        sha256=hashlib.sha256(signed).hexdigest(),
+        check=check,
+        credentials=signer.read(signed, "image/png"),
+        phash=fingerprint.phash(marked),
         pixels_sha256=pixels_sha256(marked),
     )
 
@@ -221,9 +286,13 @@ def _software_version() -> str:
 def credential_manifest(image_id: str, batch: Batch, approval: Approval, run: Run) -> dict[str, Any]:
     software = _software_version()
     return manifest_for(
-        title=f"{image_id}.png", image_id=image_id, batch_id=batch.id, approval_id=approval.id,
+        title=f"{image_id}.png",
+        image_id=image_id,
+        batch_id=batch.id,
+        approval_id=approval.id,
         models=[_model_record(mv) for mv in sorted(run.model_versions, key=lambda m: m.role)],
-        licences=sorted({mv.licence_id for mv in run.model_versions}), software_version=software,
+        licences=sorted({mv.licence_id for mv in run.model_versions}),
+        software_version=software,
     )
 
 
@@ -253,8 +322,20 @@ def finalize_image(
     if existing is not None:
         return existing
     if safety.verdict != "passed":
-        return _quarantine(session, actor, image_id, prompt, run, image_index, seed, pixels, safety, safety_ctx,
-                           list(safety.reasons), check=None)
+        return _quarantine(
+            session,
+            actor,
+            image_id,
+            prompt,
+            run,
+            image_index,
+            seed,
+            pixels,
+            safety,
+            safety_ctx,
+            list(safety.reasons),
+            check=None,
+        )
     batch = session.get(Batch, prompt.batch_id)
     assert batch is not None
     if marked is None:
@@ -262,8 +343,9 @@ def finalize_image(
             raise GovernanceCheckFailed("no C2PA signer: images cannot be published without content credentials")
         if watermark_key is None:
             raise GovernanceCheckFailed("no watermark key: images cannot be published without an identifying mark")
-        marked = mark_and_encode(image_id, pixels, signer, credential_manifest(image_id, batch, approval, run),
-                                 watermark_key)
+        marked = mark_and_encode(
+            image_id, pixels, signer, credential_manifest(image_id, batch, approval, run), watermark_key
+        )
     if marked.image_id != image_id:
         raise ValueError(f"marked image {marked.image_id} handed in for image {image_id}")
     check, sha256 = marked.check, marked.sha256
@@ -276,16 +358,30 @@ def finalize_image(
         detail = "; ".join(marked.credentials.failures) or marked.credentials.error or "no manifest"
         reasons.append(f"C2PA manifest did not validate ({marked.credentials.state}): {detail}")
     if reasons:
-        return _quarantine(session, actor, image_id, prompt, run, image_index, seed, pixels, safety, safety_ctx,
-                           reasons, check=check)
+        return _quarantine(
+            session, actor, image_id, prompt, run, image_index, seed, pixels, safety, safety_ctx, reasons, check=check
+        )
 
     key, prov_key = image_key(image_id, marked.pixels_sha256), provenance_key(image_id, marked.pixels_sha256)
     doc = provenance_document(
-        image_id=image_id, sha256=sha256, key=key, batch=batch, approval=approval, prompt=prompt,
-        image_index=image_index, seed=seed, run=run, safety=safety, safety_ctx=safety_ctx, check=check,
+        image_id=image_id,
+        sha256=sha256,
+        key=key,
+        batch=batch,
+        approval=approval,
+        prompt=prompt,
+        image_index=image_index,
+        seed=seed,
+        run=run,
+        safety=safety,
+        safety_ctx=safety_ctx,
+        check=check,
     )
     metadata = {
-        "image-id": image_id, "batch-id": batch.id, "approval-id": approval.id, "run-id": run.id,
+        "image-id": image_id,
+        "batch-id": batch.id,
+        "approval-id": approval.id,
+        "run-id": run.id,
         "model-sha256": ",".join(f"{mv.role}={mv.sha256[:16]}" for mv in run.model_versions),
     }
     record = _image_record(image_id, prompt, run, image_index, seed, pixels, safety, safety_ctx, "published", [])
@@ -311,32 +407,60 @@ def finalize_image(
     record.store_version_id = stored.version_id
     session.flush()
     record_event(
-        session, actor, "image.published", "image", image_id,
+        session,
+        actor,
+        "image.published",
+        "image",
+        image_id,
         {
-            "batch_id": batch.id, "run_id": run.id, "prompt_id": prompt.id, "sha256": sha256,
-            "store": store.url, "key": key, "version_id": stored.version_id,
-            "watermark_matched_bits": check.matched_bits, "safety_verdict": safety.verdict,
-            "c2pa_manifest": marked.credentials.label, "phash": marked.phash,
+            "batch_id": batch.id,
+            "run_id": run.id,
+            "prompt_id": prompt.id,
+            "sha256": sha256,
+            "store": store.url,
+            "key": key,
+            "version_id": stored.version_id,
+            "watermark_matched_bits": check.matched_bits,
+            "safety_verdict": safety.verdict,
+            "c2pa_manifest": marked.credentials.label,
+            "phash": marked.phash,
         },
     )
     return record
 
 
 def _quarantine(
-    session: Session, actor: str, image_id: str, prompt: Prompt, run: Run, image_index: int, seed: int,
-    pixels: np.ndarray, safety: SafetyResult, safety_ctx: SafetyContext, reasons: list[str],
+    session: Session,
+    actor: str,
+    image_id: str,
+    prompt: Prompt,
+    run: Run,
+    image_index: int,
+    seed: int,
+    pixels: np.ndarray,
+    safety: SafetyResult,
+    safety_ctx: SafetyContext,
+    reasons: list[str],
     check: watermark.WatermarkCheck | None,
 ) -> Image:
-    record = _image_record(image_id, prompt, run, image_index, seed, pixels, safety, safety_ctx, "quarantined",
-                           reasons)
+    record = _image_record(image_id, prompt, run, image_index, seed, pixels, safety, safety_ctx, "quarantined", reasons)
     if check is not None:
         record.watermark_payload = f"{check.expected:012x}"
         record.watermark_matched_bits = check.matched_bits
     session.add(record)
     session.flush()
     record_event(
-        session, actor, "image.quarantined", "image", image_id,
-        {"batch_id": prompt.batch_id, "run_id": run.id, "prompt_id": prompt.id, "reasons": reasons,
-         "safety_scores": dict(safety.scores)},
+        session,
+        actor,
+        "image.quarantined",
+        "image",
+        image_id,
+        {
+            "batch_id": prompt.batch_id,
+            "run_id": run.id,
+            "prompt_id": prompt.id,
+            "reasons": reasons,
+            "safety_scores": dict(safety.scores),
+        },
     )
     return record

@@ -37,7 +37,6 @@ NAMING_CONVENTION = {
 }
 
 
-
 # --- vocabularies: one definition each, feeding the CHECK constraints, the services and the CLI ---
 
 
@@ -116,15 +115,17 @@ class UTCDateTime(TypeDecorator[datetime]):
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+    @staticmethod
+    def _utc(value: datetime | None) -> datetime | None:
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return self._utc(value)
+
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return self._utc(value)
 
 
 def new_id() -> str:
@@ -151,9 +152,7 @@ class User(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    roles: Mapped[list[UserRole]] = relationship(
-        back_populates="user", cascade="all, delete-orphan", lazy="selectin"
-    )
+    roles: Mapped[list[UserRole]] = relationship(back_populates="user", cascade="all, delete-orphan", lazy="selectin")
 
     @property
     def role_names(self) -> set[str]:
@@ -277,9 +276,7 @@ class Approval(Base):
 
 class Run(Base):
     __tablename__ = "runs"
-    __table_args__ = (
-        CheckConstraint(one_of("status", RunStatus), name="status_known"),
-    )
+    __table_args__ = (CheckConstraint(one_of("status", RunStatus), name="status_known"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id"), index=True)

@@ -25,8 +25,19 @@ from typing import TypeVar
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-_S3_TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "RequestTimeTooSkewed",
-                       "Throttling", "ThrottlingException", "500", "502", "503", "504"}
+_S3_TRANSIENT_CODES = {
+    "InternalError",
+    "ServiceUnavailable",
+    "SlowDown",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "Throttling",
+    "ThrottlingException",
+    "500",
+    "502",
+    "503",
+    "504",
+}
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -57,8 +68,14 @@ def describe(exc: BaseException) -> str:
 class Backoff:
     """Capped exponential backoff with full jitter, bounded by a total time since the first failure."""
 
-    def __init__(self, tolerance_s: float, base_s: float = 0.5, cap_s: float = 20.0,
-                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        tolerance_s: float,
+        base_s: float = 0.5,
+        cap_s: float = 20.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.tolerance_s, self.base_s, self.cap_s, self.sleep, self.clock = tolerance_s, base_s, cap_s, sleep, clock
 
     def run(self, step: Callable[[], T], what: str) -> T:
@@ -79,8 +96,9 @@ class Backoff:
                 delay = min(self.cap_s, self.base_s * 2**attempt) * random.uniform(0.5, 1.0)
                 delay = min(delay, max(0.0, self.tolerance_s - waited))
                 attempt += 1
-                log.warning("%s: transient failure (attempt %d), retrying in %.1f s: %s",
-                            what, attempt, delay, describe(exc))
+                log.warning(
+                    "%s: transient failure (attempt %d), retrying in %.1f s: %s", what, attempt, delay, describe(exc)
+                )
                 self.sleep(delay)
                 continue
             if attempt:

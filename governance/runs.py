@@ -41,16 +41,18 @@ def start_run(
     # The declared use was checked at intake against the configured licence; check it again against
     # the licences of the weights this run actually loaded.
     check_use_category(session, batch.use_category, {mv.licence_id for mv in model_versions})
-    run = Run(
-        batch_id=batch.id, approval_id=approval.id, started_by_id=user.id, flow_run_id=flow_run_id, engine=engine
-    )
+    run = Run(batch_id=batch.id, approval_id=approval.id, started_by_id=user.id, flow_run_id=flow_run_id, engine=engine)
     run.model_versions = list(model_versions)
     session.add(run)
     previous = batch.status
     batch.status = "running"
     session.flush()
     record_event(
-        session, user.name, "run.started", "run", run.id,
+        session,
+        user.name,
+        "run.started",
+        "run",
+        run.id,
         {
             "batch_id": batch.id,
             "approval_id": approval.id,
@@ -64,11 +66,7 @@ def start_run(
 
 
 def planned_images(batch: Batch) -> list[PlannedImage]:
-    return [
-        PlannedImage(image_id_for(p.id, i), p.id, i)
-        for p in batch.prompts
-        for i in range(p.num_images)
-    ]
+    return [PlannedImage(image_id_for(p.id, i), p.id, i) for p in batch.prompts for i in range(p.num_images)]
 
 
 def pending_images(session: Session, batch_id: str) -> list[PlannedImage]:
@@ -94,9 +92,7 @@ def finish_run(session: Session, actor: str, run_id: str, error: str | None = No
         raise InvalidState(f"run {run.id} is already {run.status}")
     batch = get_batch(session, run.batch_id)
     counts = dict(
-        session.execute(
-            select(Image.status, func.count()).where(Image.run_id == run.id).group_by(Image.status)
-        ).all()
+        session.execute(select(Image.status, func.count()).where(Image.run_id == run.id).group_by(Image.status)).all()
     )
     remaining = len(pending_images(session, batch.id))
     run.summary = {

@@ -72,6 +72,7 @@ class LocalStore:
         stored = self.put(key, data, content_type, {"retain-until": retain_until.isoformat()})
         path.chmod(0o444)
         return stored
+
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
         if self.root.resolve() not in path.parents:
@@ -117,8 +118,15 @@ class LocalStore:
 class S3Store:
     """S3 or any S3-compatible server. PUTs carry a SHA-256 checksum the server verifies."""
 
-    def __init__(self, bucket: str, prefix: str, endpoint_url: str | None = None, client=None,  # type: ignore[no-untyped-def]
-                 timeout_s: float = 30, max_attempts: int = 5):
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        endpoint_url: str | None = None,
+        client=None,  # type: ignore[no-untyped-def]
+        timeout_s: float = 30,
+        max_attempts: int = 5,
+    ):
         import boto3
         from botocore.config import Config
 
@@ -129,8 +137,11 @@ class S3Store:
             "s3",
             endpoint_url=endpoint_url,
             # boto3 retries 5xx, throttling and timeouts itself; governance.retry rides out longer outages.
-            config=Config(retries={"max_attempts": max_attempts, "mode": "standard"},
-                          connect_timeout=timeout_s, read_timeout=timeout_s),
+            config=Config(
+                retries={"max_attempts": max_attempts, "mode": "standard"},
+                connect_timeout=timeout_s,
+                read_timeout=timeout_s,
+            ),
         )
 
     worm = True
@@ -203,7 +214,7 @@ class S3Store:
         out: list[str] = []
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
-            out.extend(obj["Key"][len(self.prefix):] for obj in page.get("Contents", []))
+            out.extend(obj["Key"][len(self.prefix) :] for obj in page.get("Contents", []))
         return sorted(out)
 
     def location(self, key: str) -> str:

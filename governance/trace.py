@@ -99,8 +99,9 @@ def trace_images(session: Session, image_ids: Sequence[str]) -> list[dict[str, A
         for run_id, mv in session.execute(stmt):
             models[run_id].append(mv)
 
-    subjects = sorted({s for image, batch, run, approval in loaded.values()
-                       for s in (image.id, run.id, batch.id, approval.id)})
+    subjects = sorted(
+        {s for image, batch, run, approval in loaded.values() for s in (image.id, run.id, batch.id, approval.id)}
+    )
     events: dict[str, list[AuditEvent]] = {}
     for chunk in _chunked(subjects):
         for e in session.scalars(select(AuditEvent).where(AuditEvent.subject_id.in_(chunk))):
@@ -128,22 +129,35 @@ def _trace_record(
         "pixels_sha256": image.pixels_sha256,
         "phash": image.phash,
         "store": {
-            "url": image.store_url, "key": image.store_key, "version_id": image.store_version_id,
+            "url": image.store_url,
+            "key": image.store_key,
+            "version_id": image.store_version_id,
             "provenance_key": image.provenance_key,
         },
         "batch": {
-            "id": batch.id, "purpose": batch.purpose, "use_category": batch.use_category,
-            "requested_by": batch.requested_by.name, "status": batch.status,
-            "content_sha256": batch.content_sha256, "source": batch.source_name,
+            "id": batch.id,
+            "purpose": batch.purpose,
+            "use_category": batch.use_category,
+            "requested_by": batch.requested_by.name,
+            "status": batch.status,
+            "content_sha256": batch.content_sha256,
+            "source": batch.source_name,
         },
         "approval": {
-            "id": approval.id, "decision": approval.decision, "approved_by": approval.decided_by.name,
-            "content_sha256": approval.content_sha256, "at": approval.decided_at.isoformat(),
+            "id": approval.id,
+            "decision": approval.decision,
+            "approved_by": approval.decided_by.name,
+            "content_sha256": approval.content_sha256,
+            "at": approval.decided_at.isoformat(),
             "voided_at": approval.voided_at.isoformat() if approval.voided_at else None,
         },
         "prompt": {
-            "id": prompt.id, "row_id": prompt.row_id, "text": prompt.prompt, "seed": prompt.seed,
-            "ref": prompt.ref, "params": prompt.params(),
+            "id": prompt.id,
+            "row_id": prompt.row_id,
+            "text": prompt.prompt,
+            "seed": prompt.seed,
+            "ref": prompt.ref,
+            "params": prompt.params(),
         },
         "image_index": image.image_index,
         "seed": image.seed,
@@ -151,23 +165,30 @@ def _trace_record(
         "run": {"id": run.id, "started_at": run.started_at.isoformat(), "engine": run.engine},
         "models": [
             {
-                "role": mv.role, "name": mv.name, "source": mv.source, "sha256": mv.sha256,
+                "role": mv.role,
+                "name": mv.name,
+                "source": mv.source,
+                "sha256": mv.sha256,
                 "licence": mv.licence_id,
             }
             for mv in sorted(models, key=lambda m: m.role)
         ],
         "licence_obligations": image.licence_obligations,
         "safety": {
-            "model": image.safety_model, "policy": image.safety_policy, "scores": image.safety_scores,
-            "verdict": image.safety_verdict, "reasons": image.safety_reasons,
+            "model": image.safety_model,
+            "policy": image.safety_policy,
+            "scores": image.safety_scores,
+            "verdict": image.safety_verdict,
+            "reasons": image.safety_reasons,
         },
         "watermark": {
-            "scheme": image.watermark_scheme, "key_id": image.watermark_key_id, "payload": image.watermark_payload,
+            "scheme": image.watermark_scheme,
+            "key_id": image.watermark_key_id,
+            "payload": image.watermark_payload,
             "matched_bits": image.watermark_matched_bits,
         },
         "c2pa_manifest": image.c2pa_manifest,
         "audit": [
-            {"seq": e.seq, "action": e.action, "actor": e.actor, "at": e.at, "subject": e.subject_id}
-            for e in trail
+            {"seq": e.seq, "action": e.action, "actor": e.actor, "at": e.at, "subject": e.subject_id} for e in trail
         ],
     }

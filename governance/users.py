@@ -64,7 +64,11 @@ def add_user(session: Session, actor: str | None, name: str, roles: Iterable[str
         user.roles.append(UserRole(role=role))
     if created or new_roles:
         record_event(
-            session, acting, "user.created" if created else "user.roles_added", "user", name,
+            session,
+            acting,
+            "user.created" if created else "user.roles_added",
+            "user",
+            name,
             {"roles": new_roles},
         )
     session.flush()

@@ -57,8 +57,12 @@ from governance.errors import ExitCode, InvalidInput
 from governance.records import Image
 from governance.trace import trace_image
 
-VERDICT_EXIT_CODES = {"original": ExitCode.OK, "derived": ExitCode.DERIVED, "tampered": ExitCode.TAMPERED,
-                      "unknown": ExitCode.UNKNOWN}
+VERDICT_EXIT_CODES = {
+    "original": ExitCode.OK,
+    "derived": ExitCode.DERIVED,
+    "tampered": ExitCode.TAMPERED,
+    "unknown": ExitCode.UNKNOWN,
+}
 ERROR_EXIT_CODE = InvalidInput.exit_code  # a file that could not be checked at all
 # several files: the exit code of the most serious outcome among them
 SEVERITY = ("original", "derived", "unknown", "tampered", "error")
@@ -87,8 +91,9 @@ class Candidates:
     @classmethod
     def load(cls, session: Session) -> Candidates:
         rows = session.execute(
-            select(Image.id, Image.watermark_payload, Image.watermark_scheme, Image.watermark_key_id, Image.phash)
-            .where(Image.status == "published")
+            select(
+                Image.id, Image.watermark_payload, Image.watermark_scheme, Image.watermark_key_id, Image.phash
+            ).where(Image.status == "published")
         ).all()
         groups: dict[tuple[str, str | None], tuple[list[int], list[str]]] = {}
         ph: list[int] = []
@@ -144,8 +149,9 @@ def read_file_checked(path: Path, limits: VerifyLimits) -> bytes:
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
     if len(data) > limits.max_file_bytes:  # it grew while we read it
-        raise InvalidInput(f"{path} is over the limit of {limits.max_file_bytes:,} bytes "
-                           "(ATELIER_VERIFY_MAX_FILE_BYTES)")
+        raise InvalidInput(
+            f"{path} is over the limit of {limits.max_file_bytes:,} bytes (ATELIER_VERIFY_MAX_FILE_BYTES)"
+        )
     return data
 
 
@@ -156,8 +162,9 @@ def decode_luma_checked(path: Path, data: bytes, limits: VerifyLimits) -> tuple[
             warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
             probe = PILImage.open(io.BytesIO(data))
     except PILImage.DecompressionBombError:
-        raise InvalidInput(f"{path} declares an image far larger than any Atelier makes (a decompression bomb); "
-                           "nothing was decoded") from None
+        raise InvalidInput(
+            f"{path} declares an image far larger than any Atelier makes (a decompression bomb); nothing was decoded"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise InvalidInput(f"{path} is not an image file Atelier can read (PNG, JPEG, WebP, TIFF)") from None
     with probe:
@@ -185,7 +192,10 @@ def decode_luma_checked(path: Path, data: bytes, limits: VerifyLimits) -> tuple[
 
 
 def _watermark_signal(
-    y: np.ndarray, rgb: np.ndarray | None, keys: list[watermark.WatermarkKey], cands: Candidates,
+    y: np.ndarray,
+    rgb: np.ndarray | None,
+    keys: list[watermark.WatermarkKey],
+    cands: Candidates,
 ) -> tuple[dict[str, Any], str | None]:
     """The best watermark evidence over every key and scheme; the image id when it is strong enough."""
     h, w = y.shape
@@ -196,9 +206,16 @@ def _watermark_signal(
         values, ids = cands.payloads.get((reading.scheme, key_id), (np.zeros(0, dtype=np.uint64), []))
         best, _ = _nearest(values, ids, reading.payload)
         out: dict[str, Any] = {
-            "scheme": reading.scheme, "key_id": reading.key_id, "decoded": f"{reading.payload:012x}",
-            "best_match": None, "matched_bits": 0, "total_bits": None, "verdict": "none", "score": None,
-            "offset": list(reading.offset), "searched": reading.hypotheses > 1,
+            "scheme": reading.scheme,
+            "key_id": reading.key_id,
+            "decoded": f"{reading.payload:012x}",
+            "best_match": None,
+            "matched_bits": 0,
+            "total_bits": None,
+            "verdict": "none",
+            "score": None,
+            "offset": list(reading.offset),
+            "searched": reading.hypotheses > 1,
         }
         if best is None:
             return out, None
@@ -208,9 +225,14 @@ def _watermark_signal(
         if check.score is not None:
             needed = watermark.attribution_min_score(len(ids), reading.hypotheses)
             trusted = trusted and check.score >= needed
-        out.update(best_match=best, matched_bits=check.matched_bits, total_bits=check.total_bits,
-                   verdict=check.verdict, score=None if check.score is None else round(check.score, 2),
-                   score_needed=None if needed is None else round(needed, 2))
+        out.update(
+            best_match=best,
+            matched_bits=check.matched_bits,
+            total_bits=check.total_bits,
+            verdict=check.verdict,
+            score=None if check.score is None else round(check.score, 2),
+            score_needed=None if needed is None else round(needed, 2),
+        )
         return out, best if trusted else None
 
     tried: list[tuple[dict[str, Any], str | None]] = []
@@ -228,8 +250,12 @@ def _watermark_signal(
 
 
 def verify_file(
-    session: Session, path: Path, trust_anchors_pem: bytes | None, watermark_keys: list[watermark.WatermarkKey],
-    limits: VerifyLimits | None = None, candidates: Candidates | None = None,
+    session: Session,
+    path: Path,
+    trust_anchors_pem: bytes | None,
+    watermark_keys: list[watermark.WatermarkKey],
+    limits: VerifyLimits | None = None,
+    candidates: Candidates | None = None,
 ) -> dict[str, Any]:
     """Check one file; raises :class:`InvalidInput` (one line) for a file that cannot be checked."""
     limits = limits or VerifyLimits()
@@ -258,8 +284,12 @@ def verify_file(
     if damaged is not None and not creds.present:
         raise damaged
     claimed = (creds.atelier or {}).get("image_id")
-    signals["c2pa"] = {**creds.to_dict(), "trusted": creds.trusted, "trust_anchors_configured": bool(trust_anchors_pem),
-                       "soft_binding": creds.soft_binding}
+    signals["c2pa"] = {
+        **creds.to_dict(),
+        "trusted": creds.trusted,
+        "trust_anchors_configured": bool(trust_anchors_pem),
+        "soft_binding": creds.soft_binding,
+    }
     if creds.trusted and claimed:
         manifest_image = session.get(Image, claimed)
         if manifest_image is not None and manifest_image.status == "published":
@@ -273,8 +303,12 @@ def verify_file(
             candidates_found["watermark"] = session.get(Image, wm_image)
         digest = fingerprint.phash(y)
         near, dist = _nearest(cands.phashes[0], cands.phashes[1], int(digest, 16))
-        signals["fingerprint"] = {"phash": digest, "nearest": near, "distance": dist,
-                                  "match": near is not None and dist <= fingerprint.MATCH_MAX_DISTANCE}
+        signals["fingerprint"] = {
+            "phash": digest,
+            "nearest": near,
+            "distance": dist,
+            "match": near is not None and dist <= fingerprint.MATCH_MAX_DISTANCE,
+        }
         if near is not None and dist <= fingerprint.MATCH_MAX_DISTANCE:
             candidates_found["fingerprint"] = session.get(Image, near)
 
@@ -286,8 +320,12 @@ def verify_file(
         verdict = "derived"
     else:
         verdict = "unknown"
-    image = (exact or candidates_found.get("c2pa") or candidates_found.get("watermark")
-             or candidates_found.get("fingerprint"))
+    image = (
+        exact
+        or candidates_found.get("c2pa")
+        or candidates_found.get("watermark")
+        or candidates_found.get("fingerprint")
+    )
     claim = None
     soft = creds.soft_binding or {}
     soft_value = next((blk.get("value") for blk in soft.get("blocks") or [] if isinstance(blk, dict)), None)
@@ -298,8 +336,11 @@ def verify_file(
         claim = {
             "image_id": claimed,
             "verified": bool(creds.trusted),
-            "note": ("signed by a trusted signer" if creds.trusted else
-                     "the manifest's signer does not chain to Atelier's trust anchors: an unverified claim"),
+            "note": (
+                "signed by a trusted signer"
+                if creds.trusted
+                else "the manifest's signer does not chain to Atelier's trust anchors: an unverified claim"
+            ),
         }
         if image is not None and claimed != image.id:
             claim["note"] += f"; the evidence points to image {image.id}, not the one claimed"
@@ -322,16 +363,24 @@ def expand_paths(paths: Iterable[Path]) -> list[Path]:
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if not f.is_dir()
-                              and not any(part.startswith(".") for part in f.relative_to(p).parts)))
+            out.extend(
+                sorted(
+                    f
+                    for f in p.rglob("*")
+                    if not f.is_dir() and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                )
+            )
         else:
             out.append(p)
     return out
 
 
 def verify_files(
-    session: Session, paths: Iterable[Path], trust_anchors_pem: bytes | None,
-    watermark_keys: list[watermark.WatermarkKey], limits: VerifyLimits | None = None,
+    session: Session,
+    paths: Iterable[Path],
+    trust_anchors_pem: bytes | None,
+    watermark_keys: list[watermark.WatermarkKey],
+    limits: VerifyLimits | None = None,
 ) -> Iterable[dict[str, Any]]:
     """`verify_file` over many files in one process (the published images are loaded once); a file that
     cannot be checked yields ``{"file", "verdict": "error", "error"}`` and the others go on."""

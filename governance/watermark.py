@@ -105,8 +105,9 @@ class WatermarkKey:
         return f"WatermarkKey({self.key_id}{', development' if self.development else ''})"
 
 
-PUBLIC_TEST_KEY = WatermarkKey(hashlib.sha256(b"atelier public test watermark key - NOT FOR PRODUCTION").digest(),
-                               development=True)
+PUBLIC_TEST_KEY = WatermarkKey(
+    hashlib.sha256(b"atelier public test watermark key - NOT FOR PRODUCTION").digest(), development=True
+)
 KEY_FILE = "watermark-key.txt"
 DEV_KEY_HEADER = "# Atelier DEVELOPMENT watermark key - NOT FOR PRODUCTION (made by `atelier keys init`)"
 
@@ -126,8 +127,12 @@ def ensure_development_key(path: Path, rotate: bool = False) -> list[WatermarkKe
         ring = []
     key = WatermarkKey(secrets.token_bytes(32), development=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [DEV_KEY_HEADER, "# the current key first; earlier keys after it verify older images", key.secret.hex(),
-             *(k.secret.hex() for k in ring)]
+    lines = [
+        DEV_KEY_HEADER,
+        "# the current key first; earlier keys after it verify older images",
+        key.secret.hex(),
+        *(k.secret.hex() for k in ring),
+    ]
     path.write_text("\n".join(lines) + "\n")
     path.chmod(0o600)
     return load_key_ring(path)
@@ -224,8 +229,9 @@ class WatermarkCheck:
         return self.verdict == "very_likely"
 
 
-def embed(pixels: np.ndarray, payload: int, *, key: WatermarkKey | None = None,
-          scheme: str = DEFAULT_SCHEME) -> np.ndarray:
+def embed(
+    pixels: np.ndarray, payload: int, *, key: WatermarkKey | None = None, scheme: str = DEFAULT_SCHEME
+) -> np.ndarray:
     """Return a copy of ``pixels`` (uint8 HxWx3 RGB) carrying ``payload``; deterministic."""
     _check_payload(payload)
     _check_scheme(scheme)
@@ -235,8 +241,9 @@ def embed(pixels: np.ndarray, payload: int, *, key: WatermarkKey | None = None,
     return spread.embed(pixels, codeword_for(payload), (key or PUBLIC_TEST_KEY).secret)
 
 
-def read(pixels: np.ndarray, *, key: WatermarkKey | None = None, scheme: str = DEFAULT_SCHEME,
-         search: bool = False) -> WatermarkReading:
+def read(
+    pixels: np.ndarray, *, key: WatermarkKey | None = None, scheme: str = DEFAULT_SCHEME, search: bool = False
+) -> WatermarkReading:
     """Read whatever ``scheme`` finds in ``pixels``; ``search`` also tries every grid offset (crops)."""
     _check_scheme(scheme)
     _check_pixels(pixels)
@@ -266,18 +273,30 @@ def compare(reading: WatermarkReading, expected: int) -> WatermarkCheck:
     _check_payload(expected)
     if reading.soft is None:
         matched = WATERMARK_BITS - (reading.payload ^ expected).bit_count()
-        return WatermarkCheck(expected, reading.payload, matched, WATERMARK_BITS,
-                              verdict_for(matched, reading.scheme), reading.scheme)
+        return WatermarkCheck(
+            expected, reading.payload, matched, WATERMARK_BITS, verdict_for(matched, reading.scheme), reading.scheme
+        )
     want = np.asarray(codeword_for(expected)) * 2 - 1
     signs = np.sign(reading.soft)
     matched = int((signs == want).sum())  # a bit with no evidence (z = 0) never counts as matched
     score = float((reading.soft * want).sum() / math.sqrt(len(want)))
-    return WatermarkCheck(expected, reading.payload, matched, len(want), verdict_for(matched, reading.scheme),
-                          reading.scheme, reading.key_id, score, reading.offset, reading.hypotheses)
+    return WatermarkCheck(
+        expected,
+        reading.payload,
+        matched,
+        len(want),
+        verdict_for(matched, reading.scheme),
+        reading.scheme,
+        reading.key_id,
+        score,
+        reading.offset,
+        reading.hypotheses,
+    )
 
 
-def verify(pixels: np.ndarray, expected: int, *, key: WatermarkKey | None = None,
-           scheme: str = DEFAULT_SCHEME) -> WatermarkCheck:
+def verify(
+    pixels: np.ndarray, expected: int, *, key: WatermarkKey | None = None, scheme: str = DEFAULT_SCHEME
+) -> WatermarkCheck:
     """Decode ``pixels`` and compare with ``expected``; ``.ok`` only for ``very_likely``."""
     _check_payload(expected)
     return compare(read(pixels, key=key, scheme=scheme), expected)

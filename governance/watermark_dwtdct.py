@@ -138,7 +138,10 @@ def _haar_filter() -> float:
     wavelet = pywt.Wavelet("haar")
     s = wavelet.dec_lo[0]
     if (list(wavelet.dec_lo), list(wavelet.dec_hi), list(wavelet.rec_lo), list(wavelet.rec_hi)) != (
-        [s, s], [-s, s], [s, s], [s, -s]
+        [s, s],
+        [-s, s],
+        [s, s],
+        [s, -s],
     ):  # pragma: no cover - a PyWavelets that changed its Haar filters would break bit-compatibility
         raise RuntimeError("PyWavelets' Haar filters are not the expected [s, s] / [-s, s] pair")
     return s

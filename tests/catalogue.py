@@ -33,9 +33,16 @@ BACKGROUNDS: dict[str, tuple[int, int, int] | tuple[tuple[int, int, int], tuple[
     "dark": (18, 18, 20),
 }
 CATEGORY_OF = {
-    "pure-white": "pure-white", "near-white": "near-white", "off-white": "off-white", "grey": "grey",
-    "studio-sweep": "studio-sweep", "pastel": "pastel", "pastel-mint": "pastel", "saturated": "saturated",
-    "saturated-blue": "saturated", "dark": "dark",
+    "pure-white": "pure-white",
+    "near-white": "near-white",
+    "off-white": "off-white",
+    "grey": "grey",
+    "studio-sweep": "studio-sweep",
+    "pastel": "pastel",
+    "pastel-mint": "pastel",
+    "saturated": "saturated",
+    "saturated-blue": "saturated",
+    "dark": "dark",
 }
 PRODUCT_COLOURS = {
     "white": (244, 244, 241),
@@ -84,8 +91,16 @@ def _product_mask(product: str, h: int, w: int) -> np.ndarray:
         cv2.ellipse(mask, (cx, i(cy - 60 * s)), (i(70 * s), i(40 * s)), 0, 180, 360, 255, -1)
         cv2.rectangle(mask, (i(cx - 22 * s), i(cy - 170 * s)), (i(cx + 22 * s), i(cy - 80 * s)), 255, -1)
     elif product == "box":
-        pts = np.array([[cx - 150 * s, cy - 60 * s], [cx - 40 * s, cy - 130 * s], [cx + 150 * s, cy - 100 * s],
-                        [cx + 150 * s, cy + 110 * s], [cx + 40 * s, cy + 170 * s], [cx - 150 * s, cy + 120 * s]])
+        pts = np.array(
+            [
+                [cx - 150 * s, cy - 60 * s],
+                [cx - 40 * s, cy - 130 * s],
+                [cx + 150 * s, cy - 100 * s],
+                [cx + 150 * s, cy + 110 * s],
+                [cx + 40 * s, cy + 170 * s],
+                [cx - 150 * s, cy + 120 * s],
+            ]
+        )
         cv2.fillPoly(mask, [pts.round().astype(np.int32)], 255)
     elif product == "ball":
         cv2.circle(mask, (cx, cy), i(150 * s), 255, -1)
@@ -99,7 +114,13 @@ def _product_mask(product: str, h: int, w: int) -> np.ndarray:
 
 
 def render_product(
-    background: str, product: str, colour: str, size: int, *, grain: float = 0.0, label: bool = False,
+    background: str,
+    product: str,
+    colour: str,
+    size: int,
+    *,
+    grain: float = 0.0,
+    label: bool = False,
 ) -> np.ndarray:
     """One product shot: background, soft contact shadow, shaded product, optional label and sensor grain."""
     h = w = size
@@ -110,7 +131,7 @@ def render_product(
     shadow = cv2.resize(cover, (w, h // 3), interpolation=cv2.INTER_AREA)
     floor = np.zeros_like(cover)
     top = int(h * 0.52)
-    floor[top:top + shadow.shape[0]] = shadow[: h - top]
+    floor[top : top + shadow.shape[0]] = shadow[: h - top]
     k = max(3, (size // 16) | 1)
     floor = cv2.GaussianBlur(floor, (k * 2 + 1, k * 2 + 1), k / 1.5)
     img *= (1 - 0.35 * floor)[..., None]
@@ -126,8 +147,16 @@ def render_product(
         y0, y1, x0, x1 = int(h * 0.5), int(h * 0.62), int(w * 0.38), int(w * 0.62)
         img[y0:y1, x0:x1] = img[y0:y1, x0:x1] * 0.2 + 0.8 * np.array([250, 250, 245], np.float32)
         canvas = np.ascontiguousarray(np.clip(img[y0:y1, x0:x1], 0, 255).astype(np.uint8))
-        cv2.putText(canvas, "ATELIER", (int(canvas.shape[1] * 0.06), int(canvas.shape[0] * 0.65)),
-                    cv2.FONT_HERSHEY_DUPLEX, size / 900, (20, 20, 25), max(1, size // 400), cv2.LINE_AA)
+        cv2.putText(
+            canvas,
+            "ATELIER",
+            (int(canvas.shape[1] * 0.06), int(canvas.shape[0] * 0.65)),
+            cv2.FONT_HERSHEY_DUPLEX,
+            size / 900,
+            (20, 20, 25),
+            max(1, size // 400),
+            cv2.LINE_AA,
+        )
         img[y0:y1, x0:x1] = canvas.astype(np.float32)
     if grain:
         img += rng.normal(0, grain, img.shape).astype(np.float32)
@@ -153,26 +182,46 @@ def catalogue_set(sizes: tuple[int, ...] = (512, 1024)) -> Iterator[CatalogueIma
     for size in sizes:
         for background, product, colour, grain, label in _variants():
             name = f"{background}/{product}-{colour}{'-grain' if grain else ''}{'-label' if label else ''}/{size}"
-            yield CatalogueImage(name, CATEGORY_OF[background], render_product(
-                background, product, colour, size, grain=grain, label=label))
+            yield CatalogueImage(
+                name,
+                CATEGORY_OF[background],
+                render_product(background, product, colour, size, grain=grain, label=label),
+            )
 
 
 def catalogue_subset() -> list[CatalogueImage]:
     """A cross-section for `make test`: every category at 512 px, white on white with and without grain."""
     picks = [
-        ("pure-white", "bottle", "white", 0.0, False), ("pure-white", "box", "white", 2.0, True),
-        ("pure-white", "mug", "red", 0.0, True), ("near-white", "ball", "white", 0.0, False),
-        ("off-white", "shoe", "beige", 2.0, False), ("grey", "box", "navy", 0.0, True),
-        ("studio-sweep", "bottle", "chrome", 0.0, False), ("pastel", "ball", "green", 0.0, False),
-        ("saturated", "mug", "white", 0.0, False), ("saturated-blue", "shoe", "beige", 2.0, False),
+        ("pure-white", "bottle", "white", 0.0, False),
+        ("pure-white", "box", "white", 2.0, True),
+        ("pure-white", "mug", "red", 0.0, True),
+        ("near-white", "ball", "white", 0.0, False),
+        ("off-white", "shoe", "beige", 2.0, False),
+        ("grey", "box", "navy", 0.0, True),
+        ("studio-sweep", "bottle", "chrome", 0.0, False),
+        ("pastel", "ball", "green", 0.0, False),
+        ("saturated", "mug", "white", 0.0, False),
+        ("saturated-blue", "shoe", "beige", 2.0, False),
         ("dark", "bottle", "chrome", 0.0, True),
     ]
-    return [CatalogueImage(f"{b}/{p}-{c}{'-grain' if g else ''}/512", CATEGORY_OF[b],
-                           render_product(b, p, c, 512, grain=g, label=lab)) for b, p, c, g, lab in picks]
+    return [
+        CatalogueImage(
+            f"{b}/{p}-{c}{'-grain' if g else ''}/512", CATEGORY_OF[b], render_product(b, p, c, 512, grain=g, label=lab)
+        )
+        for b, p, c, g, lab in picks
+    ]
 
 
-PHOTOGRAPHS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
-               "hubble_deep_field.jpg", "retina.jpg", "color.png")
+PHOTOGRAPHS = (
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+    "color.png",
+)
 
 
 def photographs(min_side: int = 256) -> list[CatalogueImage]:

@@ -23,8 +23,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlparse
 
-_ERROR_XML = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code>'
-              b"<Message>We encountered an internal error. Please try again.</Message></Error>")
+_ERROR_XML = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code>'
+    b"<Message>We encountered an internal error. Please try again.</Message></Error>"
+)
 
 
 @dataclass
@@ -145,13 +147,20 @@ class PrefectServer:
 
         import httpx
 
-        env = {**os.environ, "PREFECT_HOME": str(self.home), "PREFECT_API_URL": "",
-               "PREFECT_SERVER_DATABASE_CONNECTION_URL": self.db_url,
-               "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
+        env = {
+            **os.environ,
+            "PREFECT_HOME": str(self.home),
+            "PREFECT_API_URL": "",
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": self.db_url,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "false",
+        }
         self._log = (self.home / "server.log").open("wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.time() + timeout
         while True:
@@ -162,8 +171,9 @@ class PrefectServer:
                 pass
             if self.proc.poll() is not None or time.time() > deadline:
                 self.stop()
-                raise RuntimeError("Prefect server did not start:\n"
-                                   + (self.home / "server.log").read_text(errors="replace")[-3000:])
+                raise RuntimeError(
+                    "Prefect server did not start:\n" + (self.home / "server.log").read_text(errors="replace")[-3000:]
+                )
             time.sleep(0.5)
 
     def stop(self) -> None:
@@ -200,12 +210,20 @@ class PostgresCluster:
         self._run("initdb", "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres", "--no-sync")
 
     def _run(self, tool: str, *args: str) -> None:
-        subprocess.run([*self._as_postgres, str(self.bin / tool), *args], check=True, capture_output=True,
-                       timeout=120)
+        subprocess.run([*self._as_postgres, str(self.bin / tool), *args], check=True, capture_output=True, timeout=120)
 
     def start(self) -> None:
-        self._run("pg_ctl", "-D", str(self.dir / "data"), "-l", str(self.dir / "log"), "-w", "-o",
-                  f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.dir / "data"),
+            "-l",
+            str(self.dir / "log"),
+            "-w",
+            "-o",
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+        )
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")

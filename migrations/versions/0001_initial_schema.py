@@ -73,9 +73,7 @@ def upgrade() -> None:
             "status IN ('submitted', 'approved', 'rejected', 'running', 'completed', 'failed')",
             name=op.f("ck_batches_status_known"),
         ),
-        sa.ForeignKeyConstraint(
-            ["requested_by_id"], ["users.id"], name=op.f("fk_batches_requested_by_id_users")
-        ),
+        sa.ForeignKeyConstraint(["requested_by_id"], ["users.id"], name=op.f("fk_batches_requested_by_id_users")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_batches")),
     )
     with op.batch_alter_table("batches", schema=None) as batch_op:
@@ -91,9 +89,7 @@ def upgrade() -> None:
         sa.Column("files", sa.JSON(), nullable=False),
         sa.Column("licence_id", sa.String(length=100), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["licence_id"], ["licences.id"], name=op.f("fk_model_versions_licence_id_licences")
-        ),
+        sa.ForeignKeyConstraint(["licence_id"], ["licences.id"], name=op.f("fk_model_versions_licence_id_licences")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_model_versions")),
         sa.UniqueConstraint("role", "sha256", name=op.f("uq_model_versions_role_sha256")),
     )
@@ -124,9 +120,7 @@ def upgrade() -> None:
         sa.Column("void_reason", sa.Text(), nullable=False),
         sa.CheckConstraint("decision IN ('approved', 'rejected')", name=op.f("ck_approvals_decision_known")),
         sa.ForeignKeyConstraint(["batch_id"], ["batches.id"], name=op.f("fk_approvals_batch_id_batches")),
-        sa.ForeignKeyConstraint(
-            ["decided_by_id"], ["users.id"], name=op.f("fk_approvals_decided_by_id_users")
-        ),
+        sa.ForeignKeyConstraint(["decided_by_id"], ["users.id"], name=op.f("fk_approvals_decided_by_id_users")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_approvals")),
     )
     with op.batch_alter_table("approvals", schema=None) as batch_op:
@@ -168,9 +162,7 @@ def upgrade() -> None:
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("summary", sa.JSON(), nullable=False),
         sa.CheckConstraint("status IN ('running', 'completed', 'failed')", name=op.f("ck_runs_status_known")),
-        sa.ForeignKeyConstraint(
-            ["approval_id"], ["approvals.id"], name=op.f("fk_runs_approval_id_approvals")
-        ),
+        sa.ForeignKeyConstraint(["approval_id"], ["approvals.id"], name=op.f("fk_runs_approval_id_approvals")),
         sa.ForeignKeyConstraint(["batch_id"], ["batches.id"], name=op.f("fk_runs_batch_id_batches")),
         sa.ForeignKeyConstraint(["started_by_id"], ["users.id"], name=op.f("fk_runs_started_by_id_users")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_runs")),

@@ -37,9 +37,7 @@ def upgrade() -> None:
     with op.batch_alter_table("prompts", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_prompts_ref"), ["ref"], unique=False)
     with op.batch_alter_table("run_model_versions", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_run_model_versions_model_version_id"), ["model_version_id"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_run_model_versions_model_version_id"), ["model_version_id"], unique=False)
     if op.get_bind().dialect.name == "postgresql":
         op.execute("ALTER TABLE prompts ALTER COLUMN prompt SET STATISTICS 1000")
         op.execute("ANALYZE prompts")

@@ -14,9 +14,23 @@ def test_compliance_bench_smoke(pg_server: str, tmp_path) -> None:
     name = f"atelier_bench_test_{uuid.uuid4().hex[:8]}"
     out = tmp_path / "RESULTS.md"
     done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "compliance.py"), "--images", "2000", "--queries", "6",
-         "--database", name, "--drop", "--out", str(out)],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "ATELIER_TEST_PG_URL": pg_server},
+        [
+            sys.executable,
+            str(REPO / "bench" / "compliance.py"),
+            "--images",
+            "2000",
+            "--queries",
+            "6",
+            "--database",
+            name,
+            "--drop",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "ATELIER_TEST_PG_URL": pg_server},
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     recorded = out.read_text()

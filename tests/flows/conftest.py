@@ -57,15 +57,16 @@ def approved_batch(cli: CLI, tmp_path: Path, rows: list[dict[str, Any]], purpose
         cli("users", "add", name, "--role", role, actor="admin")
     cli("licences", "register", "creativeml-openrail++-m", actor="admin")
     cli("keys", "init")
-    batch_id = cli.json("batch", "submit", str(write_prompts(tmp_path / "p.csv", rows)), "--purpose", purpose,
-                        actor="maria")["batch_id"]
+    batch_id = cli.json(
+        "batch", "submit", str(write_prompts(tmp_path / "p.csv", rows)), "--purpose", purpose, actor="maria"
+    )["batch_id"]
     cli("batch", "approve", batch_id, actor="omar")
     return str(batch_id)
 
 
-def governed_run(data: Path, tiny_models: tuple[Path, Path], rows: list[dict[str, Any]], purpose: str) -> tuple[
-    list[str], str
-]:
+def governed_run(
+    data: Path, tiny_models: tuple[Path, Path], rows: list[dict[str, Any]], purpose: str
+) -> tuple[list[str], str]:
     """Through the CLI: users, licence, test signer, a batch submitted, approved by another user and run.
 
     Returns the settings flags and the batch id."""

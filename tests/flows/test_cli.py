@@ -54,8 +54,9 @@ def test_bad_rows_are_all_listed_with_exit_code_2(cli, tmp_path: Path) -> None:
         {"row_id": "s", "prompt": "bad seed", "seed": -5, "width": 256},
         {"row_id": "e", "prompt": " ", "seed": 3, "width": 256},
     ]
-    code, out, err = cli("batch", "submit", str(write_prompts(tmp_path / "b.csv", rows)), "--purpose", "marketing",
-                         actor="maria")
+    code, out, err = cli(
+        "batch", "submit", str(write_prompts(tmp_path / "b.csv", rows)), "--purpose", "marketing", actor="maria"
+    )
     assert code == 2 and "Traceback" not in err
     assert "4 problems found, nothing was stored" in err  # width 250: not a multiple of 8 and under 256
     for fragment in ["row 2 (id w): width", "row 3 (id s): seed", "row 4 (id e): prompt"]:
@@ -78,8 +79,9 @@ def test_who_is_acting_is_required_and_checked(cli, tmp_path: Path) -> None:
 
 
 def test_submit_show_reject(cli, tmp_path: Path) -> None:
-    out = cli.json("batch", "submit", str(write_prompts(tmp_path / "g.csv", GOOD)), "--purpose", "catalogue",
-                   actor="maria")
+    out = cli.json(
+        "batch", "submit", str(write_prompts(tmp_path / "g.csv", GOOD)), "--purpose", "catalogue", actor="maria"
+    )
     assert set(out) == {"batch_id", "content_sha256"} and len(out["content_sha256"]) == 64
     code, _, err = cli("batch", "reject", out["batch_id"], "--reason", "wrong season", actor="omar")
     assert code == 0
@@ -141,19 +143,26 @@ def test_run_refuses_before_prefect_starts_when_something_it_needs_is_missing(ma
             c.execute("DELETE FROM licences")
     code, out, err = cli("run", "--batch", batch_id, actor="ops")
     line = _one_line(err)
-    expected = {"signer": ("private key", 6), "watermark key": ("watermark key file", 6),
-                "licence": ("is not registered", 3), "store": ("cannot be reached", 6)}[missing]
+    expected = {
+        "signer": ("private key", 6),
+        "watermark key": ("watermark key file", 6),
+        "licence": ("is not registered", 3),
+        "store": ("cannot be reached", 6),
+    }[missing]
     assert expected[0] in line and code == expected[1], line
     assert "atelier keys init" in line or missing in ("licence", "store")
     assert cli.json("batch", "show", batch_id)["status"] == "approved"  # no run was opened
     assert not (data / "models").exists()  # no model was built or loaded
 
 
-@pytest.mark.parametrize("url, code, fragment", [
-    ("postgres://u@127.0.0.1/db", 2, "not a database URL SQLAlchemy understands"),
-    ("not a url at all", 2, "not a database URL SQLAlchemy understands"),
-    ("postgresql+psycopg://nobody@127.0.0.1:9/none", 14, "cannot be reached"),
-])
+@pytest.mark.parametrize(
+    "url, code, fragment",
+    [
+        ("postgres://u@127.0.0.1/db", 2, "not a database URL SQLAlchemy understands"),
+        ("not a url at all", 2, "not a database URL SQLAlchemy understands"),
+        ("postgresql+psycopg://nobody@127.0.0.1:9/none", 14, "cannot be reached"),
+    ],
+)
 def test_a_bad_or_unreachable_database_is_one_line(make_cli, tmp_path, url, code, fragment) -> None:
     cli = make_cli(["--data-dir", str(tmp_path / "d"), "--database-url", url])
     got, out, err = cli("batch", "list")
@@ -165,8 +174,11 @@ def test_output_into_a_closed_pipe_is_no_traceback(tmp_path) -> None:
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "batch", "list", "--json", "--data-dir",
-                             str(tmp_path / "d")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "batch", "list", "--json", "--data-dir", str(tmp_path / "d")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     proc.stdout.close()  # `| head` that has read enough
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 141 and b"Traceback" not in err and b"BrokenPipe" not in err, err
@@ -196,6 +208,7 @@ def test_the_live_rate_is_sane_from_the_first_images() -> None:
     for t in range(21, 200):  # an hour-long batch: only the last minute counts
         rate.add(float(t), 8 + (t - 20) * 2)
     assert rate.per_minute() == 120.0
-    line = progress_line({"done": 3, "planned": 12, "published": 2, "quarantined": 1, "images_per_minute": 24.0,
-                          "eta_seconds": 23})
+    line = progress_line(
+        {"done": 3, "planned": 12, "published": 2, "quarantined": 1, "images_per_minute": 24.0, "eta_seconds": 23}
+    )
     assert line.endswith("24.0/min  ETA 23 s") and "3/12" in line

@@ -34,8 +34,9 @@ def test_gpu_work_pool_with_the_kubernetes_job_template(prefect_server) -> None:
     async def create() -> tuple[dict, list]:
         async with get_client() as client:
             await client.create_work_pool(
-                WorkPoolCreate(name="atelier-gpu-test", type="kubernetes", base_job_template=template,
-                               concurrency_limit=8)
+                WorkPoolCreate(
+                    name="atelier-gpu-test", type="kubernetes", base_job_template=template, concurrency_limit=8
+                )
             )
             for name, priority in [("marketing", 1), ("catalogue", 10)]:
                 await client.create_work_queue(name=name, work_pool_name="atelier-gpu-test", priority=priority)

@@ -22,12 +22,36 @@ from governance.records import image_id_for, prompt_id_for
 from tests.flows.conftest import write_prompts
 
 ROWS = [
-    {"row_id": "sku-1", "prompt": "studio photo of a walnut desk lamp", "seed": 11, "width": 256, "height": 256,
-     "steps": 3, "num_images": 2, "ref": "SKU-1"},
-    {"row_id": "sku-2", "prompt": "studio photo of a ceramic mug", "seed": 12, "width": 256, "height": 256,
-     "steps": 3, "num_images": 1, "ref": "SKU-2"},
-    {"row_id": "sku-3", "prompt": "studio photo of a linen chair", "seed": 13, "width": 320, "height": 256,
-     "steps": 3, "num_images": 1, "ref": "SKU-3"},
+    {
+        "row_id": "sku-1",
+        "prompt": "studio photo of a walnut desk lamp",
+        "seed": 11,
+        "width": 256,
+        "height": 256,
+        "steps": 3,
+        "num_images": 2,
+        "ref": "SKU-1",
+    },
+    {
+        "row_id": "sku-2",
+        "prompt": "studio photo of a ceramic mug",
+        "seed": 12,
+        "width": 256,
+        "height": 256,
+        "steps": 3,
+        "num_images": 1,
+        "ref": "SKU-2",
+    },
+    {
+        "row_id": "sku-3",
+        "prompt": "studio photo of a linen chair",
+        "seed": 13,
+        "width": 320,
+        "height": 256,
+        "steps": 3,
+        "num_images": 1,
+        "ref": "SKU-3",
+    },
 ]
 
 
@@ -36,9 +60,18 @@ def flags(request, tmp_path, tiny_models, s3_server, s3_env) -> list[str]:
     db = f"sqlite:///{tmp_path / 'e2e.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
     base, refiner = tiny_models
     return [
-        "--data-dir", str(tmp_path / "data"), "--database-url", db,
-        "--store-url", f"s3://{s3_env}/published", "--s3-endpoint-url", s3_server,
-        "--base-model", str(base), "--refiner-model", str(refiner),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--database-url",
+        db,
+        "--store-url",
+        f"s3://{s3_env}/published",
+        "--s3-endpoint-url",
+        s3_server,
+        "--base-model",
+        str(base),
+        "--refiner-model",
+        str(refiner),
     ]
 
 
@@ -53,8 +86,9 @@ def test_governed_batch_end_to_end(make_cli, flags, tmp_path, s3_server, s3_env,
     assert cli("licences", "register", "creativeml-openrail++-m", actor="admin")[0] == 0
     assert cli("keys", "init")[0] == 0
 
-    submitted = cli.json("batch", "submit", str(write_prompts(tmp_path / "p.csv", ROWS)), "--purpose",
-                         "catalogue", actor="maria")
+    submitted = cli.json(
+        "batch", "submit", str(write_prompts(tmp_path / "p.csv", ROWS)), "--purpose", "catalogue", actor="maria"
+    )
     batch_id = submitted["batch_id"]
 
     # Invariant 1: no GPU work before a second person approves this exact content.
@@ -169,17 +203,28 @@ def test_crash_mid_batch_then_rerun_publishes_everything_once(
     from governance.store import S3Store
 
     base, refiner = tiny_models
-    cli = make_cli([
-        "--data-dir", str(tmp_path / "data"), "--store-url", f"s3://{s3_env}/p", "--s3-endpoint-url", s3_server,
-        "--base-model", str(base), "--refiner-model", str(refiner),
-    ])
+    cli = make_cli(
+        [
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--store-url",
+            f"s3://{s3_env}/p",
+            "--s3-endpoint-url",
+            s3_server,
+            "--base-model",
+            str(base),
+            "--refiner-model",
+            str(refiner),
+        ]
+    )
     cli("users", "add", "admin", "--role", "admin")
     for name, role in [("maria", "requester"), ("omar", "approver"), ("ops", "operator")]:
         cli("users", "add", name, "--role", role, actor="admin")
     cli("licences", "register", "creativeml-openrail++-m", actor="admin")
     cli("keys", "init")
-    batch_id = cli.json("batch", "submit", str(write_prompts(tmp_path / "p.csv", ROWS)), "--purpose", "marketing",
-                        actor="maria")["batch_id"]
+    batch_id = cli.json(
+        "batch", "submit", str(write_prompts(tmp_path / "p.csv", ROWS)), "--purpose", "marketing", actor="maria"
+    )["batch_id"]
     cli("batch", "approve", batch_id, actor="omar")
 
     real_put = S3Store.put

@@ -35,13 +35,19 @@ async def _pool_state() -> dict:
         nightly = await client.read_deployment_by_name("produce-approved/catalogue-nightly")
         marketing = await client.read_deployment_by_name("produce-batch/marketing-on-demand")
         return {
-            "type": pool.type, "limit": pool.concurrency_limit,
+            "type": pool.type,
+            "limit": pool.concurrency_limit,
             "queues": sorted((q.name, q.priority) for q in queues if q.name != "default"),
-            "nightly": (nightly.work_queue_name, [s.schedule.cron for s in nightly.schedules],
-                        nightly.global_concurrency_limit.limit if nightly.global_concurrency_limit else None,
-                        nightly.parameters),
-            "marketing": (marketing.work_queue_name,
-                          marketing.global_concurrency_limit.limit if marketing.global_concurrency_limit else None),
+            "nightly": (
+                nightly.work_queue_name,
+                [s.schedule.cron for s in nightly.schedules],
+                nightly.global_concurrency_limit.limit if nightly.global_concurrency_limit else None,
+                nightly.parameters,
+            ),
+            "marketing": (
+                marketing.work_queue_name,
+                marketing.global_concurrency_limit.limit if marketing.global_concurrency_limit else None,
+            ),
         }
 
 
@@ -49,8 +55,16 @@ def test_deploy_then_one_worker_per_gpu_runs_batches_from_the_deployment(
     make_cli, tmp_path, tiny_models, pg_url, prefect_server
 ) -> None:
     base, refiner = tiny_models
-    flags = ["--data-dir", str(tmp_path / "d"), "--database-url", pg_url, "--base-model", str(base),
-             "--refiner-model", str(refiner)]
+    flags = [
+        "--data-dir",
+        str(tmp_path / "d"),
+        "--database-url",
+        pg_url,
+        "--base-model",
+        str(base),
+        "--refiner-model",
+        str(refiner),
+    ]
     cli = make_cli(flags)
 
     code, _, err = cli("deploy", "--pool", POOL, "--gpus", "0")
@@ -72,28 +86,46 @@ def test_deploy_then_one_worker_per_gpu_runs_batches_from_the_deployment(
     cli("keys", "init")
     batches = []
     for n in range(2):
-        rows = [{"row_id": f"m{n}", "prompt": f"summer poster {n}", "seed": 70 + n, "width": 256, "height": 256,
-                 "steps": 2, "num_images": 2}]
-        batch_id = cli.json("batch", "submit", str(write_prompts(tmp_path / f"m{n}.csv", rows)), "--purpose",
-                            "marketing", actor="maria")["batch_id"]
+        rows = [
+            {
+                "row_id": f"m{n}",
+                "prompt": f"summer poster {n}",
+                "seed": 70 + n,
+                "width": 256,
+                "height": 256,
+                "steps": 2,
+                "num_images": 2,
+            }
+        ]
+        batch_id = cli.json(
+            "batch", "submit", str(write_prompts(tmp_path / f"m{n}.csv", rows)), "--purpose", "marketing", actor="maria"
+        )["batch_id"]
         cli("batch", "approve", batch_id, actor="omar")
         batches.append(batch_id)
 
     code, _, err = cli("workers", "--pool", POOL, "--gpus", "0,x")
     assert code == 2 and "GPU indices" in err
 
-    env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_WORKER_QUERY_SECONDS": "1",
-           "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_server,
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
     log = (tmp_path / "workers.log").open("wb")
     workers = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "workers", "--pool", POOL, "--gpus", "0,1", "--gpu-device", "cpu",
-         *flags], env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "flows.cli", "workers", "--pool", POOL, "--gpus", "0,1", "--gpu-device", "cpu", *flags],
+        env=env,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         from prefect.deployments import run_deployment
 
-        flow_runs = [run_deployment("produce-batch/marketing-on-demand", parameters={"batch_id": b}, timeout=0)
-                     for b in batches]
+        flow_runs = [
+            run_deployment("produce-batch/marketing-on-demand", parameters={"batch_id": b}, timeout=0) for b in batches
+        ]
         rt = Runtime(get_settings(database_url=pg_url, data_dir=tmp_path / "d"))
         deadline = time.time() + 420
         while time.time() < deadline:

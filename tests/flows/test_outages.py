@@ -21,8 +21,15 @@ from tests.flows.conftest import approved_batch
 from tests.outages import FaultyS3Proxy, Outage, PostgresCluster, postgres_bin
 
 ROWS = [
-    {"row_id": f"p{i}", "prompt": f"catalogue photo {i}", "seed": 40 + i, "width": 256, "height": 256,
-     "steps": 2, "num_images": 2}
+    {
+        "row_id": f"p{i}",
+        "prompt": f"catalogue photo {i}",
+        "seed": 40 + i,
+        "width": 256,
+        "height": 256,
+        "steps": 2,
+        "num_images": 2,
+    }
     for i in range(4)
 ]  # 8 images
 
@@ -63,8 +70,20 @@ def test_an_object_store_failing_for_a_while_is_ridden_out(
     base, refiner = tiny_models
     plan = [Outage(after=5, mode="500", seconds=4), Outage(after=6, mode="stall", seconds=4)]
     with FaultyS3Proxy(s3_server, plan, stall_s=2.5) as proxy:
-        flags = ["--data-dir", str(tmp_path / "d"), "--database-url", pg_url, "--store-url", f"s3://{s3_env}/o",
-                 "--s3-endpoint-url", proxy.url, "--base-model", str(base), "--refiner-model", str(refiner)]
+        flags = [
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--database-url",
+            pg_url,
+            "--store-url",
+            f"s3://{s3_env}/o",
+            "--s3-endpoint-url",
+            proxy.url,
+            "--base-model",
+            str(base),
+            "--refiner-model",
+            str(refiner),
+        ]
         cli = make_cli(flags)
         batch_id = approved_batch(cli, tmp_path, ROWS)
         code, out, err = cli("run", "--batch", batch_id, "--json", actor="ops")
@@ -81,8 +100,12 @@ def test_an_object_store_failing_for_a_while_is_ridden_out(
     engine.dispose()
     assert sorted(r.id for r in rows) == _expected(batch_id)
     assert {r.status for r in rows} == {"published"}
-    keys = sorted(o["Key"] for o in boto3.client("s3", endpoint_url=s3_server)
-                  .list_objects_v2(Bucket=s3_env, Prefix="o/images/").get("Contents", []))
+    keys = sorted(
+        o["Key"]
+        for o in boto3.client("s3", endpoint_url=s3_server)
+        .list_objects_v2(Bucket=s3_env, Prefix="o/images/")
+        .get("Contents", [])
+    )
     assert [k for k in keys if k.endswith(".png")] == sorted(f"o/{r.store_key}" for r in rows)  # no orphan
     assert len(keys) == 2 * len(rows)  # each image and its provenance record, nothing else
 
@@ -103,8 +126,16 @@ def test_a_database_restart_mid_run_is_ridden_out(
     monkeypatch.setenv("ATELIER_OUTAGE_TOLERANCE_SECONDS", "90")
     monkeypatch.setenv("ATELIER_CHUNK_SIZE", "2")
     base, refiner = tiny_models
-    flags = ["--data-dir", str(tmp_path / "d"), "--database-url", pg_cluster.url,
-             "--base-model", str(base), "--refiner-model", str(refiner)]
+    flags = [
+        "--data-dir",
+        str(tmp_path / "d"),
+        "--database-url",
+        pg_cluster.url,
+        "--base-model",
+        str(base),
+        "--refiner-model",
+        str(refiner),
+    ]
     cli = make_cli(flags)
     batch_id = approved_batch(cli, tmp_path, ROWS)
     restarted: dict[str, int] = {}

@@ -19,8 +19,14 @@ from flows.cli import main
 from tests.flows.conftest import governed_run
 
 ROWS = [
-    {"row_id": f"sku-{i}", "prompt": f"catalogue photo of item {i}", "seed": 900 + i, "width": 256, "height": 256,
-     "steps": 3}
+    {
+        "row_id": f"sku-{i}",
+        "prompt": f"catalogue photo of item {i}",
+        "seed": 900 + i,
+        "width": 256,
+        "height": 256,
+        "steps": 3,
+    }
     for i in range(4)
 ]
 

@@ -21,8 +21,14 @@ from flows.cli import main
 from tests.flows.conftest import governed_run
 
 ROWS = [
-    {"row_id": f"sku-{i}", "prompt": f"studio photo of product {i}", "seed": 700 + i, "width": w, "height": h,
-     "steps": 3}
+    {
+        "row_id": f"sku-{i}",
+        "prompt": f"studio photo of product {i}",
+        "seed": 700 + i,
+        "width": w,
+        "height": h,
+        "steps": 3,
+    }
     for i, (w, h) in enumerate([(256, 256), (256, 256), (320, 256), (512, 512), (512, 512), (512, 384)])
 ]
 
@@ -128,8 +134,9 @@ def test_a_look_alike_ca_cannot_borrow_a_real_images_identity(published, capsys,
     mallory = init_test_ca(tmp_path / "mallory")
     forger = ContentCredentials.from_files(mallory.chain, mallory.key, None)
     real = forger.read(records[0]["path"].read_bytes(), "image/png")
-    manifest = manifest_for(title="x.png", image_id="-", batch_id="-", approval_id="-", models=[], licences=[],
-                            software_version="0.1.0")
+    manifest = manifest_for(
+        title="x.png", image_id="-", batch_id="-", approval_id="-", models=[], licences=[], software_version="0.1.0"
+    )
     manifest["assertions"][1]["data"] = real.atelier  # copied verbatim from the real image
     noise = np.random.default_rng(4).integers(0, 256, (512, 512, 3), dtype=np.uint8)
     forged = tmp_path / "forged.png"
@@ -150,8 +157,11 @@ def test_hostile_files_give_one_line_and_exit_2_never_a_traceback(published, cap
     from tests.governance.test_verify import png_declaring
 
     flags, _ = published
-    cases = {"bomb.png": png_declaring(30000, 30000), "huge.png": png_declaring(9000, 9000),
-             "truncated.png": png_declaring(2000, 2000, zlib.compress(b"\0" * 50_000)[:-40])}
+    cases = {
+        "bomb.png": png_declaring(30000, 30000),
+        "huge.png": png_declaring(9000, 9000),
+        "truncated.png": png_declaring(2000, 2000, zlib.compress(b"\0" * 50_000)[:-40]),
+    }
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
     for target in [*(tmp_path / n for n in cases), Path("/dev/zero")]:
@@ -194,15 +204,19 @@ def test_a_large_legal_image_is_verified_in_bounded_memory(published, tmp_path) 
     big = tmp_path / "big.png"
     rows = b"".join(b"\0" + bytes([y * 255 // 7900]) * (3 * 7900) for y in range(7900))
     ihdr = struct.pack(">IIBBBBB", 7900, 7900, 8, 2, 0, 0, 0)
-    big.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(rows, 1))
-                    + _chunk(b"IEND", b""))
+    big.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(rows, 1)) + _chunk(b"IEND", b"")
+    )
     del rows
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child of pytest would report pytest's
-    measure = ("import sys\nfrom flows.cli import main\ncode = main(sys.argv[1:])\n"
-               "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0].split()[1]\n"
-               "print('peak-rss-kb', hwm, file=sys.stderr)\nsys.exit(code)")
-    done = subprocess.run([sys.executable, "-c", measure, "verify", str(big), *flags], capture_output=True,
-                          text=True, timeout=300)
+    measure = (
+        "import sys\nfrom flows.cli import main\ncode = main(sys.argv[1:])\n"
+        "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0].split()[1]\n"
+        "print('peak-rss-kb', hwm, file=sys.stderr)\nsys.exit(code)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", measure, "verify", str(big), *flags], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 12, done.stderr[-2000:]
     peak_mb = int(done.stderr.split("peak-rss-kb")[1].split()[0]) / 1024
     assert peak_mb <= 500, f"peak RSS {peak_mb:.0f} MB"

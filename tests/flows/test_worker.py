@@ -31,8 +31,10 @@ class Script:
     def generate(self, chunk):
         if self.fail_generate_on in {p.image_id for p in chunk}:
             raise RuntimeError("CUDA out of memory")
-        items = [SimpleNamespace(planned=p, safety=SimpleNamespace(verdict="passed"), marked=None, chunk_id="")
-                 for p in chunk]
+        items = [
+            SimpleNamespace(planned=p, safety=SimpleNamespace(verdict="passed"), marked=None, chunk_id="")
+            for p in chunk
+        ]
         return items, 0.5, 0.1
 
     def mark(self, item):

@@ -35,8 +35,15 @@ from tests.outages import WORKER_PRELOAD, worker_main
 
 KILLS = 20
 ROWS = [
-    {"row_id": f"p{i:03d}", "prompt": f"catalogue photo {i}", "seed": 900 + i, "width": 256, "height": 256,
-     "steps": 2, "num_images": 2}
+    {
+        "row_id": f"p{i:03d}",
+        "prompt": f"catalogue photo {i}",
+        "seed": 900 + i,
+        "width": 256,
+        "height": 256,
+        "steps": 2,
+        "num_images": 2,
+    }
     for i in range(100)
 ]  # 200 images
 
@@ -61,13 +68,28 @@ def test_workers_killed_again_and_again_lose_and_duplicate_nothing(
     seed = int(os.environ.get("ATELIER_FAULT_SEED", time.time_ns() % 100_000))
     rng = random.Random(seed)
     base, refiner = tiny_models
-    flags = ["--data-dir", str(tmp_path / "d"), "--database-url", pg_url, "--store-url", f"s3://{s3_env}/w",
-             "--s3-endpoint-url", s3_server, "--base-model", str(base), "--refiner-model", str(refiner)]
+    flags = [
+        "--data-dir",
+        str(tmp_path / "d"),
+        "--database-url",
+        pg_url,
+        "--store-url",
+        f"s3://{s3_env}/w",
+        "--s3-endpoint-url",
+        s3_server,
+        "--base-model",
+        str(base),
+        "--refiner-model",
+        str(refiner),
+    ]
     cli = make_cli(flags)
     batch_id = approved_batch(cli, tmp_path, ROWS)
 
-    for key, value in {"PREFECT_API_URL": prefect_server, "ATELIER_CHUNK_SIZE": "4",
-                       "ATELIER_LEASE_SECONDS": "4"}.items():
+    for key, value in {
+        "PREFECT_API_URL": prefect_server,
+        "ATELIER_CHUNK_SIZE": "4",
+        "ATELIER_LEASE_SECONDS": "4",
+    }.items():
         monkeypatch.setenv(key, value)  # before the forkserver starts: the workers inherit them
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(WORKER_PRELOAD)
@@ -121,22 +143,32 @@ def test_workers_killed_again_and_again_lose_and_duplicate_nothing(
 
     with rt.sessions() as s:
         ids = list(s.scalars(select(Image.id).where(Image.batch_id == batch_id)))
-        published = list(s.scalars(select(Image.store_key).where(Image.batch_id == batch_id,
-                                                                 Image.status == "published")))
-        claimed_again = s.scalar(select(func.count()).select_from(AuditEvent).where(
-            AuditEvent.action == "chunk.claimed", AuditEvent.payload["attempt"].as_integer() > 1))
+        published = list(
+            s.scalars(select(Image.store_key).where(Image.batch_id == batch_id, Image.status == "published"))
+        )
+        claimed_again = s.scalar(
+            select(func.count())
+            .select_from(AuditEvent)
+            .where(AuditEvent.action == "chunk.claimed", AuditEvent.payload["attempt"].as_integer() > 1)
+        )
         assert chunk_progress(s, batch_id) == {"done": 50}  # nothing left claimed
     expected = {image_id_for(prompt_id_for(batch_id, r["row_id"]), i) for r in ROWS for i in range(2)}
     assert sorted(ids) == sorted(expected), f"seed {seed}"  # every image once: the primary key forbids twice
     assert claimed_again, "killed workers' chunks should have been claimed again after their leases ran out"
-    keys = sorted(o["Key"] for page in boto3.client("s3", endpoint_url=s3_server).get_paginator("list_objects_v2")
-                  .paginate(Bucket=s3_env, Prefix="w/images/") for o in page.get("Contents", []))
+    keys = sorted(
+        o["Key"]
+        for page in boto3.client("s3", endpoint_url=s3_server)
+        .get_paginator("list_objects_v2")
+        .paginate(Bucket=s3_env, Prefix="w/images/")
+        for o in page.get("Contents", [])
+    )
     assert [k for k in keys if k.endswith(".png")] == sorted(f"w/{k}" for k in published), f"seed {seed}"  # no orphan
     assert len(keys) == 2 * len(published)
     assert cli.json("audit", "verify")["ok"]
     # Every worker that began its flow run reported it to the Prefect server (one killed while
     # starting may have none yet; a killed one stays RUNNING there: Prefect never heard it die).
-    began = sum("Beginning flow run" in (tmp_path / f"worker{i}.log").read_text(errors="replace")
-                for i in range(len(started)))
+    began = sum(
+        "Beginning flow run" in (tmp_path / f"worker{i}.log").read_text(errors="replace") for i in range(len(started))
+    )
     states = _flow_runs_for(batch_id)
     assert began <= len(states) <= len(started) and states.count("COMPLETED") >= 2, (began, states)

@@ -40,7 +40,15 @@ def write_csv(path: Path, rows: list[dict[str, object]]) -> Path:
 
 def good_rows(n: int = 3) -> list[dict[str, object]]:
     return [
-        {"row_id": f"sku-{i}", "prompt": f"studio photo of product {i}", "seed": 100 + i, "width": 256,
-         "height": 256, "steps": 2, "num_images": 1, "ref": f"SKU-{i}"}
+        {
+            "row_id": f"sku-{i}",
+            "prompt": f"studio photo of product {i}",
+            "seed": 100 + i,
+            "width": 256,
+            "height": 256,
+            "steps": 2,
+            "num_images": 1,
+            "ref": f"SKU-{i}",
+        }
         for i in range(n)
     ]

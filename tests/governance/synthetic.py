@@ -40,16 +40,48 @@ GEN1 = {"base_unet": sha("base-1"), "refiner_unet": sha("refiner-1"), **SHARED_R
 GEN2 = {"base_unet": sha("base-2"), "refiner_unet": sha("refiner-2"), **SHARED_ROLES}
 
 ROWS_A = [
-    {"row_id": "sku-1", "prompt": "Studio photo of a WALNUT desk lamp", "seed": 1, "width": 256, "height": 256,
-     "steps": 2, "num_images": 2, "ref": "SKU-1"},
-    {"row_id": "sku-2", "prompt": "=HYPERLINK(\"http://evil.example\",\"click\") ceramic mug 100% cotton",
-     "seed": 2, "width": 256, "height": 256, "steps": 2, "num_images": 1, "ref": "+SKU-2"},
+    {
+        "row_id": "sku-1",
+        "prompt": "Studio photo of a WALNUT desk lamp",
+        "seed": 1,
+        "width": 256,
+        "height": 256,
+        "steps": 2,
+        "num_images": 2,
+        "ref": "SKU-1",
+    },
+    {
+        "row_id": "sku-2",
+        "prompt": '=HYPERLINK("http://evil.example","click") ceramic mug 100% cotton',
+        "seed": 2,
+        "width": 256,
+        "height": 256,
+        "steps": 2,
+        "num_images": 1,
+        "ref": "+SKU-2",
+    },
 ]
 ROWS_B = [
-    {"row_id": "c-1", "prompt": "@campaign poster of a walnut chair", "seed": 3, "width": 256, "height": 256,
-     "steps": 2, "num_images": 1, "ref": "CAMP-9"},
-    {"row_id": "c-2", "prompt": "-summer banner with linen", "seed": 4, "width": 256, "height": 256, "steps": 2,
-     "num_images": 1, "ref": "CAMP-9"},
+    {
+        "row_id": "c-1",
+        "prompt": "@campaign poster of a walnut chair",
+        "seed": 3,
+        "width": 256,
+        "height": 256,
+        "steps": 2,
+        "num_images": 1,
+        "ref": "CAMP-9",
+    },
+    {
+        "row_id": "c-2",
+        "prompt": "-summer banner with linen",
+        "seed": 4,
+        "width": 256,
+        "height": 256,
+        "steps": 2,
+        "num_images": 1,
+        "ref": "CAMP-9",
+    },
 ]
 
 T_A = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
@@ -76,12 +108,18 @@ def _png(seed: int) -> bytes:
 
 
 def _run(
-    session: Session, world: World, batch_id: str, gen: str, shas: dict[str, str], when: datetime,
+    session: Session,
+    world: World,
+    batch_id: str,
+    gen: str,
+    shas: dict[str, str],
+    when: datetime,
     quarantine: set[tuple[str, int]],
 ) -> str:
     versions: list[ModelVersion] = [
-        record_model_version(session, "ops", role, f"{gen}/{role}", f"/models/{gen}", digest, {},
-                             CREATIVEML_OPENRAIL_PP_M.id)
+        record_model_version(
+            session, "ops", role, f"{gen}/{role}", f"/models/{gen}", digest, {}, CREATIVEML_OPENRAIL_PP_M.id
+        )
         for role, digest in sorted(shas.items())
     ]
     world.models[gen] = {mv.role: mv.id for mv in versions}
@@ -95,13 +133,28 @@ def _run(
             n += 1
             image_id = image_id_for(prompt.id, index)
             common = dict(
-                id=image_id, prompt_id=prompt.id, batch_id=batch_id, run_id=run.id, image_index=index,
-                seed=str(prompt.seed + index), width=64, height=64, safety_model="tiny", safety_policy="v1",
-                safety_scores={"nsfw": 0.1}, created_at=when.replace(minute=n),
+                id=image_id,
+                prompt_id=prompt.id,
+                batch_id=batch_id,
+                run_id=run.id,
+                image_index=index,
+                seed=str(prompt.seed + index),
+                width=64,
+                height=64,
+                safety_model="tiny",
+                safety_policy="v1",
+                safety_scores={"nsfw": 0.1},
+                created_at=when.replace(minute=n),
             )
             if (prompt.row_id, index) in quarantine:
-                session.add(Image(**common, status="quarantined", safety_verdict="quarantined",
-                                  safety_reasons=["nsfw score 0.93 above 0.5"]))
+                session.add(
+                    Image(
+                        **common,
+                        status="quarantined",
+                        safety_verdict="quarantined",
+                        safety_reasons=["nsfw score 0.93 above 0.5"],
+                    )
+                )
                 session.flush()
                 record_event(session, "ops", "image.quarantined", "image", image_id, {"run_id": run.id})
                 world.quarantined.append(image_id)
@@ -110,12 +163,21 @@ def _run(
             digest = hashlib.sha256(data).hexdigest()
             key = image_key(image_id, digest)
             world.store.put(key, data, "image/png", {})
-            session.add(Image(
-                **common, status="published", safety_verdict="passed", safety_reasons=[], sha256=digest,
-                store_url=world.store.url, store_key=key, provenance_key=provenance_key(image_id, digest),
-                watermark_payload="b3ec907bb19e", watermark_matched_bits=48,
-                licence_obligations=obligations_for(versions),
-            ))
+            session.add(
+                Image(
+                    **common,
+                    status="published",
+                    safety_verdict="passed",
+                    safety_reasons=[],
+                    sha256=digest,
+                    store_url=world.store.url,
+                    store_key=key,
+                    provenance_key=provenance_key(image_id, digest),
+                    watermark_payload="b3ec907bb19e",
+                    watermark_matched_bits=48,
+                    licence_obligations=obligations_for(versions),
+                )
+            )
             session.flush()
             record_event(session, "ops", "image.published", "image", image_id, {"run_id": run.id, "sha256": digest})
             world.published.append(image_id)
@@ -130,10 +192,12 @@ def build_world(sessions: sessionmaker[Session], tmp_path: Path) -> World:
         add_user(s, "admin", "lee", ["auditor"])
         register_licence(s, "admin", CREATIVEML_OPENRAIL_PP_M)
     with sessions.begin() as s:
-        a = submit_batch(s, "maria", write_csv(tmp_path / "a.csv", ROWS_A), "catalogue",
-                         use_category="product-catalogue")
-        b = submit_batch(s, "nina", write_csv(tmp_path / "b.csv", ROWS_B), "marketing",
-                         use_category="marketing-campaign")
+        a = submit_batch(
+            s, "maria", write_csv(tmp_path / "a.csv", ROWS_A), "catalogue", use_category="product-catalogue"
+        )
+        b = submit_batch(
+            s, "nina", write_csv(tmp_path / "b.csv", ROWS_B), "marketing", use_category="marketing-campaign"
+        )
         world.batch_a, world.batch_b = a.id, b.id
     with sessions.begin() as s:
         approve_batch(s, "omar", world.batch_a).decided_at = T_A - timedelta(hours=1)

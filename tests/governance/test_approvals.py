@@ -23,8 +23,9 @@ def batch_id(sessions: sessionmaker[Session], tmp_path: Path) -> str:
 
 def _actions(sessions: sessionmaker[Session], subject: str) -> list[str]:
     with sessions() as s:
-        return list(s.scalars(select(AuditEvent.action).where(AuditEvent.subject_id == subject)
-                              .order_by(AuditEvent.seq)))
+        return list(
+            s.scalars(select(AuditEvent.action).where(AuditEvent.subject_id == subject).order_by(AuditEvent.seq))
+        )
 
 
 def test_requester_cannot_approve_own_batch_even_as_approver(sessions, batch_id) -> None:
@@ -86,8 +87,10 @@ def test_content_changed_behind_atelier_s_back_is_refused(sessions, batch_id) ->
     with sessions.begin() as s:
         approve_batch(s, "omar", batch_id)
     with sessions.begin() as s:
-        s.execute(text("UPDATE prompts SET prompt = 'something else' WHERE batch_id = :b AND row_id = 'sku-0'"),
-                  {"b": batch_id})
+        s.execute(
+            text("UPDATE prompts SET prompt = 'something else' WHERE batch_id = :b AND row_id = 'sku-0'"),
+            {"b": batch_id},
+        )
     with sessions() as s, pytest.raises(InvalidState, match="differs from what was approved"):
         require_runnable(get_batch(s, batch_id))
 

@@ -119,8 +119,19 @@ def test_two_writers_from_the_same_head_cannot_fork_the_chain(sessions: sessionm
         e = record_event(s, "maria", "test.event", "thing", "a")
         seq, prev = e.seq, e.prev_hash
     with pytest.raises(IntegrityError), sessions.begin() as s:
-        s.add(AuditEvent(seq=seq, at="x", actor="x", action="x", subject_type="x", subject_id="x",
-                         payload={}, prev_hash=prev, hash="f" * 64))
+        s.add(
+            AuditEvent(
+                seq=seq,
+                at="x",
+                actor="x",
+                action="x",
+                subject_type="x",
+                subject_id="x",
+                payload={},
+                prev_hash=prev,
+                hash="f" * 64,
+            )
+        )
         s.flush()
     with sessions() as s:
         assert verify_chain(s).ok
@@ -134,8 +145,7 @@ def test_postgresql_refuses_update_and_delete_on_the_audit_table(sessions: sessi
         if s.get_bind().dialect.name != "postgresql":
             pytest.skip("append-only enforcement by the database is PostgreSQL's (SQLite is the embedded default)")
     _fill(sessions, 2)
-    for statement in ("UPDATE audit_events SET actor = 'mallory'", "DELETE FROM audit_events",
-                      "TRUNCATE audit_events"):
+    for statement in ("UPDATE audit_events SET actor = 'mallory'", "DELETE FROM audit_events", "TRUNCATE audit_events"):
         with pytest.raises(DBAPIError, match="append-only"), sessions.begin() as s:
             s.execute(text(statement))
     with sessions() as s:

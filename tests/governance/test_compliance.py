@@ -117,10 +117,13 @@ def test_trace_images_is_trace_image_for_many(sessions, world) -> None:
     first = many[0]
     assert first["batch"]["use_category"] == "product-catalogue" and first["approval"]["approved_by"] == "omar"
     assert {m["sha256"] for m in first["models"]} == set(GEN1.values())
-    assert [o["obligation"] for o in first["licence_obligations"]] == ["pass-on-use-restrictions",
-                                                                      "output-accountability"]
+    assert [o["obligation"] for o in first["licence_obligations"]] == [
+        "pass-on-use-restrictions",
+        "output-accountability",
+    ]
     assert {"batch.submitted", "batch.approved", "run.started", "image.published"} <= {
-        a["action"] for a in first["audit"]}
+        a["action"] for a in first["audit"]
+    }
 
 
 def _count_statements(sessions, fn) -> int:
@@ -140,6 +143,7 @@ def _count_statements(sessions, fn) -> int:
 
 def test_queries_are_set_based(sessions, world, tmp_path) -> None:
     """The number of statements does not grow with the number of images."""
+
     def trace(ids):  # type: ignore[no-untyped-def]
         def run():  # type: ignore[no-untyped-def]
             with sessions() as s:
@@ -242,19 +246,31 @@ def test_neutralise() -> None:
 def test_period_report_is_self_contained(sessions, world, tmp_path) -> None:
     out = tmp_path / "march.html"
     with sessions() as s:
-        summary = period_report(s, world.store, datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC),
-                                out, generated_by="lee")
+        summary = period_report(
+            s, world.store, datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC), out, generated_by="lee"
+        )
     page = out.read_text()
     assert (summary.images, summary.published, summary.quarantined, summary.approvals, summary.thumbnails) == (
-        5, 4, 1, 2, 4)
+        5,
+        4,
+        1,
+        2,
+        4,
+    )
     assert page.count('src="data:image/jpeg;base64,') == 4
     assert not re.search(r'(src|href)="(?!data:)', page)  # nothing fetched from elsewhere
     assert "nsfw score 0.93 above 0.5" in page and "creativeml-openrail++-m" in page
     assert GEN1["base_unet"] in page and "product-catalogue" in page and "marketing-campaign" in page
     assert "<a " not in page and "<script" not in page
     with sessions() as s:
-        early = period_report(s, world.store, datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 10, tzinfo=UTC),
-                              tmp_path / "early.html", max_thumbnails=1)
+        early = period_report(
+            s,
+            world.store,
+            datetime(2026, 3, 1, tzinfo=UTC),
+            datetime(2026, 3, 10, tzinfo=UTC),
+            tmp_path / "early.html",
+            max_thumbnails=1,
+        )
     assert (early.images, early.published, early.approvals, early.thumbnails) == (3, 2, 1, 1)
 
 
@@ -282,8 +298,10 @@ def test_cli_bad_flags_give_one_line_errors(capsys, tmp_path) -> None:
         (("compliance", "search", "--model-version", "nope"), "no model version matches 'nope'"),
         (("compliance", "impact", "--licence", "nope"), "no licence 'nope'"),
         (("compliance", "export", "--format", "xlsx", "--out", str(tmp_path / "x")), "unknown export format"),
-        (("compliance", "report", "--from", "2026-02-01", "--to", "2026-01-01", "--out", str(tmp_path / "r.html")),
-         "is not before"),
+        (
+            ("compliance", "report", "--from", "2026-02-01", "--to", "2026-01-01", "--out", str(tmp_path / "r.html")),
+            "is not before",
+        ),
     ]
     for argv, message in cases:
         code, out, err = cli(*argv, actor="lee")
@@ -303,15 +321,27 @@ def produced(tmp_path_factory, tiny_models, prefect_server, s3_server):
     tmp = tmp_path_factory.mktemp("compliance-e2e")
     base, refiner = tiny_models
     with pytest.MonkeyPatch.context() as mp:
-        for k, v in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                     ("AWS_DEFAULT_REGION", "us-east-1")):
+        for k, v in (
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_DEFAULT_REGION", "us-east-1"),
+        ):
             mp.setenv(k, v)
         bucket = f"atelier-{uuid.uuid4().hex[:10]}"
         boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
         flags = [
-            "--data-dir", str(tmp / "data"), "--database-url", f"sqlite:///{tmp / 'e2e.db'}",
-            "--store-url", f"s3://{bucket}/published", "--s3-endpoint-url", s3_server,
-            "--base-model", str(base), "--refiner-model", str(refiner),
+            "--data-dir",
+            str(tmp / "data"),
+            "--database-url",
+            f"sqlite:///{tmp / 'e2e.db'}",
+            "--store-url",
+            f"s3://{bucket}/published",
+            "--s3-endpoint-url",
+            s3_server,
+            "--base-model",
+            str(base),
+            "--refiner-model",
+            str(refiner),
         ]
 
         def cli(*argv: str, actor: str | None = None) -> tuple[int, str, str]:
@@ -337,18 +367,50 @@ def produced(tmp_path_factory, tiny_models, prefect_server, s3_server):
         if " keys " in build_parser().format_help():  # C2PA signing keys, where this checkout has them
             ok("keys", "init")
         rows = [
-            {"row_id": "sku-1", "prompt": "studio photo of a walnut desk lamp", "seed": 11, "width": 256,
-             "height": 256, "steps": 2, "num_images": 2, "ref": "SKU-1"},
-            {"row_id": "sku-2", "prompt": "=studio photo of a ceramic mug", "seed": 12, "width": 256, "height": 256,
-             "steps": 2, "num_images": 1, "ref": "SKU-2"},
+            {
+                "row_id": "sku-1",
+                "prompt": "studio photo of a walnut desk lamp",
+                "seed": 11,
+                "width": 256,
+                "height": 256,
+                "steps": 2,
+                "num_images": 2,
+                "ref": "SKU-1",
+            },
+            {
+                "row_id": "sku-2",
+                "prompt": "=studio photo of a ceramic mug",
+                "seed": 12,
+                "width": 256,
+                "height": 256,
+                "steps": 2,
+                "num_images": 1,
+                "ref": "SKU-2",
+            },
         ]
-        submitted = ok("batch", "submit", str(write_prompts(tmp / "p.csv", rows)), "--purpose", "catalogue",
-                       "--use-category", "product-catalogue", "--json", actor="maria")
+        submitted = ok(
+            "batch",
+            "submit",
+            str(write_prompts(tmp / "p.csv", rows)),
+            "--purpose",
+            "catalogue",
+            "--use-category",
+            "product-catalogue",
+            "--json",
+            actor="maria",
+        )
         batch_id = json.loads(submitted)["batch_id"]
         ok("batch", "approve", batch_id, actor="omar")
         [result] = json.loads(ok("run", "--batch", batch_id, "--json", actor="ops"))
-        yield {"cli": cli, "ok": ok, "tmp": tmp, "batch_id": batch_id, "result": result, "bucket": bucket,
-               "s3": s3_server}
+        yield {
+            "cli": cli,
+            "ok": ok,
+            "tmp": tmp,
+            "batch_id": batch_id,
+            "result": result,
+            "bucket": bucket,
+            "s3": s3_server,
+        }
 
 
 def test_real_run_every_published_image_has_complete_lineage(produced) -> None:
@@ -360,16 +422,25 @@ def test_real_run_every_published_image_has_complete_lineage(produced) -> None:
     for t in published:
         assert t["batch"]["id"] == produced["batch_id"] and t["batch"]["requested_by"] == "maria"
         assert t["batch"]["use_category"] == "product-catalogue"
-        assert t["approval"]["approved_by"] == "omar" and t["approval"]["content_sha256"] == t["batch"][
-            "content_sha256"]
+        assert (
+            t["approval"]["approved_by"] == "omar" and t["approval"]["content_sha256"] == t["batch"]["content_sha256"]
+        )
         assert t["prompt"]["id"] and t["prompt"]["text"] and t["run"]["id"]
-        assert {m["role"] for m in t["models"]} == {"base_unet", "refiner_unet", "text_encoder", "text_encoder_2",
-                                                   "vae"}
-        assert all(re.fullmatch(r"[0-9a-f]{64}", m["sha256"]) and m["licence"] == "creativeml-openrail++-m"
-                   for m in t["models"])
+        assert {m["role"] for m in t["models"]} == {
+            "base_unet",
+            "refiner_unet",
+            "text_encoder",
+            "text_encoder_2",
+            "vae",
+        }
+        assert all(
+            re.fullmatch(r"[0-9a-f]{64}", m["sha256"]) and m["licence"] == "creativeml-openrail++-m"
+            for m in t["models"]
+        )
         assert t["sha256"] and t["store"]["key"] and t["store"]["provenance_key"]
         assert {"batch.submitted", "batch.approved", "run.started", "image.published"} <= {
-            a["action"] for a in t["audit"]}
+            a["action"] for a in t["audit"]
+        }
         # each matches `atelier trace`
         assert json.loads(ok("trace", t["image_id"], "--json")) == t
 
@@ -385,9 +456,11 @@ def test_real_run_lineage_events(produced) -> None:
     complete = events[-1]
     traces = json.loads(produced["ok"]("compliance", "search", "--status", "published", "--json", actor="lee"))
     assert {(d["namespace"], d["name"]) for d in complete["outputs"]} == {
-        (t["store"]["url"], t["store"]["key"]) for t in traces}
+        (t["store"]["url"], t["store"]["key"]) for t in traces
+    }
     assert {d["name"] for d in complete["inputs"] if d["namespace"] == "atelier-models"} == {
-        f"{m['role']}/{m['sha256']}" for m in traces[0]["models"]}
+        f"{m['role']}/{m['sha256']}" for m in traces[0]["models"]
+    }
     if (SPEC_DIR / "OpenLineage.json").is_file():
         validator = OpenLineageValidator(SPEC_DIR)
         for e in events:
@@ -397,9 +470,30 @@ def test_real_run_lineage_events(produced) -> None:
 def test_real_run_search_impact_export_report(produced) -> None:
     ok, tmp = produced["ok"], produced["tmp"]
     n_pub = produced["result"]["published"]
-    hits = json.loads(ok("compliance", "search", "--prompt", "WALNUT", "--requester", "maria", "--approver", "omar",
-                         "--purpose", "catalogue", "--use-category", "product-catalogue", "--licence",
-                         "creativeml-openrail++-m", "--since", "2000-01-01", "--ref", "SKU-1", "--json", actor="lee"))
+    hits = json.loads(
+        ok(
+            "compliance",
+            "search",
+            "--prompt",
+            "WALNUT",
+            "--requester",
+            "maria",
+            "--approver",
+            "omar",
+            "--purpose",
+            "catalogue",
+            "--use-category",
+            "product-catalogue",
+            "--licence",
+            "creativeml-openrail++-m",
+            "--since",
+            "2000-01-01",
+            "--ref",
+            "SKU-1",
+            "--json",
+            actor="lee",
+        )
+    )
     assert {t["prompt"]["row_id"] for t in hits} == {"sku-1"} and len(hits) == 2
     table = ok("compliance", "search", "--ref", "SKU-2", actor="lee")
     assert "SKU-2" in table and "IMAGE_ID" in table
@@ -409,12 +503,14 @@ def test_real_run_search_impact_export_report(produced) -> None:
     for flag, value in (("--model-version", base["sha256"]), ("--licence", "creativeml-openrail++-m")):
         out = json.loads(ok("compliance", "impact", flag, value, "--json", actor="lee"))
         assert out["published_images"] == n_pub
-    assert "published images depend on them" in ok("compliance", "impact", "--model-version", base["sha256"][:12],
-                                                   actor="lee")
+    assert "published images depend on them" in ok(
+        "compliance", "impact", "--model-version", base["sha256"][:12], actor="lee"
+    )
 
     out_file = tmp / "all.csv"
     assert f"lineage of {produced['result']['published'] + produced['result']['quarantined']} images" in ok(
-        "compliance", "export", "--format", "csv", "--out", str(out_file), actor="lee")
+        "compliance", "export", "--format", "csv", "--out", str(out_file), actor="lee"
+    )
     with out_file.open(newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert {r["prompt"] for r in rows if r["row_id"] == "sku-2"} == {"'=studio photo of a ceramic mug"}

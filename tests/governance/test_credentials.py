@@ -38,8 +38,12 @@ def _png(seed: int = 0) -> bytes:
 
 
 MANIFEST = manifest_for(
-    title="x.png", image_id="img-1", batch_id="batch-1", approval_id="appr-1",
-    models=[{"role": "base_unet", "name": "tiny", "sha256": "ab" * 32}], licences=["creativeml-openrail++-m"],
+    title="x.png",
+    image_id="img-1",
+    batch_id="batch-1",
+    approval_id="appr-1",
+    models=[{"role": "base_unet", "name": "tiny", "sha256": "ab" * 32}],
+    licences=["creativeml-openrail++-m"],
     software_version="test",
 )
 
@@ -58,8 +62,11 @@ def test_signed_png_carries_trusted_credentials_with_atelier_assertions(signer) 
     report = signer.read(signed, "image/png")
     assert report.present and report.state == "Trusted" and report.intact and report.failures == []
     assert report.atelier == {
-        "image_id": "img-1", "batch_id": "batch-1", "approval_id": "appr-1",
-        "models": [{"role": "base_unet", "sha256": "ab" * 32}], "licences": ["creativeml-openrail++-m"],
+        "image_id": "img-1",
+        "batch_id": "batch-1",
+        "approval_id": "appr-1",
+        "models": [{"role": "base_unet", "sha256": "ab" * 32}],
+        "licences": ["creativeml-openrail++-m"],
     }
     assert "NOT FOR PRODUCTION" in report.signer["issuer"]
     import c2pa

@@ -74,16 +74,27 @@ def test_rewritten_history_with_a_consistent_chain_is_caught_by_the_anchor(sessi
             if e.subject_id == "e1":
                 e.actor = "mallory"
             e.prev_hash = prev
-            e.hash = event_hash(prev, {"seq": e.seq, "at": e.at, "actor": e.actor, "action": e.action,
-                                       "subject_type": e.subject_type, "subject_id": e.subject_id,
-                                       "payload": e.payload})
+            e.hash = event_hash(
+                prev,
+                {
+                    "seq": e.seq,
+                    "at": e.at,
+                    "actor": e.actor,
+                    "action": e.action,
+                    "subject_type": e.subject_type,
+                    "subject_id": e.subject_id,
+                    "payload": e.payload,
+                },
+            )
             prev = e.hash
     with sessions() as s:
         assert verify_chain(s).ok
         report = verify_ledger(s, worm, worm, signer[1])
     assert not report.ok
-    assert report.problems[0] == f"anchor {anchor.seq}: event {anchor.seq} no longer has the anchored hash: " \
+    assert (
+        report.problems[0] == f"anchor {anchor.seq}: event {anchor.seq} no longer has the anchored hash: "
         "history was rewritten"
+    )
 
 
 def test_deleted_anchor_row_and_truncated_chain_are_caught(sessions, worm, signer) -> None:

@@ -63,8 +63,11 @@ def test_attachment_a_is_covered_clause_by_clause(licence_text: str) -> None:
 
 def _counts(sessions) -> tuple[int, int, int]:
     with sessions() as s:
-        return (s.scalar(select(func.count()).select_from(Batch)), s.scalar(select(func.count()).select_from(Prompt)),
-                s.scalar(select(func.count()).select_from(AuditEvent)))
+        return (
+            s.scalar(select(func.count()).select_from(Batch)),
+            s.scalar(select(func.count()).select_from(Prompt)),
+            s.scalar(select(func.count()).select_from(AuditEvent)),
+        )
 
 
 @pytest.mark.parametrize(
@@ -82,8 +85,14 @@ def test_prohibited_use_category_is_refused_at_intake_naming_the_clause(
 ) -> None:
     before = _counts(sessions)
     with sessions.begin() as s, pytest.raises(InvalidInput) as err:
-        submit_batch(s, "maria", write_csv(tmp_path / "p.csv", good_rows()), "catalogue", use_category=category,
-                     licence_ids=[LICENCE_ID])
+        submit_batch(
+            s,
+            "maria",
+            write_csv(tmp_path / "p.csv", good_rows()),
+            "catalogue",
+            use_category=category,
+            licence_ids=[LICENCE_ID],
+        )
     message = str(err.value)
     assert category in message and clause in message and words in message and "\n" not in message
     assert "CreativeML Open RAIL++-M" in message
@@ -93,7 +102,10 @@ def test_prohibited_use_category_is_refused_at_intake_naming_the_clause(
 def test_registered_licence_is_what_intake_checks(sessions, tmp_path) -> None:
     """Once registered, the database row (what runs cite) decides, also for licences Atelier does not know."""
     strict = KnownLicence(
-        id="house-licence", name="House terms", url="https://example.invalid/terms", text_sha256="0" * 64,
+        id="house-licence",
+        name="House terms",
+        url="https://example.invalid/terms",
+        text_sha256="0" * 64,
         restrictions=(UseRestriction("editorial", "clause 7", "No editorial use."),),
     )
     csv = write_csv(tmp_path / "p.csv", good_rows())
@@ -102,8 +114,7 @@ def test_registered_licence_is_what_intake_checks(sessions, tmp_path) -> None:
     with sessions.begin() as s:
         register_licence(s, "admin", strict)
     with sessions.begin() as s, pytest.raises(InvalidInput, match=r"House terms \(house-licence\), clause 7"):
-        submit_batch(s, "maria", csv, "catalogue", use_category="editorial",
-                     licence_ids=[LICENCE_ID, "house-licence"])
+        submit_batch(s, "maria", csv, "catalogue", use_category="editorial", licence_ids=[LICENCE_ID, "house-licence"])
     with sessions.begin() as s:
         assert "editorial" not in allowed_use_categories(s, [LICENCE_ID, "house-licence"])
         assert "editorial" in allowed_use_categories(s, [LICENCE_ID])
@@ -129,8 +140,14 @@ def test_unknown_use_category_lists_the_allowed_ones(sessions, tmp_path) -> None
 
 def test_permitted_use_category_is_stored_and_audited(sessions, tmp_path) -> None:
     with sessions.begin() as s:
-        batch = submit_batch(s, "maria", write_csv(tmp_path / "p.csv", good_rows()), "marketing",
-                             use_category="marketing-campaign", licence_ids=[LICENCE_ID])
+        batch = submit_batch(
+            s,
+            "maria",
+            write_csv(tmp_path / "p.csv", good_rows()),
+            "marketing",
+            use_category="marketing-campaign",
+            licence_ids=[LICENCE_ID],
+        )
         batch_id = batch.id
     with sessions() as s:
         assert s.get(Batch, batch_id).use_category == "marketing-campaign"
@@ -138,13 +155,17 @@ def test_permitted_use_category_is_stored_and_audited(sessions, tmp_path) -> Non
         assert event.payload["use_category"] == "marketing-campaign"
         assert event.payload["licences_checked"] == [LICENCE_ID]
     with sessions.begin() as s:  # the default is "general"
-        assert submit_batch(s, "maria", write_csv(tmp_path / "q.csv", good_rows()), "catalogue").use_category \
-            == "general"
+        assert (
+            submit_batch(s, "maria", write_csv(tmp_path / "q.csv", good_rows()), "catalogue").use_category == "general"
+        )
 
 
 def test_obligations_for_model_versions(sessions) -> None:
     other = KnownLicence(
-        id="vae-licence", name="VAE terms", url="https://example.invalid/vae", text_sha256="1" * 64,
+        id="vae-licence",
+        name="VAE terms",
+        url="https://example.invalid/vae",
+        text_sha256="1" * 64,
         obligations=(Obligation("attribution", "§2", "Credit the VAE authors."),),
     )
     with sessions.begin() as s:
@@ -157,7 +178,8 @@ def test_obligations_for_model_versions(sessions) -> None:
         ]
         obligations = obligations_for(versions)
     assert [(o["licence"], o["obligation"]) for o in obligations] == [
-        (LICENCE_ID, "pass-on-use-restrictions"), (LICENCE_ID, "output-accountability"),
+        (LICENCE_ID, "pass-on-use-restrictions"),
+        (LICENCE_ID, "output-accountability"),
         ("vae-licence", "attribution"),
     ]
     first = obligations[0]
@@ -175,12 +197,14 @@ def test_cli_refuses_prohibited_use_in_one_line(capsys, tmp_path) -> None:
     code, out, err = cli("batch", "submit", csv, "--purpose", "catalogue", actor="maria")
     assert code == 2 and err.count("\n") == 1 and "`atelier licences register creativeml-openrail++-m`" in err
     cli("licences", "register", "creativeml-openrail++-m", actor="admin")
-    code, out, err = cli("batch", "submit", csv, "--purpose", "catalogue", "--use-category", "medical-advice",
-                         actor="maria")
+    code, out, err = cli(
+        "batch", "submit", csv, "--purpose", "catalogue", "--use-category", "medical-advice", actor="maria"
+    )
     assert code == 2 and err.count("\n") == 1 and "Attachment A (10)" in err
     code, out, err = cli("batch", "submit", csv, "--purpose", "catalogue", "--use-category", "nope", actor="maria")
     assert code == 2 and err.count("\n") == 1 and "choose one of general" in err
     assert "(none)" in cli("batch", "list")[1]
-    code, out, err = cli("batch", "submit", csv, "--purpose", "catalogue", "--use-category", "product-catalogue",
-                         "--json", actor="maria")
+    code, out, err = cli(
+        "batch", "submit", csv, "--purpose", "catalogue", "--use-category", "product-catalogue", "--json", actor="maria"
+    )
     assert code == 0, err

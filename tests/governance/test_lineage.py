@@ -87,8 +87,10 @@ def world(sessions, tmp_path):
 
 def test_run_events_validate_against_the_openlineage_schema(sessions, world, openlineage) -> None:
     with sessions() as s:
-        events = {t: run_event(s, world.run_a, t, error="boom" if t == "FAIL" else None).to_dict()
-                  for t in ("START", "COMPLETE", "FAIL")}
+        events = {
+            t: run_event(s, world.run_a, t, error="boom" if t == "FAIL" else None).to_dict()
+            for t in ("START", "COMPLETE", "FAIL")
+        }
     for event in events.values():
         openlineage.check(event)
         assert event["run"]["runId"] == world.run_a
@@ -111,10 +113,13 @@ def test_run_events_validate_against_the_openlineage_schema(sessions, world, ope
 
     # outputs: exactly the published images of this run, at their store location and content hash
     with sessions() as s:
-        published = {(i.store_url, i.store_key, i.sha256) for i in s.query(Image).filter_by(run_id=world.run_a,
-                                                                                           status="published")}
-    assert {(d["namespace"], d["name"], d["facets"]["version"]["datasetVersion"]) for d in complete["outputs"]} \
-        == published and len(published) == 2
+        published = {
+            (i.store_url, i.store_key, i.sha256)
+            for i in s.query(Image).filter_by(run_id=world.run_a, status="published")
+        }
+    assert {
+        (d["namespace"], d["name"], d["facets"]["version"]["datasetVersion"]) for d in complete["outputs"]
+    } == published and len(published) == 2
 
     # the licence facet: which licence, for which models, with its prohibited uses and obligations
     [lic] = complete["run"]["facets"]["atelierLicences"]["licences"]
@@ -150,7 +155,8 @@ def test_file_sink_appends_json_lines(sessions, world, tmp_path) -> None:
     sink.close()
     lines = (tmp_path / "data" / "lineage" / "events.jsonl").read_text().splitlines()
     assert [(e["eventType"], e["run"]["runId"]) for e in map(json.loads, lines)] == [
-        ("START", world.run_a), ("COMPLETE", world.run_b)
+        ("START", world.run_a),
+        ("COMPLETE", world.run_b),
     ]
 
 

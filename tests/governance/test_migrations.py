@@ -48,9 +48,15 @@ def test_each_vocabulary_is_the_databases_check_constraint(tmp_path) -> None:
     engine.dispose()
     with sqlite3.connect(tmp_path / "a.db") as db:
         schema = "\n".join(sql for (sql,) in db.execute("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL"))
-        for column, vocabulary in [("role", Role), ("purpose", Purpose), ("status", BatchStatus),
-                                   ("decision", Decision), ("status", RunStatus), ("status", ImageStatus),
-                                   ("status", ChunkStatus)]:
+        for column, vocabulary in [
+            ("role", Role),
+            ("purpose", Purpose),
+            ("status", BatchStatus),
+            ("decision", Decision),
+            ("status", RunStatus),
+            ("status", ImageStatus),
+            ("status", ChunkStatus),
+        ]:
             assert one_of(column, vocabulary) in schema, vocabulary
         db.execute("INSERT INTO users (id, name, created_at) VALUES (1, 'x', '2026-01-01')")
         with pytest.raises(sqlite3.IntegrityError, match="CHECK"):

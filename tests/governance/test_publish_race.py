@@ -48,8 +48,12 @@ def test_the_second_worker_fails_before_uploading_and_the_first_record_stands(pg
     upgrade(engine)
     sessions = make_sessionmaker(engine)
     with sessions.begin() as s:
-        for name, roles in [("admin", ["admin"]), ("maria", ["requester"]), ("omar", ["approver"]),
-                            ("ops", ["operator"])]:
+        for name, roles in [
+            ("admin", ["admin"]),
+            ("maria", ["requester"]),
+            ("omar", ["approver"]),
+            ("ops", ["operator"]),
+        ]:
             add_user(s, None if name == "admin" else "admin", name, roles)
         register_licence(s, "admin", CREATIVEML_OPENRAIL_PP_M)
         batch = submit_batch(s, "maria", write_csv(tmp_path / "b.csv", good_rows(1)), "catalogue")
@@ -79,8 +83,20 @@ def test_the_second_worker_fails_before_uploading_and_the_first_record_stands(pg
                 run_row = s.get(Run, run_id)
                 approval = s.get(Approval, run_row.approval_id)
                 prompt = s.get(Batch, batch_id).prompts[0]
-                finalize_image(s, "ops", store, run_row, approval, prompt, 0, 7, pixels, safety,
-                               SafetyContext("tiny", "v1"), marked=marks[name])
+                finalize_image(
+                    s,
+                    "ops",
+                    store,
+                    run_row,
+                    approval,
+                    prompt,
+                    0,
+                    7,
+                    pixels,
+                    safety,
+                    SafetyContext("tiny", "v1"),
+                    marked=marks[name],
+                )
             outcome[name] = "recorded"
         except IntegrityError:
             outcome[name] = "duplicate refused"
@@ -112,7 +128,12 @@ def _activity(engine) -> list[dict[str, str]]:  # type: ignore[no-untyped-def]
     from sqlalchemy import text
 
     with engine.connect() as conn:
-        return [dict(r._mapping) for r in conn.execute(text(
-            "SELECT query, state FROM pg_stat_activity WHERE datname = current_database() "
-            "AND state = 'idle in transaction' AND pid <> pg_backend_pid()"))]
-
+        return [
+            dict(r._mapping)
+            for r in conn.execute(
+                text(
+                    "SELECT query, state FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND state = 'idle in transaction' AND pid <> pg_backend_pid()"
+                )
+            )
+        ]

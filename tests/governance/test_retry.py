@@ -11,8 +11,9 @@ from governance.retry import Backoff, describe, is_transient
 
 
 def _client_error(status: int, code: str) -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": "x"}, "ResponseMetadata": {"HTTPStatusCode": status}},
-                       "PutObject")
+    return ClientError(
+        {"Error": {"Code": code, "Message": "x"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject"
+    )
 
 
 def test_outages_are_transient_and_mistakes_are_not() -> None:

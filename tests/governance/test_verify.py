@@ -40,8 +40,12 @@ def chunk(kind: bytes, body: bytes) -> bytes:
 def png_declaring(width: int, height: int, idat: bytes = b"") -> bytes:
     """A small PNG whose header declares width x height (8-bit grey), with whatever IDAT is given."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat or zlib.compress(b"\0" * 1000)) + \
-        chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", idat or zlib.compress(b"\0" * 1000))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture
@@ -54,27 +58,53 @@ def world(sessions, tmp_path):
     files: dict[str, tuple[Path, np.ndarray]] = {}
     with sessions.begin() as s:
         template = s.get(Image, w.published[0])
-        specs = [("dctss-old-key", watermark.SCHEME_DCTSS, K_OLD, ("pure-white", "bottle", "white")),
-                 ("dctss-new-key", watermark.SCHEME_DCTSS, K_NEW, ("pastel", "ball", "green")),
-                 ("dwtdct", watermark.SCHEME_DWTDCT, None, ("grey", "box", "navy"))]
+        specs = [
+            ("dctss-old-key", watermark.SCHEME_DCTSS, K_OLD, ("pure-white", "bottle", "white")),
+            ("dctss-new-key", watermark.SCHEME_DCTSS, K_NEW, ("pastel", "ball", "green")),
+            ("dwtdct", watermark.SCHEME_DWTDCT, None, ("grey", "box", "navy")),
+        ]
         for n, (name, scheme, key, (bg, product, colour)) in enumerate(specs):
             image_id = image_id_for(template.prompt_id, 10 + n)
             payload = watermark.payload_for_image(image_id)
             pixels = render_product(bg, product, colour, 512, grain=3.0)
             marked = watermark.embed(pixels, payload, key=key, scheme=scheme)
-            manifest = manifest_for(title=name, image_id=image_id, batch_id=template.batch_id, approval_id="a",
-                                    models=[], licences=[], software_version="test")
+            manifest = manifest_for(
+                title=name,
+                image_id=image_id,
+                batch_id=template.batch_id,
+                approval_id="a",
+                models=[],
+                licences=[],
+                software_version="test",
+            )
             data = signer.sign_png(encode_png(marked), with_soft_binding(manifest, payload, key or K_NEW))
             path = tmp_path / f"{name}.png"
             path.write_bytes(data)
-            s.add(Image(
-                id=image_id, prompt_id=template.prompt_id, batch_id=template.batch_id, run_id=template.run_id,
-                image_index=10 + n, seed="1", status="published", width=512, height=512, safety_model="tiny",
-                safety_policy="v1", safety_scores={}, safety_verdict="passed", safety_reasons=[],
-                sha256=hashlib.sha256(data).hexdigest(), watermark_payload=f"{payload:012x}",
-                watermark_scheme=scheme, watermark_key_id=key.key_id if key else None,
-                phash=None, store_url=w.store.url, store_key=f"{name}.png",
-            ))
+            s.add(
+                Image(
+                    id=image_id,
+                    prompt_id=template.prompt_id,
+                    batch_id=template.batch_id,
+                    run_id=template.run_id,
+                    image_index=10 + n,
+                    seed="1",
+                    status="published",
+                    width=512,
+                    height=512,
+                    safety_model="tiny",
+                    safety_policy="v1",
+                    safety_scores={},
+                    safety_verdict="passed",
+                    safety_reasons=[],
+                    sha256=hashlib.sha256(data).hexdigest(),
+                    watermark_payload=f"{payload:012x}",
+                    watermark_scheme=scheme,
+                    watermark_key_id=key.key_id if key else None,
+                    phash=None,
+                    store_url=w.store.url,
+                    store_key=f"{name}.png",
+                )
+            )
             files[name] = (path, marked)
     return w, files, keys.trust_anchors.read_bytes()
 
@@ -127,8 +157,15 @@ def test_a_forged_manifest_from_a_look_alike_ca_attributes_nothing(sessions, wor
     forger = ContentCredentials.from_files(mallory.chain, mallory.key, None)
     real = forger.read(files["dctss-new-key"][0].read_bytes(), "image/png")  # anyone can read a manifest
     claimed = real.atelier["image_id"]
-    manifest = manifest_for(title="x", image_id=claimed, batch_id=real.atelier["batch_id"],
-                            approval_id=real.atelier["approval_id"], models=[], licences=[], software_version="1")
+    manifest = manifest_for(
+        title="x",
+        image_id=claimed,
+        batch_id=real.atelier["batch_id"],
+        approval_id=real.atelier["approval_id"],
+        models=[],
+        licences=[],
+        software_version="1",
+    )
     noise = np.random.default_rng(3).integers(0, 256, (512, 512, 3), dtype=np.uint8)
     forged = tmp_path / "forged.png"
     forged.write_bytes(forger.sign_png(encode_png(noise), manifest))
@@ -143,7 +180,8 @@ def test_a_forged_manifest_from_a_look_alike_ca_attributes_nothing(sessions, wor
 
 
 def test_an_untrusted_manifest_on_our_pixels_is_derived_by_the_watermark_and_the_claim_flagged(
-        sessions, world, tmp_path):
+    sessions, world, tmp_path
+):
     w, files, anchors = world
     mallory = init_test_ca(tmp_path / "mallory")
     forger = ContentCredentials.from_files(mallory.chain, mallory.key, None)
@@ -152,8 +190,9 @@ def test_an_untrusted_manifest_on_our_pixels_is_derived_by_the_watermark_and_the
     with sessions() as s:
         other_id = s.query(Image).filter(Image.store_key == "dctss-old-key.png").one().id
         ours_id = s.query(Image).filter(Image.store_key == "dctss-new-key.png").one().id
-    manifest = manifest_for(title="x", image_id=other_id, batch_id="b", approval_id="a", models=[], licences=[],
-                            software_version="1")
+    manifest = manifest_for(
+        title="x", image_id=other_id, batch_id="b", approval_id="a", models=[], licences=[], software_version="1"
+    )
     resigned = tmp_path / "resigned.png"
     resigned.write_bytes(forger.sign_png(encode_png(marked), manifest))
     assert other[0].exists()
@@ -172,15 +211,18 @@ def test_without_trust_anchors_no_manifest_is_trusted(sessions, world):
     assert out["signals"]["c2pa"]["state"] == "Valid" and "c2pa" not in out["identified_by"]
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p.write_bytes(png_declaring(30000, 30000)), "decompression bomb"),
-    (lambda p: p.write_bytes(png_declaring(9000, 9000)), r"9000x9000 pixels \(81 MP\), over the limit of 64 MP"),
-    (lambda p: p.write_bytes(png_bytes(render_product("grey", "box", "red", 512))[:5000]), "damaged or truncated"),
-    (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100), "not an image file"),
-    (lambda p: p.write_text("meeting notes"), "not an image file"),
-    (lambda p: p.write_bytes(b""), "not an image file"),
-    (lambda p: p.mkdir(), "is a folder"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.write_bytes(png_declaring(30000, 30000)), "decompression bomb"),
+        (lambda p: p.write_bytes(png_declaring(9000, 9000)), r"9000x9000 pixels \(81 MP\), over the limit of 64 MP"),
+        (lambda p: p.write_bytes(png_bytes(render_product("grey", "box", "red", 512))[:5000]), "damaged or truncated"),
+        (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100), "not an image file"),
+        (lambda p: p.write_text("meeting notes"), "not an image file"),
+        (lambda p: p.write_bytes(b""), "not an image file"),
+        (lambda p: p.mkdir(), "is a folder"),
+    ],
+)
 def test_hostile_files_are_one_clear_refusal(sessions, world, tmp_path, make, message):
     path = tmp_path / "hostile.png"
     make(path)

@@ -218,8 +218,9 @@ def test_a_production_key_ring_is_never_rotated_by_the_dev_tooling(tmp_path):
         ensure_development_key(path, rotate=True)
 
 
-@pytest.mark.parametrize("content, message", [("", "holds no key"), ("zz\n", "line 1: not a hex key"),
-                                              ("00ff\n", "at least 16 bytes")])
+@pytest.mark.parametrize(
+    "content, message", [("", "holds no key"), ("zz\n", "line 1: not a hex key"), ("00ff\n", "at least 16 bytes")]
+)
 def test_bad_key_files_are_one_clear_error(tmp_path, content, message):
     path = tmp_path / "ring.txt"
     path.write_text(content)

@@ -44,8 +44,9 @@ def verify(pixels, expected, method="dwtDct"):
         return watermark.verify(pixels, expected, scheme=SCHEME_DWTDCT)
     decoded = decode(pixels, method)
     matched = WATERMARK_BITS - (decoded ^ expected).bit_count()
-    return watermark.WatermarkCheck(expected, decoded, matched, WATERMARK_BITS,
-                                    watermark.verdict_for(matched, SCHEME_DWTDCT), SCHEME_DWTDCT)
+    return watermark.WatermarkCheck(
+        expected, decoded, matched, WATERMARK_BITS, watermark.verdict_for(matched, SCHEME_DWTDCT), SCHEME_DWTDCT
+    )
 
 
 IMAGE_ID = "prompt-0001/0"
