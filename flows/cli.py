@@ -22,6 +22,13 @@ from governance.errors import AtelierError, ExitCode
 from governance.records import BatchStatus, ImageStatus, Purpose, Role, SafetyVerdict
 
 
+def _location(store_url: str | None, key: str | None) -> str:
+    """Where an object is: the store's URL and the key, with exactly one `/` between them."""
+    if not store_url or not key:
+        return key or ""
+    return f"{store_url.rstrip('/')}/{key}"
+
+
 def _values(vocabulary: type[StrEnum]) -> list[str]:
     """argparse choices from one of governance.records' vocabularies."""
     return [str(v) for v in vocabulary]
@@ -319,6 +326,7 @@ def run_batches(rt: Runtime, batch_ids: list[str], progress: bool = False) -> li
 
     with rt.sessions() as session:
         require_role(session, rt.settings.actor, "operator", "run batches")
+        batch_ids = [get_batch(session, batch_id).id for batch_id in batch_ids]  # prefixes -> full ids
         for batch_id in batch_ids:
             require_runnable(get_batch(session, batch_id))
     preflight(rt)
@@ -605,8 +613,8 @@ def cmd_compliance_impact(rt: Runtime, args: argparse.Namespace) -> int:
     print_table(out["model_versions"], ["role", "sha256", "licence", "id"])
     print(f"\n{out['published_images']} published images depend on them:")
     print_table(
-        [{**i, "location": f"{i['store_url'] or ''}{i['store_key'] or ''}"} for i in out["images"]],
-        ["image_id", "created_at", "ref", "sha256", "location"],
+        [{**i, "location": _location(i["store_url"], i["store_key"])} for i in out["images"]],
+        ["image_id", "created_at", "sha256", "location"],
     )
     return 0
 

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from governance.audit import record_event
-from governance.errors import InvalidInput, InvalidState, NotFound
+from governance.errors import InvalidInput, InvalidState
 from governance.intake import IntakeError, IntakeReport, PromptRow, content_sha256, load_prompts
 from governance.licences import DEFAULT_MODEL_LICENCE, DEFAULT_USE_CATEGORY, check_use_category
 from governance.records import PURPOSES, Approval, Batch, Image, Prompt, Run, prompt_id_for, utcnow
@@ -133,9 +133,10 @@ def edit_batch(session: Session, actor: str | None, batch_id: str, path: Path) -
 
 
 def get_batch(session: Session, batch_id: str) -> Batch:
-    batch = session.get(Batch, batch_id)
-    if batch is None:
-        raise NotFound(f"no batch {batch_id!r}: `atelier batch list` shows the batches")
+    """The batch with this id, or the one whose id starts with it (8+ characters, any case)."""
+    from governance.refs import resolve_id
+
+    batch: Batch = resolve_id(session, Batch, batch_id, "batch", "`atelier batch list` shows the batches")
     return batch
 
 

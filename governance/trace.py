@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session, defaultload, lazyload
 
 from governance.errors import InvalidInput, NotFound
 from governance.records import Approval, AuditEvent, Batch, Image, ModelVersion, Run, RunModelVersion, User
+from governance.refs import looks_like_id, resolve_id
 
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -22,9 +22,7 @@ def find_image(session: Session, ref: str) -> Image:
     """REF: an image id, a SHA-256, a store key (or its s3:// or file location), or a local image file."""
     ref = ref.strip()
     path = Path(ref)
-    if _UUID.match(ref):
-        image = session.get(Image, ref)
-    elif _SHA256.match(ref.lower()):
+    if _SHA256.match(ref.lower()):
         image = session.scalar(select(Image).where(Image.sha256 == ref.lower()))
     elif path.is_file():
         try:
@@ -40,6 +38,8 @@ def find_image(session: Session, ref: str) -> Image:
         image = session.scalar(
             select(Image).where(or_(Image.store_key == key, Image.store_key == ref, Image.provenance_key == key))
         )
+    elif looks_like_id(ref):  # an image id, or a unique prefix of one (8+ characters, any case)
+        image = resolve_id(session, Image, ref, "image", "`atelier compliance search` finds image ids")
     else:
         raise InvalidInput(
             f"cannot read {ref!r} as a reference: give an image id, a SHA-256, a store key or an image file"
