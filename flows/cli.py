@@ -445,6 +445,8 @@ def cmd_keys_init(rt: Runtime, args: argparse.Namespace) -> int:
 
 
 def _watermark_evidence(wm: dict[str, Any]) -> str:
+    if wm.get("reason"):
+        return str(wm["reason"])
     if not wm.get("decoded"):
         return f"{wm['size'][0]}x{wm['size'][1]} px; needs 256 a side"
     if not wm.get("best_match"):
@@ -475,7 +477,8 @@ def _print_verify_detail(out: dict[str, Any]) -> None:
     ]
     if "watermark" in sig:
         wm = sig["watermark"]
-        rows.append({"signal": "watermark", "result": wm.get("verdict", "none"), "evidence": _watermark_evidence(wm)})
+        evidence = _watermark_evidence(wm) + (f"; {wm['note']}" if wm.get("note") else "")
+        rows.append({"signal": "watermark", "result": wm.get("verdict", "none"), "evidence": evidence})
     if "fingerprint" in sig:
         fp = sig["fingerprint"]
         rows.append(
@@ -513,7 +516,11 @@ def cmd_verify(rt: Runtime, args: argparse.Namespace) -> int:
     _chain, _key, anchors = rt.settings.c2pa_paths()
     anchors_pem = anchors.read_bytes() if anchors.exists() else None
     limits = VerifyLimits(rt.settings.verify_max_pixels, rt.settings.verify_max_file_bytes)
-    keys = rt.watermark_keys
+    try:
+        keys = rt.watermark_keys
+    except AtelierError as exc:  # the other signals still count; say plainly that this one cannot
+        print(f"warning: watermarks not checked: {exc}", file=sys.stderr)
+        keys = []
     paths = [Path(p) for p in args.files]
     if len(paths) == 1 and not paths[0].is_dir():
         with rt.sessions() as session:

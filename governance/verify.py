@@ -235,6 +235,9 @@ def _watermark_signal(
         )
         return out, best if trusted else None
 
+    no_key = "no watermark key configured: atelier-dctss marks cannot be read (ATELIER_WATERMARK_KEY_FILE)"
+    if not keys and (rgb is None or (watermark.SCHEME_DWTDCT, None) not in cands.payloads):
+        return {"decoded": None, "verdict": "not checked", "reason": no_key}, None
     tried: list[tuple[dict[str, Any], str | None]] = []
     for key in keys:
         tried.append(judge(watermark.read_luma(y, key=key), key.key_id))
@@ -244,9 +247,14 @@ def _watermark_signal(
         for key in keys:  # a crop moves the block grid: try every offset
             tried.append(judge(watermark.read_luma(y, key=key, search=True), key.key_id))
     found = [t for t in tried if t[1]]
-    if found:
-        return max(found, key=lambda t: t[0]["score"] or 0)
-    return max(tried, key=lambda t: (t[0]["score"] or 0, t[0]["matched_bits"])) if tried else ({}, None)
+    best = (
+        max(found, key=lambda t: t[0]["score"] or 0)
+        if found
+        else max(tried, key=lambda t: (t[0]["score"] or 0, t[0]["matched_bits"]))
+    )
+    if not keys:  # only the legacy scheme could be read: say what was not
+        best[0]["note"] = no_key
+    return best
 
 
 def verify_file(

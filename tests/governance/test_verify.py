@@ -258,3 +258,18 @@ def test_many_files_and_folders_in_one_call(sessions, world, tmp_path):
     assert exit_code_for(r["verdict"] for r in results) == 2
     assert exit_code_for(["original", "derived", "unknown"]) == 12
     assert exit_code_for(["original", "tampered", "unknown"]) == 11
+
+
+def test_without_a_watermark_key_verify_says_the_mark_was_not_checked(sessions, world):
+    _w, files, anchors = world
+    path, _ = files["dctss-new-key"]
+    out = check(sessions, path, anchors, keys=())
+    assert out["verdict"] == "original"  # bytes and manifest still count
+    signal = out["signals"]["watermark"]  # only the legacy decoder could run: it says what it could not read
+    assert signal["scheme"] == "invisible-watermark dwtDct" and "ATELIER_WATERMARK_KEY_FILE" in signal["note"]
+    with sessions() as s:  # and with no legacy image either, the mark is plainly "not checked"
+        from governance.verify import Candidates
+
+        out = verify_file(s, path, anchors, [], None, Candidates())
+    assert out["signals"]["watermark"]["verdict"] == "not checked"
+    assert "ATELIER_WATERMARK_KEY_FILE" in out["signals"]["watermark"]["reason"]
