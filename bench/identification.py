@@ -44,7 +44,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here] + [str(
 
 from governance import watermark  # noqa: E402
 from governance.publish import decode_png, encode_png  # noqa: E402
-from governance.verify import Candidates, _watermark_signal  # noqa: E402
+from governance.verify import Candidates, watermark_signal  # noqa: E402
 from tests.catalogue import PRODUCT_COLOURS, PRODUCTS, catalogue_set, photographs, render_product  # noqa: E402
 
 BENCH_KEY = watermark.WatermarkKey(bytes(range(32)))  # a fixed key: the bench's figures are reproducible
@@ -107,7 +107,7 @@ def _identified(px: np.ndarray, index: int, cands: Candidates, scheme: str) -> b
     y = np.asarray(Image.fromarray(px).convert("L"))
     rgb = px if scheme == watermark.SCHEME_DWTDCT else None
     keys = [BENCH_KEY] if scheme == watermark.SCHEME_DCTSS else []
-    _signal, image_id = _watermark_signal(y, rgb, keys, cands)
+    _signal, image_id = watermark_signal(y, rgb, keys, cands)
     return image_id == f"set/{index}"
 
 
@@ -246,7 +246,7 @@ def unmarked_false_accepts(args: argparse.Namespace) -> list[str]:
             accepted += check.ok
             scored += (check.score or 0) >= 6
         y = np.asarray(Image.fromarray(px).convert("L"))
-        attributed += _watermark_signal(y, None, [BENCH_KEY], cands)[1] is not None  # offset 0 then search
+        attributed += watermark_signal(y, None, [BENCH_KEY], cands)[1] is not None  # offset 0 then search
         searched += 1
     comparisons = len(matched)
     m = np.array(matched)

@@ -739,20 +739,15 @@ def _settings_flags(default: object) -> argparse.ArgumentParser:
     return common
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StderrHandler(logging.Handler):
     """Logs to whatever sys.stderr is when a record is emitted (not the one at start-up), so a second
     `main()` in one process, or a thread logging late, never writes to a closed stream."""
 
-    def __init__(self) -> None:
-        super().__init__(sys.stderr)
-
-    @property  # type: ignore[override]
-    def stream(self):  # type: ignore[no-untyped-def]
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:  # type: ignore[no-untyped-def]
-        pass
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:  # noqa: BLE001 - logging's own contract: report, never raise
+            self.handleError(record)
 
 
 class UsageError(Exception):

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -367,29 +367,24 @@ class _PrefectSteps:
     batch_id: str
     plan: dict[str, PlannedImage]
     pool: BoundedPool
-    _manifests: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def claim(self, finished: list[str], in_flight: list[str]) -> Claim:
         return claim_chunk_task(self.rt, self.batch_id, self.worker, self.plan, finished, in_flight)
 
     def generate(self, chunk: list[PlannedImage]) -> tuple[list[Checked], float, float]:
-        checked, engine_s, safety_s = generate_chunk_task(self.rt, chunk)
-        passed = [c.planned.image_id for c in checked if c.safety.verdict == "passed"]
-        self._manifests = _manifests(self.rt, self.run_id, passed) if passed else {}
-        return checked, engine_s, safety_s
+        return generate_chunk_task(self.rt, chunk)
 
-    def mark(self, item: Checked) -> Future[MarkedImage] | None:
-        if item.safety.verdict != "passed":
-            return None
-        image_id = item.planned.image_id
-        return self.pool.submit(
-            mark_and_encode,
-            image_id,
-            item.pixels,
-            self.rt.credentials,
-            self._manifests[image_id],
-            self.rt.watermark_key,
-        )
+    def submit_marks(self, items: list[Checked]) -> None:
+        """Hand the images that passed safety to the after-decode pool (their manifests read in one go)."""
+        passed = [item for item in items if item.safety.verdict == "passed"]
+        if not passed:
+            return
+        manifests = _manifests(self.rt, self.run_id, [item.planned.image_id for item in passed])
+        for item in passed:
+            image_id = item.planned.image_id
+            item.marked = self.pool.submit(
+                mark_and_encode, image_id, item.pixels, self.rt.credentials, manifests[image_id], self.rt.watermark_key
+            )
 
     def publish_ready(self, queue: deque[Checked], wait: bool) -> tuple[list[str], float]:
         return publish_ready_task(self.rt, self.run_id, self.actor, queue, wait=wait)

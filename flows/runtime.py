@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -49,9 +49,10 @@ def active_settings() -> Settings:
     return _active.get() or get_settings()
 
 
+@cache
 def quiet_model_libraries() -> None:
     """diffusers' and transformers' progress bars and INFO chatter, off unless the CLI runs with -v
-    (the root logger at INFO): a normal run shows Atelier's own progress only."""
+    (the root logger at INFO): a normal run shows Atelier's own progress only. Once per process."""
     if logging.getLogger().isEnabledFor(logging.INFO):
         return
     import diffusers.utils.logging as diffusers_logging

@@ -13,11 +13,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from concurrent.futures import Future
-
     from flows.produce import Checked
     from governance.runs import PlannedImage
 
@@ -55,7 +53,7 @@ class WorkerSteps(Protocol):
 
     def claim(self, finished: list[str], in_flight: list[str]) -> Claim: ...
     def generate(self, chunk: list[PlannedImage]) -> tuple[list[Checked], float, float]: ...
-    def mark(self, item: Checked) -> Future[Any] | None: ...
+    def submit_marks(self, items: list[Checked]) -> None: ...
     def publish_ready(self, queue: deque[Checked], wait: bool) -> tuple[list[str], float]: ...
     def complete(self, finished: list[str], in_flight: list[str]) -> None: ...
     def release(self, chunk_ids: list[str]) -> None: ...
@@ -124,8 +122,8 @@ class ChunkWorker:
         self.timing.safety_s += safety_s
         for item in checked:
             item.chunk_id = claimed.chunk_id
-            item.marked = self.steps.mark(item)  # None for an image that failed safety
-            self.queue.append(item)
+        self.steps.submit_marks(checked)  # to the after-decode pool: the images that passed safety
+        self.queue.extend(checked)
 
     def _claim_next(self) -> Claimed | None:
         while True:

@@ -256,17 +256,17 @@ def read_credentials(data: bytes, mime: str | None = None, context: Any = None) 
         )
 
 
-def load_callback(spec: str) -> Callable[[bytes], bytes]:
-    """`package.module:function` -> the callable (the KMS/HSM signing hook)."""
+def load_callback(spec: str, what: str = "C2PA signing callback") -> Callable[..., Any]:
+    """`package.module:function` -> the callable (a KMS/HSM hook: the C2PA signer, the watermark key)."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise InvalidInput(f"C2PA signing callback {spec!r} must look like package.module:function")
+        raise InvalidInput(f"{what} {spec!r} must look like package.module:function")
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
-        raise GovernanceCheckFailed(f"C2PA signing callback {spec!r} cannot be loaded: {exc}") from None
+        raise GovernanceCheckFailed(f"{what} {spec!r} cannot be loaded: {exc}") from None
     if not callable(fn):
-        raise GovernanceCheckFailed(f"C2PA signing callback {spec!r} is not callable")
+        raise GovernanceCheckFailed(f"{what} {spec!r} is not callable")
     return fn  # type: ignore[no-any-return]
 
 

@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 
 from governance.errors import InvalidInput, NotFound
 
-ID_PREFIX = re.compile(r"^[0-9a-f][0-9a-f-]{7,35}$")
 MIN_PREFIX = 8
+ID_PREFIX = re.compile(rf"^[0-9a-f][0-9a-f-]{{{MIN_PREFIX - 1},35}}$")
 
 
 def looks_like_id(ref: str) -> bool:
@@ -31,7 +31,7 @@ def resolve_id(session: Session, model: Any, ref: str, what: str, hint: str) -> 
     exact = session.get(model, ref)
     if exact is not None:
         return exact
-    if len(ref) < MIN_PREFIX or not ID_PREFIX.match(ref):
+    if not ID_PREFIX.match(ref):  # 8+ characters of an id, nothing else (no LIKE wildcards either)
         raise NotFound(f"no {what} {ref!r}: give its id or at least {MIN_PREFIX} characters of it; {hint}")
     matches = list(session.scalars(select(model).where(model.id.startswith(ref, autoescape=True)).limit(4)))
     if not matches:

@@ -42,6 +42,7 @@ import io
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,10 @@ SEARCH_MAX_PIXELS = 4_200_000  # the crop search (64 grid offsets) runs on files
 
 class DamagedPixels(InvalidInput):
     """The file is an image whose pixel data cannot be decoded (damaged or truncated)."""
+
+    def __init__(self, message: str, fmt: str):
+        super().__init__(message)
+        self.fmt = fmt  # what its header said it is: the manifest is still read by it
 
 
 @dataclass(frozen=True)
@@ -119,13 +124,21 @@ def _popcount(a: np.ndarray) -> np.ndarray:
     return np.unpackbits(a.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
 
 
-def _nearest(values: np.ndarray, ids: list[str], x: int) -> tuple[str | None, int]:
-    """(id, Hamming distance) of the value nearest ``x``."""
+def _nearest(values: np.ndarray, x: int) -> tuple[int | None, int]:
+    """(index, Hamming distance) of the value nearest ``x``."""
     if values.size == 0:
         return None, 64
     d = _popcount(values ^ np.uint64(x))
     best = int(d.argmin())
-    return ids[best], int(d[best])
+    return best, int(d[best])
+
+
+@lru_cache(maxsize=4)
+def _trust_context(trust_anchors_pem: bytes) -> Any:
+    """c2pa's validation context for these anchors: built once, not per file of a folder."""
+    import c2pa
+
+    return c2pa.Context.from_dict({"trust": {"trust_anchors": trust_anchors_pem.decode()}})
 
 
 def read_file_checked(path: Path, limits: VerifyLimits) -> bytes:
@@ -183,7 +196,7 @@ def decode_luma_checked(path: Path, data: bytes, limits: VerifyLimits) -> tuple[
                 grey = probe.convert("L")
         except (OSError, ValueError, SyntaxError, EOFError, PILImage.DecompressionBombError) as exc:
             reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-            raise DamagedPixels(f"{path}: the pixel data is damaged or truncated ({reason})") from None
+            raise DamagedPixels(f"{path}: the pixel data is damaged or truncated ({reason})", fmt) from None
         probe.close()  # frees the decoded frame (leaving the `with` only closes the file)
     # Only the luma (one byte per pixel) goes on, copied once (np.asarray on a Pillow image copies twice).
     with grey:
@@ -191,7 +204,7 @@ def decode_luma_checked(path: Path, data: bytes, limits: VerifyLimits) -> tuple[
     return fmt, y, rgb
 
 
-def _watermark_signal(
+def watermark_signal(
     y: np.ndarray,
     rgb: np.ndarray | None,
     keys: list[watermark.WatermarkKey],
@@ -204,7 +217,7 @@ def _watermark_signal(
 
     def judge(reading: watermark.WatermarkReading, key_id: str | None) -> tuple[dict[str, Any], str | None]:
         values, ids = cands.payloads.get((reading.scheme, key_id), (np.zeros(0, dtype=np.uint64), []))
-        best, _ = _nearest(values, ids, reading.payload)
+        best, _ = _nearest(values, reading.payload)
         out: dict[str, Any] = {
             "scheme": reading.scheme,
             "key_id": reading.key_id,
@@ -219,21 +232,22 @@ def _watermark_signal(
         }
         if best is None:
             return out, None
-        check = watermark.compare(reading, int(values[ids.index(best)]))
+        check = watermark.compare(reading, int(values[best]))
+        image_id = ids[best]
         needed = None
         trusted = check.ok
         if check.score is not None:
             needed = watermark.attribution_min_score(len(ids), reading.hypotheses)
             trusted = trusted and check.score >= needed
         out.update(
-            best_match=best,
+            best_match=image_id,
             matched_bits=check.matched_bits,
             total_bits=check.total_bits,
             verdict=check.verdict,
             score=None if check.score is None else round(check.score, 2),
             score_needed=None if needed is None else round(needed, 2),
         )
-        return out, best if trusted else None
+        return out, image_id if trusted else None
 
     no_key = "no watermark key configured: atelier-dctss marks cannot be read (ATELIER_WATERMARK_KEY_FILE)"
     if not keys and (rgb is None or (watermark.SCHEME_DWTDCT, None) not in cands.payloads):
@@ -273,9 +287,7 @@ def verify_file(
         fmt, y, rgb = decode_luma_checked(path, data, limits)
         damaged = None
     except DamagedPixels as exc:  # evidence when a manifest says what the file should be, else an error
-        damaged, y, rgb = exc, None, None
-        with PILImage.open(io.BytesIO(data)) as probe:
-            fmt = probe.format or ""
+        damaged, fmt, y, rgb = exc, exc.fmt, None, None
     signals: dict[str, Any] = {}
     candidates_found: dict[str, Image] = {}
 
@@ -283,11 +295,7 @@ def verify_file(
     exact = session.scalar(select(Image).where(Image.sha256 == sha256, Image.status == "published"))
     signals["bytes"] = {"sha256": sha256, "matches_image": exact.id if exact else None}
 
-    context = None
-    if trust_anchors_pem:
-        import c2pa
-
-        context = c2pa.Context.from_dict({"trust": {"trust_anchors": trust_anchors_pem.decode()}})
+    context = _trust_context(trust_anchors_pem) if trust_anchors_pem else None
     creds: CredentialReport = read_credentials(data, _MIME.get(fmt), context)
     if damaged is not None and not creds.present:
         raise damaged
@@ -306,11 +314,12 @@ def verify_file(
     if y is None:
         signals["pixels"] = {"readable": False, "error": str(damaged)}
     else:
-        signals["watermark"], wm_image = _watermark_signal(y, rgb, watermark_keys, cands)
+        signals["watermark"], wm_image = watermark_signal(y, rgb, watermark_keys, cands)
         if wm_image is not None:
             candidates_found["watermark"] = session.get(Image, wm_image)
         digest = fingerprint.phash(y)
-        near, dist = _nearest(cands.phashes[0], cands.phashes[1], int(digest, 16))
+        index, dist = _nearest(cands.phashes[0], int(digest, 16))
+        near = None if index is None else cands.phashes[1][index]
         signals["fingerprint"] = {
             "phash": digest,
             "nearest": near,

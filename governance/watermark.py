@@ -54,7 +54,6 @@ than 256 px on either side, or of the wrong dtype or shape, raises :class:`Water
 from __future__ import annotations
 
 import hashlib
-import importlib
 import math
 import secrets
 from dataclasses import dataclass
@@ -165,11 +164,10 @@ def load_key_ring(path: Path) -> list[WatermarkKey]:
 
 def key_from_callback(spec: str) -> WatermarkKey:
     """``package.module:function`` returning the key's bytes (a KMS or HSM derives it; it never sits on disk)."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise InvalidInput(f"watermark key callback {spec!r} must look like package.module:function")
+    from governance.credentials import load_callback
+
+    fn = load_callback(spec, "watermark key callback")
     try:
-        fn = getattr(importlib.import_module(module_name), attr)
         secret = fn()
     except Exception as exc:  # noqa: BLE001 - whatever the hook raises, no key means no publishing
         raise GovernanceCheckFailed(f"watermark key callback {spec!r} failed: {exc}") from None

@@ -84,10 +84,9 @@ def _blocks(channel: np.ndarray) -> np.ndarray:
     return c.reshape(nbi, BLOCK, nbj, BLOCK).transpose(0, 2, 1, 3).reshape(nbi, nbj, BLOCK * BLOCK)
 
 
-def _tiled(a: np.ndarray, nbi: int, nbj: int, di: int = 0, dj: int = 0) -> np.ndarray:
-    """The tile layout repeated over an nbi x nbj block grid, starting at tile position (di, dj)."""
-    reps = (-(-(nbi + di) // TILE), -(-(nbj + dj) // TILE), 1)
-    return np.tile(a, reps)[di : di + nbi, dj : dj + nbj]
+def _tiled(a: np.ndarray, nbi: int, nbj: int) -> np.ndarray:
+    """The tile layout repeated over an nbi x nbj block grid."""
+    return np.tile(a, (-(-nbi // TILE), -(-nbj // TILE), 1))[:nbi, :nbj]
 
 
 def luma(pixels: np.ndarray) -> np.ndarray:
@@ -108,7 +107,7 @@ def embed(pixels: np.ndarray, codeword: list[int], key: bytes) -> np.ndarray:
     white = (pixels[: nbi * BLOCK, : nbj * BLOCK] == 255).all(axis=2)
     white_blocks = _blocks(white.astype(np.float32))
     activity = blocks.std(axis=2)
-    gain = np.clip(0.5 + activity / 18.0, 0.5, 4.0)
+    gain = np.clip(0.3 + activity / 18.0, 0.3, 4.0)
     gain = np.where(white_blocks.min(axis=2) > 0, 0.0, gain)  # all-white block: untouched
     chips = (AMPLITUDE * gain)[..., None] * _tiled(sign, nbi, nbj) * bits  # (nbi, nbj, 4)
     delta = chips @ _BASIS  # (nbi, nbj, 64)
@@ -172,22 +171,27 @@ def decode(y: np.ndarray, key: bytes) -> np.ndarray:
     return soft_bits(chip_values(y), key)
 
 
+@lru_cache(maxsize=16)
+def _search_patterns(key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """The layout's per-bit sign pattern and membership, Fourier-transformed over the tile (once per key)."""
+    bit_idx, sign = layout(key)
+    onehot = np.zeros((CODE_BITS, TILE, TILE, len(CHIPS)), dtype=np.float32)
+    bi, bj, bk = np.indices(bit_idx.shape)
+    onehot[bit_idx, bi, bj, bk] = sign
+    return np.conj(np.fft.fft2(onehot, axes=(1, 2))), np.conj(np.fft.fft2(np.abs(onehot), axes=(1, 2)))
+
+
 def decode_searching(y: np.ndarray, key: bytes) -> tuple[np.ndarray, tuple[int, int], int]:
     """Soft bits at the strongest of all 64 pixel offsets x 1024 tile offsets (for cropped copies).
 
     Returns ``(soft bits, (dy, dx) pixel offset, hypotheses tried)``. The strength of a hypothesis is
     ``sum(z^2)``; searching many hypotheses raises the chance of a strong random one, which the
-    caller's threshold must account for (``governance.watermark`` adds the search's Bonferroni factor).
+    caller's threshold must account for (``watermark.attribution_min_score`` counts the hypotheses).
     """
-    bit_idx, sign = layout(key)
+    pattern_f, member_f = _search_patterns(key)
     best: tuple[float, np.ndarray, tuple[int, int]] | None = None
     # Per pixel offset, fold the chips by tile position; each tile offset is then a circular shift of
     # the folded tile against the layout: one 2-D cross-correlation per bit, all shifts at once by FFT.
-    onehot = np.zeros((CODE_BITS, TILE, TILE, len(CHIPS)), dtype=np.float32)
-    bi, bj, bk = np.indices(bit_idx.shape)
-    onehot[bit_idx, bi, bj, bk] = sign
-    pattern_f = np.conj(np.fft.fft2(onehot, axes=(1, 2)))
-    member_f = np.conj(np.fft.fft2(np.abs(onehot), axes=(1, 2)))
     for dy in range(BLOCK):
         for dx in range(BLOCK):
             fold = _fold(_robust(chip_values(y[dy:, dx:])))

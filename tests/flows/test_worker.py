@@ -37,8 +37,8 @@ class Script:
         ]
         return items, 0.5, 0.1
 
-    def mark(self, item):
-        return None
+    def submit_marks(self, items):
+        self.calls.append(("mark", [i.planned.image_id for i in items]))
 
     def publish_ready(self, queue: deque, wait: bool):
         # the after-decode pool is slow here: nothing is ready unless we wait for it
@@ -63,6 +63,7 @@ def test_a_lone_worker_never_waits_on_its_own_lease():
     steps = Script([Claimed("c1", images("a", "b")), Claimed("c2", images("c")), Wait(120.0), Done()])
     timing = ChunkWorker(steps, sleep=slept.append).run()
     assert slept == [] and timing.idle_s == 0
+    assert [c[1] for c in steps.calls if c[0] == "mark"] == [["a", "b"], ["c"]]  # each chunk to the pool once
     assert timing.generate_s == 1.0 and timing.safety_s == pytest.approx(0.2)
     # every chunk is completed: those finished by the time of a claim ride in it, the rest explicitly
     completed = [c for call in steps.calls if call[0] in ("claim", "complete") for c in call[1]]

@@ -146,7 +146,7 @@ def test_after_rotation_images_marked_with_the_earlier_key_still_verify(sessions
     out = check(sessions, copy, anchors)
     assert out["verdict"] == "derived" and out["signals"]["watermark"]["key_id"] == K_OLD.key_id
     out = check(sessions, copy, anchors, keys=(K_NEW,))  # the earlier key dropped from the ring: not found
-    assert out["signals"]["watermark"].get("best_match") is None or out["identified_by"] != ["watermark"]
+    assert "watermark" not in out["identified_by"] and out["verdict"] == "unknown"
 
 
 def test_a_forged_manifest_from_a_look_alike_ca_attributes_nothing(sessions, world, tmp_path):
@@ -186,7 +186,6 @@ def test_an_untrusted_manifest_on_our_pixels_is_derived_by_the_watermark_and_the
     mallory = init_test_ca(tmp_path / "mallory")
     forger = ContentCredentials.from_files(mallory.chain, mallory.key, None)
     _path, marked = files["dctss-new-key"]
-    other = files["dctss-old-key"]
     with sessions() as s:
         other_id = s.query(Image).filter(Image.store_key == "dctss-old-key.png").one().id
         ours_id = s.query(Image).filter(Image.store_key == "dctss-new-key.png").one().id
@@ -195,7 +194,6 @@ def test_an_untrusted_manifest_on_our_pixels_is_derived_by_the_watermark_and_the
     )
     resigned = tmp_path / "resigned.png"
     resigned.write_bytes(forger.sign_png(encode_png(marked), manifest))
-    assert other[0].exists()
 
     out = check(sessions, resigned, anchors)
 

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from governance import watermark
-from governance.errors import GovernanceCheckFailed
+from governance.errors import GovernanceCheckFailed, InvalidInput
 from governance.publish import decode_png, encode_png
 from governance.watermark import (
     DEFAULT_SCHEME,
@@ -224,7 +224,7 @@ def test_a_production_key_ring_is_never_rotated_by_the_dev_tooling(tmp_path):
 def test_bad_key_files_are_one_clear_error(tmp_path, content, message):
     path = tmp_path / "ring.txt"
     path.write_text(content)
-    with pytest.raises(Exception, match=message):
+    with pytest.raises((GovernanceCheckFailed, InvalidInput), match=message):
         load_key_ring(path)
     with pytest.raises(GovernanceCheckFailed, match="atelier keys init"):
         load_key_ring(tmp_path / "missing.txt")
