@@ -332,9 +332,9 @@ def flow(args: argparse.Namespace) -> str:
                 copy = folder / f"{n}-{name.split()[0].replace(',', '')}.{ext}"
                 fn(Image.open(rt.store.location(key)).convert("RGB"), copy)
                 out = verify_file(s, copy, anchors, rt.watermark_keys)
-                ok += out["verdict"] == "derived" and out["image_id"] == image_id
-                by_wm += "watermark" in out["identified_by"] and out["image_id"] == image_id
-                by_fp += "fingerprint" in out["identified_by"] and out["image_id"] == image_id
+                ok += out.verdict == "derived" and out.image_id == image_id
+                by_wm += "watermark" in out.identified_by and out.image_id == image_id
+                by_fp += "fingerprint" in out.identified_by and out.image_id == image_id
             rows.append((name, ok, by_wm, by_fp, len(published)))
     files = sorted(folder.iterdir())[:100]
     for extra in sorted(folder.iterdir())[100:]:

@@ -1,199 +1,248 @@
-"""The `atelier` command line. User mistakes print one line and exit non-zero, never a traceback."""
+"""The `atelier` command line, on cyclopts: typed parameters, validated choices, shell completion.
+
+Every command renders a service's typed result (`flows.render`), as a table or, with `--json`, as the
+result's `to_dict()`. User mistakes print one line and exit with their `ExitCode`, never a traceback.
+The settings flags (`--data-dir`, `--as`, ...) are accepted before or after the command.
+"""
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
 import logging
 import os
 import sys
-import time
-from collections.abc import Callable, Sequence
-from enum import StrEnum
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import ValidationError
+from cyclopts import App, Group, Parameter, validators
 
-from flows.runtime import Runtime, using_settings
-from flows.settings import Settings, get_settings
+from flows.render import (
+    ProgressMonitor,
+    RateWindow,
+    location,
+    print_json,
+    print_json_line,
+    print_kv,
+    print_reproduction,
+    print_table,
+    print_verify_detail,
+    progress_line,
+    verify_row,
+)
+from flows.runtime import Runtime
 from governance.errors import AtelierError, ExitCode
 from governance.records import BatchStatus, ImageStatus, Purpose, Role, SafetyVerdict
 
+if TYPE_CHECKING:
+    from flows.settings import Settings
+    from governance.compliance import SearchFilters
+    from governance.runs import RunSummary
 
-def _location(store_url: str | None, key: str | None) -> str:
-    """Where an object is: the store's URL and the key, with exactly one `/` between them."""
-    if not store_url or not key:
-        return key or ""
-    return f"{store_url.rstrip('/')}/{key}"
-
-
-def _values(vocabulary: type[StrEnum]) -> list[str]:
-    """argparse choices from one of governance.records' vocabularies."""
-    return [str(v) for v in vocabulary]
+__all__ = ["RateWindow", "app", "main", "progress_line", "run_batches"]  # RateWindow: from flows.render
 
 
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+# ---------------------------------------------------------------- the application
+
+Runtime_ = Annotated[Runtime, Parameter(parse=False)]  # given by the launcher, not by the user
+Json = Annotated[bool, Parameter(name="--json", help="machine-readable output (JSON)")]
+
+app = App(
+    name="atelier",
+    help="Governed SDXL batch production: intake, four-eyes approval, generation, safety, provenance, audit.",
+    version_flags=[],
+    default_parameter=Parameter(negative=()),  # no --no-json, --no-force
+    exit_on_error=False,
+    print_error=False,
+    result_action="return_value",
+)
+db_app = app.command(App(name="db", help="database schema"))
+users_app = app.command(App(name="users", help="users and roles"))
+licences_app = app.command(App(name="licences", help="licence registry"))
+batch_app = app.command(App(name="batch", help="prompt batches"))
+keys_app = app.command(App(name="keys", help="C2PA signing and watermark keys"))
+audit_app = app.command(App(name="audit", help="audit ledger"))
+compliance_app = app.command(App(name="compliance", help="legal and compliance queries (auditors)"))
 
 
-def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    if not rows:
-        print("(none)")
-        return
-    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+def _sub(name: str) -> App:
+    return app[name]
 
 
-def progress_bar(done: int, total: int, width: int = 30) -> str:
-    filled = int(width * done / total) if total else width
-    return f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+SETTINGS = Group("Settings (each also an ATELIER_* environment variable)", sort_key=100)
 
 
-class RateWindow:
-    """Images per minute over a sliding window of what this process saw (the live progress bar):
-    from the first sample on, so the first images of a run give a sane rate, not a burst's."""
+@Parameter(name="*", group=SETTINGS)
+@dataclass
+class SettingsFlags:
+    """The settings every command takes; None: from the environment (or the default)."""
 
-    def __init__(self, window_s: float = 60.0):
-        from collections import deque
+    actor: Annotated[str | None, Parameter(name="--as", help="acting user (ATELIER_ACTOR)")] = None
+    data_dir: Annotated[Path | None, Parameter(help="ATELIER_DATA_DIR (default ./.atelier)")] = None
+    database_url: Annotated[str | None, Parameter(help="ATELIER_DATABASE_URL (default: SQLite in the data dir)")] = None
+    store_url: Annotated[str | None, Parameter(help="ATELIER_STORE_URL: file:///path or s3://bucket/prefix")] = None
+    s3_endpoint_url: Annotated[str | None, Parameter(help="ATELIER_S3_ENDPOINT_URL for S3-compatible servers")] = None
+    base_model: Annotated[str | None, Parameter(help="ATELIER_BASE_MODEL: diffusers folder or hub id")] = None
+    refiner_model: Annotated[str | None, Parameter(help="ATELIER_REFINER_MODEL: diffusers folder or hub id")] = None
+    device: Annotated[str | None, Parameter(help="ATELIER_DEVICE: cpu, cuda, cuda:N")] = None
+    verbose: Annotated[bool, Parameter(name=["-v", "--verbose"], help="log progress (INFO)")] = False
 
-        self.window_s = window_s
-        self.samples: deque[tuple[float, int]] = deque()
+    def settings(self) -> Settings:
+        from flows.settings import get_settings
 
-    def add(self, t: float, done: int) -> None:
-        self.samples.append((t, done))
-        while len(self.samples) > 2 and t - self.samples[1][0] >= self.window_s:
-            self.samples.popleft()
-
-    def per_minute(self) -> float | None:
-        if len(self.samples) < 2:
-            return None
-        (t0, d0), (t1, d1) = self.samples[0], self.samples[-1]
-        return 60 * (d1 - d0) / (t1 - t0) if t1 > t0 and d1 > d0 else None
-
-
-def progress_line(p: dict[str, Any]) -> str:
-    """`[####....] 12/200  published 11  quarantined 1  3.2/min  ETA 58 s` (governance.batches.batch_progress)."""
-    line = f"{progress_bar(p['done'], p['planned'])}  published {p['published']}  quarantined {p['quarantined']}"
-    if p["images_per_minute"]:
-        line += f"  {p['images_per_minute']}/min"
-    if p["eta_seconds"]:
-        line += f"  ETA {p['eta_seconds']} s"
-    return line
+        return get_settings(
+            actor=self.actor,
+            data_dir=self.data_dir,
+            database_url=self.database_url,
+            store_url=self.store_url,
+            s3_endpoint_url=self.s3_endpoint_url,
+            base_model=self.base_model,
+            refiner_model=self.refiner_model,
+            device=self.device,
+        )
 
 
-class ProgressMonitor:
-    """Redraws one batch's progress line on stderr every second while `atelier run` works on it."""
+_in_use: list[Settings] = []
 
-    def __init__(self, rt: Runtime, batch_id: str, interval: float = 1.0):
-        import threading
 
-        self.rt, self.batch_id, self.interval = rt, batch_id, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
-        self._width = 0
-        self._rate = RateWindow()
+class _StderrHandler(logging.Handler):
+    """Logs to whatever sys.stderr is when a record is emitted (not the one at start-up), so a second
+    `main()` in one process, or a thread logging late, never writes to a closed stream."""
 
-    def _draw(self) -> None:
-        from governance.batches import batch_progress
-
-        with self.rt.sessions() as session:
-            p = batch_progress(session, self.batch_id)
-        self._rate.add(time.monotonic(), p["done"])
-        per_minute = self._rate.per_minute()
-        if per_minute is not None:  # what this run is doing now, over the last minute
-            p = {
-                **p,
-                "images_per_minute": round(per_minute, 1),
-                "eta_seconds": round(60 * max(0, p["planned"] - p["done"]) / per_minute),
-            }
-        line = f"batch {self.batch_id[:8]} " + progress_line(p)
-        sys.stderr.write("\r" + line.ljust(self._width))
-        sys.stderr.flush()
-        self._width = len(line)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self._draw()
-            except Exception:  # noqa: BLE001 - a database hiccup must not disturb the run; retried next second
-                pass
-
-    def __enter__(self) -> ProgressMonitor:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def emit(self, record: logging.LogRecord) -> None:
         try:
-            self._draw()  # the final state
-        except Exception:  # noqa: BLE001
-            pass
-        sys.stderr.write("\n")
-        sys.stderr.flush()
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:  # noqa: BLE001 - logging's own contract: report, never raise
+            self.handleError(record)
 
 
-def _kv(pairs: dict[str, Any], indent: str = "") -> None:
-    width = max((len(k) for k in pairs), default=0)
-    for k, v in pairs.items():
-        if isinstance(v, dict):
-            print(f"{indent}{k}:")
-            _kv(v, indent + "  ")
-        else:
-            print(f"{indent}{k.ljust(width)}  {'' if v is None else v}")
+@app.meta.default
+def _launcher(
+    *tokens: Annotated[str, Parameter(show=False, allow_leading_hyphen=True)],
+    flags: SettingsFlags | None = None,
+) -> Any:
+    """Reads the settings flags wherever they are, then runs the command with a Runtime built from them."""
+    flags = flags or SettingsFlags()
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if flags.verbose else logging.WARNING, handlers=[handler], force=True)
+    command, bound, ignored = app.parse_args(tokens)
+    if "rt" not in ignored:  # --help, completion: no settings needed
+        return command(*bound.args, **bound.kwargs)
+    settings = flags.settings()
+    _in_use.append(settings)  # for naming the database when it cannot be reached
+    return command(*bound.args, **bound.kwargs, rt=Runtime(settings))
 
 
-# ---------------------------------------------------------------- commands
+# ---------------------------------------------------------------- db, users, licences, keys
 
 
-def cmd_db_upgrade(rt: Runtime, args: argparse.Namespace) -> int:
+@_sub("db").command(name="upgrade")
+def db_upgrade(*, rt: Runtime_) -> int:
+    """Apply pending database migrations."""
     from governance.db import make_engine, upgrade
 
     rt.settings.data_dir.mkdir(parents=True, exist_ok=True)
     before, after = upgrade(make_engine(rt.settings.database_url_resolved))
     print(f"database schema: {before or 'empty'} -> {after}")
-    return 0
+    return ExitCode.OK
 
 
-def cmd_users_add(rt: Runtime, args: argparse.Namespace) -> int:
+@_sub("users").command(name="add")
+def users_add(
+    name: str,
+    /,
+    *,
+    role: Annotated[list[Role], Parameter(help="a role to give (repeat for several)")],
+    rt: Runtime_,
+) -> int:
+    """Add a user or give it more roles (admins only, but the very first user)."""
     from governance.users import add_user
 
     with rt.sessions.begin() as session:
-        user = add_user(session, rt.settings.actor, args.name, args.role)
+        user = add_user(session, rt.settings.actor, name, [str(r) for r in role])
         print(f"user {user.name}: roles {', '.join(sorted(user.role_names))}")
-    return 0
+    return ExitCode.OK
 
 
-def cmd_users_list(rt: Runtime, args: argparse.Namespace) -> int:
+@_sub("users").command(name="list")
+def users_list(*, json: Json = False, rt: Runtime_) -> int:
+    """List users and their roles."""
     from governance.users import list_users
 
     with rt.sessions() as session:
         rows = [{"name": u.name, "roles": ",".join(sorted(u.role_names))} for u in list_users(session)]
-    _print_json(rows) if args.json else print_table(rows, ["name", "roles"])
-    return 0
+    print_json(rows) if json else print_table(rows, ["name", "roles"])
+    return ExitCode.OK
 
 
-def cmd_licences_register(rt: Runtime, args: argparse.Namespace) -> int:
+@_sub("licences").command(name="register")
+def licences_register(licence_id: str, /, *, rt: Runtime_) -> int:
+    """Register a known licence (admins)."""
     from governance.errors import NotFound
     from governance.licences import KNOWN_LICENCES, register_licence
     from governance.users import require_role
 
-    known = KNOWN_LICENCES.get(args.licence_id)
+    known = KNOWN_LICENCES.get(licence_id)
     if known is None:
-        raise NotFound(f"unknown licence {args.licence_id!r}; known: {', '.join(sorted(KNOWN_LICENCES))}")
+        raise NotFound(f"unknown licence {licence_id!r}; known: {', '.join(sorted(KNOWN_LICENCES))}")
     with rt.sessions.begin() as session:
         require_role(session, rt.settings.actor, "admin", "register licences")
         lic = register_licence(session, rt.settings.actor or "", known)
         print(f"licence {lic.id}: {lic.name} (text sha256 {lic.text_sha256})")
-    return 0
+    return ExitCode.OK
 
 
-def cmd_batch_submit(rt: Runtime, args: argparse.Namespace) -> int:
+@_sub("keys").command(name="init")
+def keys_init(
+    *,
+    force: Annotated[bool, Parameter(help="make new keys; the old CA and watermark key still verify")] = False,
+    rt: Runtime_,
+) -> int:
+    """Create a local test CA, C2PA signer and watermark key (development only, NOT FOR PRODUCTION)."""
+    from governance.credentials import init_test_ca
+    from governance.watermark import ensure_development_key
+
+    paths = init_test_ca(rt.settings.keys_dir, force=force)
+    print(f"C2PA test signer (NOT FOR PRODUCTION): {paths.chain}")
+    print(f"private key: {paths.key}")
+    print(f"trust anchor (test CA): {paths.trust_anchors}")
+    if not rt.settings.watermark_key_callback:
+        ring = ensure_development_key(rt.settings.watermark_key_path(), rotate=force)
+        print(
+            f"watermark key (development, NOT FOR PRODUCTION): {rt.settings.watermark_key_path()} "
+            f"(current {ring[0].key_id}, {len(ring) - 1} earlier)"
+        )
+    return ExitCode.OK
+
+
+# ---------------------------------------------------------------- batches
+
+
+def _print_intake_failures(exc: Any, json: bool) -> None:
+    if json:
+        print_json({"error": str(exc), "failures": [f.__dict__ for f in exc.report.failures]})
+    else:
+        print(f"error: {exc}", file=sys.stderr)
+        print(exc.report.format_failures(), file=sys.stderr)
+
+
+@_sub("batch").command(name="submit")
+def batch_submit(
+    file: Annotated[Path, Parameter(help="CSV, JSON lines (.jsonl) or Parquet")],
+    /,
+    *,
+    purpose: Purpose,
+    use_category: Annotated[
+        str,
+        Parameter(
+            help="declared use of the images, e.g. product-catalogue, marketing-campaign, editorial; "
+            "refused when the models' licence prohibits it"
+        ),
+    ] = "general",
+    json: Json = False,
+    rt: Runtime_,
+) -> int:
+    """Validate a prompt file and submit it as a batch: every failing row and rule is listed, nothing is stored."""
     from governance.batches import IntakeRejected, submit_batch
 
     try:
@@ -201,104 +250,107 @@ def cmd_batch_submit(rt: Runtime, args: argparse.Namespace) -> int:
             batch = submit_batch(
                 session,
                 rt.settings.actor,
-                Path(args.file),
-                args.purpose,
-                use_category=args.use_category,
+                file,
+                purpose,
+                use_category=use_category,
                 licence_ids=[rt.settings.model_licence],
             )
-            out = {"batch_id": batch.id, "content_sha256": batch.content_sha256}
+            batch_id, content = batch.id, batch.content_sha256
     except IntakeRejected as exc:
-        if args.json:
-            _print_json({"error": str(exc), "failures": [f.__dict__ for f in exc.report.failures]})
-        else:
-            print(f"error: {exc}", file=sys.stderr)
-            print(exc.report.format_failures(), file=sys.stderr)
+        _print_intake_failures(exc, json)
         return exc.exit_code
-    if args.json:
-        _print_json(out)
+    if json:
+        print_json({"batch_id": batch_id, "content_sha256": content})
     else:
-        print(f"batch {out['batch_id']} submitted (content sha256 {out['content_sha256']})")
-        print(f"next: an approver runs `atelier batch approve {out['batch_id']} --as NAME`")
-    return 0
+        print(f"batch {batch_id} submitted (content sha256 {content})")
+        print(f"next: an approver runs `atelier batch approve {batch_id} --as NAME`")
+    return ExitCode.OK
 
 
-def cmd_batch_edit(rt: Runtime, args: argparse.Namespace) -> int:
+@_sub("batch").command(name="edit")
+def batch_edit(batch_id: str, file: Path, /, *, rt: Runtime_) -> int:
+    """Replace a batch's prompts (the requester); voids its approval."""
     from governance.batches import IntakeRejected, edit_batch
 
     try:
         with rt.sessions.begin() as session:
-            batch = edit_batch(session, rt.settings.actor, args.batch_id, Path(args.file))
+            batch = edit_batch(session, rt.settings.actor, batch_id, file)
             print(f"batch {batch.id} edited (content sha256 {batch.content_sha256}); it needs a new approval")
     except IntakeRejected as exc:
-        print(f"error: {exc}\n{exc.report.format_failures()}", file=sys.stderr)
+        _print_intake_failures(exc, json=False)
         return exc.exit_code
-    return 0
+    return ExitCode.OK
 
 
-def cmd_batch_approve(rt: Runtime, args: argparse.Namespace) -> int:
+@_sub("batch").command(name="approve")
+def batch_approve(
+    batch_id: str,
+    /,
+    *,
+    content_sha256: Annotated[str | None, Parameter(help="refuse unless the batch still has exactly this content")] = (
+        None
+    ),
+    json: Json = False,
+    rt: Runtime_,
+) -> int:
+    """Approve a batch (approvers; never its requester), pinned to its content hash."""
     from governance.approvals import approve_batch
 
     with rt.sessions.begin() as session:
-        a = approve_batch(session, rt.settings.actor, args.batch_id, args.content_sha256)
+        a = approve_batch(session, rt.settings.actor, batch_id, content_sha256)
         out = {"batch_id": a.batch_id, "approval_id": a.id, "content_sha256": a.content_sha256}
-    _print_json(out) if args.json else print(f"batch {out['batch_id']} approved for content {out['content_sha256']}")
-    return 0
+    print_json(out) if json else print(f"batch {out['batch_id']} approved for content {out['content_sha256']}")
+    return ExitCode.OK
 
 
-def cmd_batch_reject(rt: Runtime, args: argparse.Namespace) -> int:
+@_sub("batch").command(name="reject")
+def batch_reject(batch_id: str, /, *, reason: str, rt: Runtime_) -> int:
+    """Reject a batch with a reason (approvers)."""
     from governance.approvals import reject_batch
 
     with rt.sessions.begin() as session:
-        a = reject_batch(session, rt.settings.actor, args.batch_id, args.reason)
+        a = reject_batch(session, rt.settings.actor, batch_id, reason)
         print(f"batch {a.batch_id} rejected: {a.reason}")
-    return 0
+    return ExitCode.OK
 
 
-def cmd_batch_list(rt: Runtime, args: argparse.Namespace) -> int:
+@_sub("batch").command(name="list")
+def batch_list(*, status: BatchStatus | None = None, json: Json = False, rt: Runtime_) -> int:
+    """List batches, oldest first."""
     from governance.batches import batch_summary, list_batches
 
     with rt.sessions() as session:
-        rows = [batch_summary(session, b) for b in list_batches(session, args.status)]
-    if args.json:
-        _print_json(rows)
-    else:
-        print_table(
-            rows,
-            [
-                "batch_id",
-                "status",
-                "purpose",
-                "requested_by",
-                "decided_by",
-                "prompts",
-                "images_planned",
-                "images_published",
-                "images_quarantined",
-            ],
-        )
-    return 0
+        summaries = [batch_summary(session, b) for b in list_batches(session, status)]
+    if json:
+        print_json(summaries)
+        return ExitCode.OK
+    columns = ["batch_id", "status", "purpose", "requested_by", "decided_by", "prompts"]
+    columns += ["images_planned", "images_published", "images_quarantined"]
+    print_table([s.to_dict() for s in summaries], columns)
+    return ExitCode.OK
 
 
-def cmd_batch_show(rt: Runtime, args: argparse.Namespace) -> int:
-    from governance.batches import batch_summary, get_batch
+@_sub("batch").command(name="show")
+def batch_show(batch_id: str, /, *, json: Json = False, rt: Runtime_) -> int:
+    """Show one batch: status, decisions, progress and every prompt row with every field."""
+    from governance.batches import batch_detail, get_batch
 
     with rt.sessions() as session:
-        batch = get_batch(session, args.batch_id)
-        out = batch_summary(session, batch)
-        out["prompts_detail"] = [
-            {"row_id": p.row_id, "prompt": p.prompt, "seed": p.seed, "ref": p.ref, **p.params()} for p in batch.prompts
-        ]
-    if args.json:
-        _print_json(out)
-        return 0
-    detail = out.pop("prompts_detail")
-    progress = out.pop("progress")
-    _kv(out)
-    progress.update(published=out["images_published"], quarantined=out["images_quarantined"])
-    print(f"progress    {progress_line(progress)}")
+        detail = batch_detail(session, get_batch(session, batch_id))
+    if json:
+        print_json(detail)
+        return ExitCode.OK
+    head = detail.summary.to_dict()
+    del head["progress"]
+    print_kv(head)
+    print(f"progress    {progress_line(detail.summary.full_progress())}")
     print()
-    print_table(detail, ["row_id", "seed", "width", "height", "steps", "num_images", "ref", "prompt"])
-    return 0
+    columns = ["row_id", "seed", "width", "height", "steps", "guidance_scale", "refiner_split", "num_images", "ref"]
+    print_table([p.to_dict() for p in detail.prompts_detail], [*columns, "prompt", "negative_prompt"])
+    return ExitCode.OK
+
+
+# ---------------------------------------------------------------- runs
 
 
 def preflight(rt: Runtime) -> None:
@@ -318,8 +370,11 @@ def preflight(rt: Runtime) -> None:
         raise GovernanceCheckFailed(f"object store {rt.store.url} cannot be reached: {reason}") from None
 
 
-def run_batches(rt: Runtime, batch_ids: list[str], progress: bool = False) -> list[dict[str, Any]]:
+def run_batches(rt: Runtime, batch_ids: list[str], progress: bool = False) -> list[RunSummary]:
     """Pre-flight each batch (clear refusals before Prefect starts), then run the flow for it."""
+    import contextlib
+
+    from flows.runtime import using_settings
     from governance.approvals import require_runnable
     from governance.batches import get_batch
     from governance.users import require_role
@@ -350,50 +405,135 @@ def run_batches(rt: Runtime, batch_ids: list[str], progress: bool = False) -> li
     return results
 
 
-def cmd_run(rt: Runtime, args: argparse.Namespace) -> int:
+@app.command(name="run")
+def run(
+    *,
+    batch: Annotated[str | None, Parameter(help="one batch id (default: every approved batch)")] = None,
+    progress: Annotated[
+        Literal["auto", "always", "never"], Parameter(help="a progress bar on stderr (auto: when it is a terminal)")
+    ] = "auto",
+    json: Json = False,
+    rt: Runtime_,
+) -> int:
+    """Run approved batches through the production flow (operators); re-running resumes."""
     from governance.batches import list_batches
 
-    if args.batch:
-        ids = [args.batch]
+    if batch:
+        ids = [batch]
     else:
         with rt.sessions() as session:
             ids = [b.id for b in list_batches(session, "approved")]
         if not ids:
             print("no approved batches waiting to run")
-            return 0
-    show = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
+            return ExitCode.OK
+    show = progress == "always" or (progress == "auto" and sys.stderr.isatty())
     results = run_batches(rt, ids, progress=show)
-    _print_json(results) if args.json else print_table(
-        results, ["batch_id", "run_id", "status", "published", "quarantined", "remaining"]
-    )
-    return ExitCode.OK if all(r["status"] == "completed" for r in results) else ExitCode.RUN_INCOMPLETE
+    if json:
+        print_json(results)
+    else:
+        rows = [r.to_dict() for r in results]
+        print_table(rows, ["batch_id", "run_id", "status", "published", "quarantined", "remaining"])
+    return ExitCode.OK if all(r.completed for r in results) else ExitCode.RUN_INCOMPLETE
 
 
-def cmd_trace(rt: Runtime, args: argparse.Namespace) -> int:
+# ---------------------------------------------------------------- trace, verify, reproduce
+
+
+@app.command(name="trace")
+def trace(
+    ref: Annotated[str, Parameter(help="image id, SHA-256, store key or a local image file")],
+    /,
+    *,
+    json: Json = False,
+    rt: Runtime_,
+) -> int:
+    """Everything known about one image: prompt, batch, approval, run, models, licences, safety, audit."""
     from governance.trace import find_image, trace_image
 
     with rt.sessions() as session:
-        out = trace_image(session, find_image(session, args.ref))
-    if args.json:
-        _print_json(out)
-        return 0
-    audit = out.pop("audit")
-    models = out.pop("models")
-    _kv(out)
+        record = trace_image(session, find_image(session, ref))
+    if json:
+        print_json(record)
+        return ExitCode.OK
+    head = record.to_dict()
+    for nested in ("audit", "models"):
+        del head[nested]
+    print_kv(head)
     print("\nmodels:")
-    print_table(models, ["role", "name", "sha256", "licence"])
+    print_table([m.to_dict() for m in record.models], ["role", "name", "sha256", "licence"])
     print("\naudit:")
-    print_table(audit, ["seq", "at", "actor", "action", "subject"])
-    return 0
+    print_table([e.to_dict() for e in record.audit], ["seq", "at", "actor", "action", "subject"])
+    return ExitCode.OK
 
 
-def cmd_audit_verify(rt: Runtime, args: argparse.Namespace) -> int:
+@app.command(name="verify")
+def verify(
+    *files: Annotated[Path, Parameter(help="image files or folders (every file under them)")],
+    json: Json = False,
+    rt: Runtime_,
+) -> int:
+    """Did Atelier make these files, and were they altered? Exit 0 original, 10 derived, 11 tampered,
+    12 unknown, 2 a file that cannot be checked; several files: the most serious of those."""
+    from governance.errors import InvalidInput
+    from governance.verify import VerifyLimits, exit_code_for, expand_paths, verify_file, verify_files
+
+    if not files:
+        raise InvalidInput("name at least one image file or folder to verify")
+    _chain, _key, anchors = rt.settings.c2pa_paths()
+    anchors_pem = anchors.read_bytes() if anchors.exists() else None
+    limits = VerifyLimits(rt.settings.verify_max_pixels, rt.settings.verify_max_file_bytes)
+    try:
+        keys = rt.watermark_keys
+    except AtelierError as exc:  # the other signals still count; say plainly that this one cannot
+        print(f"warning: watermarks not checked: {exc}", file=sys.stderr)
+        keys = []
+    paths = list(files)
+    if len(paths) == 1 and not paths[0].is_dir():
+        with rt.sessions() as session:
+            one = verify_file(session, paths[0], anchors_pem, keys, limits)  # InvalidInput: one line, exit 2
+        print_json(one) if json else print_verify_detail(one)
+        return one.exit_code
+    expanded = expand_paths(paths)
+    if not expanded:
+        raise InvalidInput(f"no files to verify in {', '.join(map(str, paths))}")
+    verdicts, rows = [], []
+    with rt.sessions() as session:
+        for result in verify_files(session, expanded, anchors_pem, keys, limits):
+            verdicts.append(result.verdict)
+            if json:
+                print_json_line(result)
+            else:
+                rows.append(verify_row(result))
+    if not json:
+        print_table(rows, ["file", "verdict", "image", "identified_by"])
+        counts = {v: verdicts.count(v) for v in dict.fromkeys(verdicts)}
+        print(f"\n{len(verdicts)} files: " + ", ".join(f"{n} {v}" for v, n in counts.items()))
+    return exit_code_for(verdicts)
+
+
+@app.command(name="reproduce")
+def reproduce(image_id: str, /, *, json: Json = False, rt: Runtime_) -> int:
+    """Regenerate a published image from its record and compare its pixels (exit 0 identical or
+    within tolerance, 13 different)."""
+    from flows.reproduce import reproduce_image
+
+    out = reproduce_image(rt, image_id)
+    print_json(out) if json else print_reproduction(out)
+    return ExitCode.OK if out.matches else ExitCode.NOT_REPRODUCED
+
+
+# ---------------------------------------------------------------- audit
+
+
+@_sub("audit").command(name="verify")
+def audit_verify(*, json: Json = False, rt: Runtime_) -> int:
+    """Check the hash chain, every signed anchor and every published object."""
     from governance.ledger import verify_ledger
 
     with rt.sessions() as session:
         report = verify_ledger(session, rt.store, rt.anchor_store, rt.signing_certificate())
-    if args.json:
-        _print_json(report.to_dict())
+    if json:
+        print_json(report.to_dict())
     elif report.ok:
         chain = report.chain
         print(
@@ -409,7 +549,9 @@ def cmd_audit_verify(rt: Runtime, args: argparse.Namespace) -> int:
     return ExitCode.OK if report.ok else ExitCode.AUDIT_FAILED
 
 
-def cmd_audit_anchor(rt: Runtime, args: argparse.Namespace) -> int:
+@_sub("audit").command(name="anchor")
+def audit_anchor(*, rt: Runtime_) -> int:
+    """Write a signed checkpoint of the chain head to WORM storage (operators)."""
     from governance.ledger import anchor_chain
     from governance.users import require_role
 
@@ -419,566 +561,265 @@ def cmd_audit_anchor(rt: Runtime, args: argparse.Namespace) -> int:
         anchor = anchor_chain(session, actor, rt.anchor_store, signer, rt.settings.audit_retention_days)
         if anchor is None:
             print("nothing to anchor: the audit chain is empty")
-            return 0
+            return ExitCode.OK
         print(
             f"anchored event {anchor.seq} ({anchor.head_hash}) at {rt.anchor_store.location(anchor.key)}"
             + (f", retained until {anchor.retain_until}" if anchor.retain_until else " (no Object Lock here)")
         )
-    return 0
-
-
-def cmd_keys_init(rt: Runtime, args: argparse.Namespace) -> int:
-    from governance.credentials import init_test_ca
-    from governance.watermark import ensure_development_key
-
-    paths = init_test_ca(rt.settings.keys_dir, force=args.force)
-    print(f"C2PA test signer (NOT FOR PRODUCTION): {paths.chain}")
-    print(f"private key: {paths.key}")
-    print(f"trust anchor (test CA): {paths.trust_anchors}")
-    if not rt.settings.watermark_key_callback:
-        ring = ensure_development_key(rt.settings.watermark_key_path(), rotate=args.force)
-        print(
-            f"watermark key (development, NOT FOR PRODUCTION): {rt.settings.watermark_key_path()} "
-            f"(current {ring[0].key_id}, {len(ring) - 1} earlier)"
-        )
-    return 0
-
-
-def _watermark_evidence(wm: dict[str, Any]) -> str:
-    if wm.get("reason"):
-        return str(wm["reason"])
-    if not wm.get("decoded"):
-        return f"{wm['size'][0]}x{wm['size'][1]} px; needs 256 a side"
-    if not wm.get("best_match"):
-        return f"{wm['scheme']}: no published image marked this way"
-    where = f" (grid offset {wm['offset'][0]},{wm['offset'][1]} found by search)" if wm.get("searched") else ""
-    score = f", score {wm['score']} (needs {wm['score_needed']})" if wm.get("score") is not None else ""
-    return f"{wm['matched_bits']}/{wm['total_bits']} bits match {wm['best_match']}{score}{where}"
-
-
-def _print_verify_detail(out: dict[str, Any]) -> None:
-    sig = out["signals"]
-    print(f"{out['file']}: {out['verdict'].upper()}" + (f" (image {out['image_id']})" if out["image_id"] else ""))
-    c2pa = sig["c2pa"]
-    c2pa_result = c2pa["state"] or "no manifest"
-    if c2pa["present"] and c2pa["state"] == "Valid":
-        c2pa_result = "Valid, UNTRUSTED signer"
-    rows = [
-        {
-            "signal": "bytes",
-            "result": "match" if sig["bytes"]["matches_image"] else "no match",
-            "evidence": f"sha256 {sig['bytes']['sha256']}",
-        },
-        {
-            "signal": "c2pa",
-            "result": c2pa_result,
-            "evidence": "; ".join(c2pa["failures"]) or c2pa.get("error") or (c2pa["signer"] or {}).get("issuer", ""),
-        },
-    ]
-    if "watermark" in sig:
-        wm = sig["watermark"]
-        evidence = _watermark_evidence(wm) + (f"; {wm['note']}" if wm.get("note") else "")
-        rows.append({"signal": "watermark", "result": wm.get("verdict", "none"), "evidence": evidence})
-    if "fingerprint" in sig:
-        fp = sig["fingerprint"]
-        rows.append(
-            {
-                "signal": "fingerprint",
-                "result": "match" if fp["match"] else "no match",
-                "evidence": f"distance {fp['distance']}/64 to {fp['nearest'] or '-'}",
-            }
-        )
-    if "pixels" in sig:
-        rows.append({"signal": "pixels", "result": "unreadable", "evidence": sig["pixels"]["error"]})
-    print_table(rows, ["signal", "result", "evidence"])
-    if c2pa.get("soft_binding_matches_pixels") is not None:
-        soft = c2pa["soft_binding"]
-        agrees = "matches" if c2pa["soft_binding_matches_pixels"] else "does NOT match"
-        print(
-            f"\nthe manifest's soft binding ({soft.get('alg')}, payload {soft['blocks'][0].get('value')}) "
-            f"{agrees} the watermark read from the pixels"
-        )
-    if out.get("claim") and not out["claim"]["verified"]:
-        print(f"\nthe manifest claims image {out['claim']['image_id']}: UNVERIFIED ({out['claim']['note']})")
-    if out["trace"]:
-        t = out["trace"]
-        print(
-            f"\nbatch {t['batch']['id']} ({t['batch']['purpose']}) requested by {t['batch']['requested_by']}, "
-            f"approved by {t['approval']['approved_by']}; prompt {t['prompt']['row_id']!r}: {t['prompt']['text']}"
-        )
-        print("full record: atelier trace " + t["image_id"])
-
-
-def cmd_verify(rt: Runtime, args: argparse.Namespace) -> int:
-    from governance.errors import InvalidInput
-    from governance.verify import VerifyLimits, exit_code_for, expand_paths, verify_file, verify_files
-
-    _chain, _key, anchors = rt.settings.c2pa_paths()
-    anchors_pem = anchors.read_bytes() if anchors.exists() else None
-    limits = VerifyLimits(rt.settings.verify_max_pixels, rt.settings.verify_max_file_bytes)
-    try:
-        keys = rt.watermark_keys
-    except AtelierError as exc:  # the other signals still count; say plainly that this one cannot
-        print(f"warning: watermarks not checked: {exc}", file=sys.stderr)
-        keys = []
-    paths = [Path(p) for p in args.files]
-    if len(paths) == 1 and not paths[0].is_dir():
-        with rt.sessions() as session:
-            out = verify_file(session, paths[0], anchors_pem, keys, limits)  # InvalidInput: one line, exit 2
-        if args.json:
-            _print_json(out)
-        else:
-            _print_verify_detail(out)
-        return exit_code_for([out["verdict"]])
-    files = expand_paths(paths)
-    if not files:
-        raise InvalidInput(f"no files to verify in {', '.join(map(str, paths))}")
-    verdicts, rows = [], []
-    with rt.sessions() as session:
-        for out in verify_files(session, files, anchors_pem, keys, limits):
-            verdicts.append(out["verdict"])
-            if args.json:
-                print(json.dumps(out, sort_keys=True, default=str), flush=True)
-                continue
-            rows.append(
-                {
-                    "file": out["file"],
-                    "verdict": out["verdict"],
-                    "image": out.get("image_id") or "",
-                    "identified_by": ",".join(out.get("identified_by") or []) or out.get("error", ""),
-                }
-            )
-    if not args.json:
-        print_table(rows, ["file", "verdict", "image", "identified_by"])
-        counts = {v: verdicts.count(v) for v in dict.fromkeys(verdicts)}
-        print(f"\n{len(verdicts)} files: " + ", ".join(f"{n} {v}" for v, n in counts.items()))
-    return exit_code_for(verdicts)
+    return ExitCode.OK
 
 
 # ---------------------------------------------------------------- compliance
 
+FILTERS = Group("Filters (combinable: every one given must match)", sort_key=50)
 
-def _filters(args: argparse.Namespace) -> Any:
-    from governance.compliance import SearchFilters, parse_when
 
-    return SearchFilters(
-        prompt=args.prompt,
-        requester=args.requester,
-        approver=args.approver,
-        purpose=args.purpose,
-        use_category=args.use_category,
-        model_version=args.model_version,
-        licence=args.licence,
-        verdict=args.verdict,
-        status=args.status,
-        ref=args.ref,
-        since=parse_when(args.since, flag="--since") if args.since else None,
-        until=parse_when(args.until, end=True, flag="--until") if args.until else None,
+@Parameter(name="*", group=FILTERS)
+@dataclass
+class FilterFlags:
+    prompt: Annotated[str | None, Parameter(help="text contained in the prompt (case-insensitive)")] = None
+    requester: Annotated[str | None, Parameter(help="user who submitted the batch")] = None
+    approver: Annotated[str | None, Parameter(help="user who approved the batch")] = None
+    purpose: Purpose | None = None
+    use_category: Annotated[str | None, Parameter(help="declared use category, e.g. product-catalogue")] = None
+    model_version: Annotated[
+        str | None, Parameter(help="model version id, weight SHA-256 (or 8+ hex prefix) or ROLE/SHA256")
+    ] = None
+    licence: Annotated[str | None, Parameter(help="licence id, e.g. creativeml-openrail++-m")] = None
+    verdict: Annotated[SafetyVerdict | None, Parameter(help="safety verdict")] = None
+    status: Annotated[ImageStatus | None, Parameter(help="image status")] = None
+    since: Annotated[str | None, Parameter(help="created at or after: YYYY-MM-DD or ISO time (UTC unless given)")] = (
+        None
     )
+    until: Annotated[str | None, Parameter(help="created before; a date includes that whole day")] = None
+    ref: Annotated[str | None, Parameter(help="external reference of the prompt row (SKU, campaign)")] = None
+
+    def filters(self) -> SearchFilters:
+        from governance.compliance import SearchFilters, parse_when
+
+        return SearchFilters(
+            prompt=self.prompt,
+            requester=self.requester,
+            approver=self.approver,
+            purpose=self.purpose,
+            use_category=self.use_category,
+            model_version=self.model_version,
+            licence=self.licence,
+            verdict=self.verdict,
+            status=self.status,
+            ref=self.ref,
+            since=parse_when(self.since, field="since") if self.since else None,
+            until=parse_when(self.until, end=True, field="until") if self.until else None,
+        )
 
 
-def _limit(value: int) -> int | None:
-    from governance.errors import InvalidInput
-
-    if value < 0:
-        raise InvalidInput(f"--limit must be 0 (no limit) or more, not {value}")
-    return value or None
+Limit = Annotated[int, Parameter(validator=validators.Number(gte=0))]
 
 
-def cmd_compliance_search(rt: Runtime, args: argparse.Namespace) -> int:
+@_sub("compliance").command(name="search")
+def compliance_search(
+    *,
+    filters: FilterFlags | None = None,
+    limit: Annotated[Limit, Parameter(help="at most this many, newest first (0: no limit)")] = 1000,
+    json: Annotated[bool, Parameter(name="--json", help="the `atelier trace` record of each image")] = False,
+    rt: Runtime_,
+) -> int:
+    """Find images by prompt, people, purpose, use, model version, licence, verdict, dates, reference."""
     from governance.compliance import require_compliance_access, search_images
     from governance.trace import trace_images
 
-    filters, limit = _filters(args), _limit(args.limit)
+    wanted = (filters or FilterFlags()).filters()
     with rt.sessions() as session:
         require_compliance_access(session, rt.settings.actor, "search the records")
-        result = search_images(session, filters, limit)
-        if args.json:
-            _print_json(trace_images(session, [r["image_id"] for r in result.images]))
+        result = search_images(session, wanted, limit or None)
+        if json:
+            print_json(trace_images(session, [r["image_id"] for r in result.images]))
     if result.truncated:
         print(
             f"note: more than {limit} images match; showing the newest {limit} (--limit 0 shows all)", file=sys.stderr
         )
-    if not args.json:
-        print_table(
-            result.images,
-            ["image_id", "status", "created_at", "ref", "requested_by", "use_category", "safety_verdict", "sha256"],
-        )
-    return 0
+    if not json:
+        columns = ["image_id", "status", "created_at", "ref", "requested_by", "use_category", "safety_verdict"]
+        print_table(result.images, [*columns, "sha256"])
+    return ExitCode.OK
 
 
-def cmd_compliance_impact(rt: Runtime, args: argparse.Namespace) -> int:
+WHICH = Group("What it depends on (exactly one)", validator=validators.LimitedChoice(1, 1))
+
+
+@_sub("compliance").command(name="impact")
+def compliance_impact(
+    *,
+    model_version: Annotated[
+        str | None,
+        Parameter(group=WHICH, help="model version id, weight SHA-256 (or 8+ hex prefix) or ROLE/SHA256"),
+    ] = None,
+    licence: Annotated[str | None, Parameter(group=WHICH, help="licence id")] = None,
+    json: Json = False,
+    rt: Runtime_,
+) -> int:
+    """Every published image that depends on a model version or a licence (recall, takedown)."""
     from governance.compliance import impact, require_compliance_access
 
     with rt.sessions() as session:
         require_compliance_access(session, rt.settings.actor, "query impact")
-        out = impact(session, model_version=args.model_version, licence=args.licence).to_dict()
-    if args.json:
-        _print_json(out)
-        return 0
+        out = impact(session, model_version=model_version, licence=licence).to_dict()
+    if json:
+        print_json(out)
+        return ExitCode.OK
     print("model versions:")
     print_table(out["model_versions"], ["role", "sha256", "licence", "id"])
     print(f"\n{out['published_images']} published images depend on them:")
     print_table(
-        [{**i, "location": _location(i["store_url"], i["store_key"])} for i in out["images"]],
+        [{**i, "location": location(i["store_url"], i["store_key"])} for i in out["images"]],
         ["image_id", "created_at", "sha256", "location"],
     )
-    return 0
+    return ExitCode.OK
 
 
-def cmd_compliance_export(rt: Runtime, args: argparse.Namespace) -> int:
+@_sub("compliance").command(name="export")
+def compliance_export(
+    *,
+    format: Annotated[Literal["parquet", "csv"], Parameter(help="file format (CSV is formula-safe)")],
+    out: Annotated[Path, Parameter(help="file to write")],
+    filters: FilterFlags | None = None,
+    limit: Annotated[Limit, Parameter(help="at most this many images, oldest first (0: all)")] = 0,
+    rt: Runtime_,
+) -> int:
+    """Full lineage per image to Parquet or CSV."""
     from governance.compliance import export_lineage, require_compliance_access
 
-    filters, limit, out = _filters(args), _limit(args.limit), Path(args.out)
+    wanted = (filters or FilterFlags()).filters()
     with rt.sessions() as session:
         require_compliance_access(session, rt.settings.actor, "export the records")
-        count = export_lineage(session, out, args.format, filters, limit)
-    print(f"exported the lineage of {count} images to {out} ({args.format})")
-    return 0
+        count = export_lineage(session, out, format, wanted, limit or None)
+    print(f"exported the lineage of {count} images to {out} ({format})")
+    return ExitCode.OK
 
 
-def cmd_compliance_report(rt: Runtime, args: argparse.Namespace) -> int:
+@_sub("compliance").command(name="report")
+def compliance_report(
+    *,
+    from_: Annotated[str, Parameter(name="--from", help="start: YYYY-MM-DD or ISO time (inclusive)")],
+    to: Annotated[str, Parameter(help="end: YYYY-MM-DD (that whole day) or ISO time (exclusive)")],
+    out: Annotated[Path, Parameter(help="HTML file to write")],
+    thumbnails: Annotated[int, Parameter(validator=validators.Number(gte=0), help="at most this many thumbnails")] = 60,
+    rt: Runtime_,
+) -> int:
+    """A self-contained HTML report for a period."""
     from governance.compliance import parse_when, period_report, require_compliance_access
 
-    since = parse_when(args.from_, flag="--from")
-    until = parse_when(args.to, end=True, flag="--to")
+    since = parse_when(from_, field="from")
+    until = parse_when(to, end=True, field="to")
     with rt.sessions() as session:
         user = require_compliance_access(session, rt.settings.actor, "write compliance reports")
-        summary = period_report(
-            session, rt.store, since, until, Path(args.out), max_thumbnails=args.thumbnails, generated_by=user.name
-        )
+        summary = period_report(session, rt.store, since, until, out, max_thumbnails=thumbnails, generated_by=user.name)
     print(
         f"report {summary.path}: {summary.images} images ({summary.published} published, "
         f"{summary.quarantined} quarantined), {summary.approvals} approval decisions, "
         f"{summary.thumbnails} thumbnails"
     )
-    return 0
+    return ExitCode.OK
 
 
-def cmd_reproduce(rt: Runtime, args: argparse.Namespace) -> int:
-    """Regenerate a published image from its record; exit 0 when its pixels match (bit-exact or within tolerance)."""
-    from flows.reproduce import reproduce_image
-
-    out = reproduce_image(rt, args.image_id)
-    if args.json:
-        _print_json(out)
-        return ExitCode.OK if out["matches"] else ExitCode.NOT_REPRODUCED
-    tol = out["tolerance"]
-    if out["verdict"] == "identical":
-        print(f"image {out['image_id']}: IDENTICAL pixels (bit-exact) to the published file")
-    else:
-        summary = "MATCHES within tolerance" if out["matches"] else "DIFFERENT"
-        diff = (
-            "sizes differ"
-            if out["max_abs_diff"] is None
-            else f"max abs diff {out['max_abs_diff']}, mean abs diff {out['mean_abs_diff']:.4f}"
-        )
-        print(
-            f"image {out['image_id']}: {summary}: {diff} (tolerance: mean <= {tol['mean_abs_diff']}, "
-            f"max <= {tol['max_abs_diff']})"
-        )
-    r, e = out["request"], out["engine"]
-    print(
-        f"regenerated with run {out['run_id']}'s settings: sampler {e['scheduler']}, {e['dtype']} on {e['device']} "
-        f"(run: {e['recorded_device']}), seed {r['seed']}, {r['width']}x{r['height']}, {r['steps']} steps, "
-        f"guidance {r['guidance_scale']}, split {r['refiner_split']}; model hashes equal to the run's"
-    )
-    for note in out["notes"]:
-        print(f"note: {note}")
-    return ExitCode.OK if out["matches"] else ExitCode.NOT_REPRODUCED
+# ---------------------------------------------------------------- GPU pool, demo, completion
 
 
-def cmd_deploy(rt: Runtime, args: argparse.Namespace) -> int:
+@app.command(name="deploy")
+def deploy(
+    *,
+    pool: Annotated[str, Parameter(help="work pool name")] = "atelier-gpu",
+    type: Annotated[
+        Literal["process", "kubernetes"],
+        Parameter(help="process: `atelier workers` on GPU machines; kubernetes: one Job per flow run"),
+    ] = "process",
+    gpus: Annotated[int, Parameter(validator=validators.Number(gte=1), help="GPUs in the pool: its concurrency")] = 1,
+    json: Json = False,
+    rt: Runtime_,
+) -> int:
+    """Create the GPU work pool, its queues and the deployments of prefect.yaml on the Prefect server
+    (PREFECT_API_URL); idempotent."""
     from flows.deploy import deploy_pool
 
-    deployed = deploy_pool(args.pool, args.type, args.gpus)
-    if args.json:
-        _print_json([d.__dict__ for d in deployed])
-        return 0
+    deployed = deploy_pool(pool, type, gpus)
+    if json:
+        print_json([d.__dict__ for d in deployed])
+        return ExitCode.OK
     print(
-        f"work pool {args.pool} ({args.type}): at most {args.gpus} flow runs at once; "
+        f"work pool {pool} ({type}): at most {gpus} flow runs at once; "
         "queues marketing (priority 1), catalogue (priority 10)"
     )
     print_table(
         [{**d.__dict__, "schedules": ", ".join(d.schedules)} for d in deployed],
         ["name", "queue", "concurrency_limit", "schedules"],
     )
-    print(f"next: start workers, e.g. `atelier workers --pool {args.pool} --gpus 0,1` on each GPU machine")
-    return 0
+    print(f"next: start workers, e.g. `atelier workers --pool {pool} --gpus 0,1` on each GPU machine")
+    return ExitCode.OK
 
 
-def cmd_workers(rt: Runtime, args: argparse.Namespace) -> int:
+@app.command(name="workers")
+def workers(
+    *,
+    pool: Annotated[str, Parameter(help="work pool to serve (a process pool)")] = "atelier-gpu",
+    gpus: Annotated[str, Parameter(help="GPU indices, e.g. 0,1,2,3")] = "0",
+    gpu_device: Annotated[
+        str, Parameter(help="ATELIER_DEVICE inside each worker (cpu to try the pool without GPUs)")
+    ] = "cuda",
+    rt: Runtime_,
+) -> int:
+    """One Prefect worker per GPU of this machine, pinned with CUDA_VISIBLE_DEVICES, one flow run
+    each; runs until Ctrl-C."""
     from flows.deploy import parse_gpus, run_workers, settings_env
 
-    return run_workers(parse_gpus(args.gpus), args.pool, args.gpu_device, settings_env(rt.settings))
+    return run_workers(parse_gpus(gpus), pool, gpu_device, settings_env(rt.settings))
 
 
-def cmd_demo(rt: Runtime, args: argparse.Namespace) -> int:
+EXAMPLE_CATALOGUE = Path(__file__).resolve().parent.parent / "examples" / "catalogue.csv"
+
+
+@app.command(name="demo")
+def demo(*, file: Annotated[Path, Parameter(help="prompt file")] = EXAMPLE_CATALOGUE, rt: Runtime_) -> int:
+    """The whole governed flow on the example catalogue."""
     from flows.demo import run_demo
 
-    return run_demo(rt, Path(args.file), run_batches, print_table)
+    return run_demo(rt, file, run_batches, print_table)
 
 
-# ---------------------------------------------------------------- parser
+@app.command(name="completion")
+def completion(*, shell: Literal["bash", "zsh", "fish"] = "bash") -> int:
+    """Print the shell completion script, e.g. `atelier completion --shell bash > ~/.atelier-complete.bash`
+    and `source` it from your shell's start-up file."""
+    print(app.generate_completion(prog_name="atelier", shell=shell))
+    return ExitCode.OK
 
 
-def _settings_flags(default: object) -> argparse.ArgumentParser:
-    """The settings flags, accepted before or after the command (`default` SUPPRESS on subcommands,
-    so a flag given before the command is not overwritten by the subcommand's default)."""
-    common = argparse.ArgumentParser(add_help=False, argument_default=default)
-    g = common.add_argument_group("settings (each also an ATELIER_* environment variable)")
-    g.add_argument("--as", dest="actor", metavar="NAME", help="acting user (ATELIER_ACTOR)")
-    g.add_argument("--data-dir", type=Path, help="ATELIER_DATA_DIR (default ./.atelier)")
-    g.add_argument("--database-url", help="ATELIER_DATABASE_URL (default: SQLite in the data dir)")
-    g.add_argument("--store-url", help="ATELIER_STORE_URL: file:///path or s3://bucket/prefix")
-    g.add_argument("--s3-endpoint-url", help="ATELIER_S3_ENDPOINT_URL for S3-compatible servers")
-    g.add_argument("--base-model", help="ATELIER_BASE_MODEL: diffusers folder or hub id")
-    g.add_argument("--refiner-model", help="ATELIER_REFINER_MODEL: diffusers folder or hub id")
-    g.add_argument("--device", help="ATELIER_DEVICE: cpu, cuda, cuda:N")
-    g.add_argument("-v", "--verbose", action="store_true", help="log progress")
-    return common
+# ---------------------------------------------------------------- entry point
 
 
-class _StderrHandler(logging.Handler):
-    """Logs to whatever sys.stderr is when a record is emitted (not the one at start-up), so a second
-    `main()` in one process, or a thread logging late, never writes to a closed stream."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            sys.stderr.write(self.format(record) + "\n")
-        except Exception:  # noqa: BLE001 - logging's own contract: report, never raise
-            self.handleError(record)
+def _first_line(exc: BaseException) -> str:
+    text = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return (text[0] if text else type(exc).__name__)[:300]
 
 
-class UsageError(Exception):
-    """A command line argparse refuses (unknown option, invalid choice): one line, exit 2."""
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit code (`governance.errors.ExitCode`)."""
+    from cyclopts.exceptions import CycloptsError
+    from pydantic import ValidationError
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a mistake is one line naming the fix instead of a usage block and SystemExit."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see `{self.prog} --help`)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    common = _settings_flags(argparse.SUPPRESS)
-    parser = _Parser(prog="atelier", description="Governed SDXL batch production.", parents=[_settings_flags(None)])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(p: argparse._SubParsersAction, name: str, fn: Callable, help: str, json_flag: bool = False):  # type: ignore[type-arg]
-        sp = p.add_parser(name, help=help, description=help, parents=[common])
-        sp.set_defaults(fn=fn)
-        if json_flag:
-            sp.add_argument("--json", action="store_true", help="machine-readable output")
-        return sp
-
-    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
-    add(db, "upgrade", cmd_db_upgrade, "apply pending migrations")
-
-    users = sub.add_parser("users", help="users and roles").add_subparsers(dest="users_command", required=True)
-    sp = add(users, "add", cmd_users_add, "add a user or give it more roles (admins only, but the first user)")
-    sp.add_argument("name")
-    sp.add_argument("--role", action="append", required=True, choices=_values(Role), help=", ".join(Role))
-    add(users, "list", cmd_users_list, "list users", json_flag=True)
-
-    lic = sub.add_parser("licences", help="licence registry").add_subparsers(dest="lic_command", required=True)
-    sp = add(lic, "register", cmd_licences_register, "register a known licence (admins)")
-    sp.add_argument("licence_id")
-
-    batch = sub.add_parser("batch", help="prompt batches").add_subparsers(dest="batch_command", required=True)
-    sp = add(batch, "submit", cmd_batch_submit, "validate and submit a prompt file", json_flag=True)
-    sp.add_argument("file", help="CSV, JSON lines (.jsonl) or Parquet")
-    sp.add_argument("--purpose", required=True, choices=_values(Purpose))
-    sp.add_argument(
-        "--use-category",
-        default="general",
-        metavar="NAME",
-        help="declared use of the images (default general), e.g. product-catalogue, marketing-campaign, "
-        "editorial; refused when the models' licence prohibits it",
-    )
-    sp = add(batch, "edit", cmd_batch_edit, "replace a batch's prompts (voids its approval)")
-    sp.add_argument("batch_id")
-    sp.add_argument("file")
-    sp = add(batch, "approve", cmd_batch_approve, "approve a batch (approvers; not its requester)", json_flag=True)
-    sp.add_argument("batch_id")
-    sp.add_argument("--content-sha256", help="refuse unless the batch still has exactly this content")
-    sp = add(batch, "reject", cmd_batch_reject, "reject a batch with a reason")
-    sp.add_argument("batch_id")
-    sp.add_argument("--reason", required=True)
-    sp = add(batch, "list", cmd_batch_list, "list batches", json_flag=True)
-    sp.add_argument("--status", choices=_values(BatchStatus))
-    sp = add(batch, "show", cmd_batch_show, "show one batch", json_flag=True)
-    sp.add_argument("batch_id")
-
-    sp = add(sub, "run", cmd_run, "run approved batches through the production flow (operators)", json_flag=True)
-    sp.add_argument("--batch", help="one batch id (default: every approved batch)")
-    sp.add_argument(
-        "--progress",
-        choices=["auto", "always", "never"],
-        default="auto",
-        help="a progress bar on stderr (auto: when stderr is a terminal)",
-    )
-
-    sp = add(sub, "trace", cmd_trace, "everything known about one image", json_flag=True)
-    sp.add_argument("ref", help="image id, SHA-256, store key or a local image file")
-
-    sp = add(
-        sub,
-        "verify",
-        cmd_verify,
-        "did Atelier make these files, and were they altered? (exit 0 original, "
-        "10 derived, 11 tampered, 12 unknown, 2 a file that cannot be checked; several files: the most "
-        "serious of those)",
-        json_flag=True,
-    )
-    sp.add_argument("files", nargs="+", metavar="FILE", help="image files or folders (every file under them)")
-
-    keys = sub.add_parser("keys", help="C2PA signing keys").add_subparsers(dest="keys_command", required=True)
-    sp = add(keys, "init", cmd_keys_init, "create a local test CA and C2PA signer (development only)")
-    sp.add_argument("--force", action="store_true", help="replace existing keys")
-
-    audit = sub.add_parser("audit", help="audit ledger").add_subparsers(dest="audit_command", required=True)
-    add(
-        audit,
-        "verify",
-        cmd_audit_verify,
-        "check the hash chain, every anchor and every published object",
-        json_flag=True,
-    )
-    add(audit, "anchor", cmd_audit_anchor, "write a signed checkpoint of the chain head to WORM storage (operators)")
-
-    comp = sub.add_parser("compliance", help="legal and compliance queries (auditors)").add_subparsers(
-        dest="compliance_command", required=True
-    )
-
-    def filter_flags(sp: argparse.ArgumentParser) -> None:
-        f = sp.add_argument_group("filters (combinable: every one given must match)")
-        f.add_argument("--prompt", help="text contained in the prompt (case-insensitive)")
-        f.add_argument("--requester", help="user who submitted the batch")
-        f.add_argument("--approver", help="user who approved the batch")
-        f.add_argument("--purpose", choices=_values(Purpose))
-        f.add_argument("--use-category", help="declared use category, e.g. product-catalogue")
-        f.add_argument("--model-version", help="model version id, weight SHA-256 (or 8+ hex prefix) or ROLE/SHA256")
-        f.add_argument("--licence", help="licence id, e.g. creativeml-openrail++-m")
-        f.add_argument("--verdict", choices=_values(SafetyVerdict), help="safety verdict")
-        f.add_argument("--status", choices=_values(ImageStatus), help="image status")
-        f.add_argument("--since", help="created at or after: YYYY-MM-DD or ISO time (UTC unless given)")
-        f.add_argument("--until", help="created before; a date includes that whole day")
-        f.add_argument("--ref", help="external reference of the prompt row (SKU, campaign)")
-
-    sp = add(
-        comp,
-        "search",
-        cmd_compliance_search,
-        "find images; --json gives the `atelier trace` record of each",
-        json_flag=True,
-    )
-    filter_flags(sp)
-    sp.add_argument("--limit", type=int, default=1000, help="at most this many, newest first (0: no limit)")
-    sp = add(
-        comp,
-        "impact",
-        cmd_compliance_impact,
-        "every published image that depends on a model version or a licence (recall, takedown)",
-        json_flag=True,
-    )
-    which = sp.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model-version", help="model version id, weight SHA-256 (or 8+ hex prefix) or ROLE/SHA256")
-    which.add_argument("--licence", help="licence id")
-    sp = add(comp, "export", cmd_compliance_export, "full lineage per image to Parquet or CSV (formula-safe)")
-    sp.add_argument("--format", required=True, help="parquet or csv")
-    sp.add_argument("--out", required=True, help="file to write")
-    filter_flags(sp)
-    sp.add_argument("--limit", type=int, default=0, help="at most this many images, oldest first (0: all)")
-    sp = add(comp, "report", cmd_compliance_report, "self-contained HTML report for a period")
-    sp.add_argument("--from", dest="from_", required=True, help="start: YYYY-MM-DD or ISO time (inclusive)")
-    sp.add_argument("--to", required=True, help="end: YYYY-MM-DD (that whole day) or ISO time (exclusive)")
-    sp.add_argument("--out", required=True, help="HTML file to write")
-    sp.add_argument("--thumbnails", type=int, default=60, help="at most this many thumbnails (default 60)")
-
-    sp = add(
-        sub,
-        "reproduce",
-        cmd_reproduce,
-        "regenerate a published image from its record and compare its pixels "
-        "(exit 0 identical or within tolerance, 1 different)",
-        json_flag=True,
-    )
-    sp.add_argument("image_id")
-
-    sp = add(
-        sub,
-        "deploy",
-        cmd_deploy,
-        "create the GPU work pool, its queues and the deployments of prefect.yaml "
-        "on the Prefect server (PREFECT_API_URL); idempotent",
-        json_flag=True,
-    )
-    sp.add_argument("--pool", default="atelier-gpu", help="work pool name (default atelier-gpu)")
-    sp.add_argument(
-        "--type",
-        choices=["process", "kubernetes"],
-        default="process",
-        help="process: `atelier workers` on GPU machines; kubernetes: one Job per flow run",
-    )
-    sp.add_argument("--gpus", type=int, default=1, help="GPUs in the pool: the pool's concurrency limit")
-
-    sp = add(
-        sub,
-        "workers",
-        cmd_workers,
-        "one Prefect worker per GPU of this machine, pinned with "
-        "CUDA_VISIBLE_DEVICES, one flow run each; runs until Ctrl-C",
-    )
-    sp.add_argument("--pool", default="atelier-gpu", help="work pool to serve (a process pool)")
-    sp.add_argument("--gpus", default="0", help="GPU indices, e.g. 0,1,2,3 (default 0)")
-    sp.add_argument(
-        "--gpu-device",
-        default="cuda",
-        help="ATELIER_DEVICE inside each worker (default cuda; cpu to try the pool without GPUs)",
-    )
-
-    sp = add(sub, "demo", cmd_demo, "the whole flow on the example catalogue")
-    sp.add_argument("--file", default=str(Path(__file__).resolve().parent.parent / "examples" / "catalogue.csv"))
-    return parser
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    return get_settings(
-        actor=args.actor,
-        data_dir=args.data_dir,
-        database_url=args.database_url,
-        store_url=args.store_url,
-        s3_endpoint_url=args.s3_endpoint_url,
-        base_model=args.base_model,
-        refiner_model=args.refiner_model,
-        device=args.device,
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    _in_use.clear()
     try:
-        args = parser.parse_args(argv)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        result = app.meta(tokens)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below, not at interpreter exit
+        return ExitCode.OK if result is None else int(result)
+    except CycloptsError as exc:  # unknown command or option, a missing or invalid value
+        print(f"error: {_first_line(exc)} (see `atelier {_command_of(tokens)}--help`)", file=sys.stderr)
         return ExitCode.INVALID_INPUT
-    handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler], force=True)
-    try:
-        settings = settings_from_args(args)
     except ValidationError as exc:
         problems = "; ".join(f"ATELIER_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
         print(f"error: invalid settings: {problems}", file=sys.stderr)
         return ExitCode.INVALID_INPUT
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
-
-    try:
-        code = int(args.fn(Runtime(settings), args))
-        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below, not at interpreter exit
-        return code
     except AtelierError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -992,7 +833,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OperationalError as exc:  # refused, unknown host, bad password, locked file
         from sqlalchemy.engine import make_url
 
-        where = make_url(settings.database_url_resolved).render_as_string(hide_password=True)
+        where = make_url(_in_use[-1].database_url_resolved).render_as_string(hide_password=True) if _in_use else ""
         print(
             f"error: the database at {where} cannot be reached ({_first_line(exc.orig or exc)}); check that it "
             "runs and ATELIER_DATABASE_URL",
@@ -1008,9 +849,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.INTERRUPTED
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
+def _command_of(tokens: list[str]) -> str:
+    """`batch submit ` from the tokens: the command words the user gave, for the help hint."""
+    words: list[str] = []
+    node = app
+    for token in tokens:
+        if token.startswith("-") or token not in node:
+            break
+        words.append(token)
+        node = node[token]
+    return "".join(f"{w} " for w in words)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from governance.db import make_engine, upgrade
 from governance.ledger import verify_ledger
 from governance.licences import CREATIVEML_OPENRAIL_PP_M, register_licence
 from governance.records import Image
+from governance.runs import RunSummary
 from governance.users import add_user
 from governance.watermark import ensure_development_key
 
@@ -27,7 +28,9 @@ DEMO_USERS = {
 }
 
 
-def run_demo(rt: Runtime, csv: Path, run_batches: Callable, print_table: Callable) -> int:  # type: ignore[type-arg]
+def run_demo(
+    rt: Runtime, csv: Path, run_batches: Callable[..., list[RunSummary]], print_table: Callable[..., None]
+) -> int:
     t0 = time.perf_counter()
     s = rt.settings
     s.data_dir.mkdir(parents=True, exist_ok=True)
@@ -75,10 +78,10 @@ def run_demo(rt: Runtime, csv: Path, run_batches: Callable, print_table: Callabl
     )
     print_table(rows, ["row_id", "image_id", "status", "watermark", "where"])
     print(
-        f"\nbatch {batch_id}: {result['published']} published, {result['quarantined']} quarantined "
+        f"\nbatch {batch_id}: {result.published} published, {result.quarantined} quarantined "
         f"in {time.perf_counter() - t0:.0f} s"
     )
     print(f"store:    {rt.store.url}")
     print(f"database: {rt.settings.redacted()['database_url']}")
     print(f"try:      atelier trace {rows[0]['image_id']}   |   atelier batch show {batch_id}")
-    return 0 if report.ok and result["status"] == "completed" else 1
+    return 0 if report.ok and result.completed else 1

@@ -54,7 +54,7 @@ def load_deployments(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
     return list(spec.get("deployments") or [])
 
 
-def _flow_of(entrypoint: str):  # type: ignore[no-untyped-def]
+def _flow_of(entrypoint: str) -> Any:  # the flow object named by a prefect.yaml entrypoint
     module, _, attr = entrypoint.partition(":")
     return getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), attr)
 

@@ -21,10 +21,9 @@ import logging
 import os
 import socket
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -53,7 +52,15 @@ from governance.lineage import LineageError, emit_run_event, open_sink
 from governance.publish import MarkedImage, SafetyContext, credential_manifest, finalize_image, mark_and_encode
 from governance.records import Approval, Batch, Run
 from governance.records import Image as ImageRecord
-from governance.runs import PlannedImage, finish_run, pending_images, planned_images, prompts_by_id, start_run
+from governance.runs import (
+    PlannedImage,
+    RunSummary,
+    finish_run,
+    pending_images,
+    planned_images,
+    prompts_by_id,
+    start_run,
+)
 from governance.safety import SafetyResult
 from sdxl_core.seeds import image_seed
 
@@ -152,18 +159,20 @@ def generate_chunk_task(rt: Runtime, chunk: list[PlannedImage]) -> tuple[list[Ch
 
 @task(name="publish-ready", cache_policy=NO_CACHE)
 def publish_ready_task(
-    rt: Runtime, run_id: str, actor: str, queue: deque[Checked], wait: bool
+    rt: Runtime, run_id: str, actor: str, queue: Sequence[Checked], wait: bool
 ) -> tuple[list[str], float]:
-    """Upload and record, in order, every image whose after-decode work is done (all of them if `wait`).
+    """Upload and record, in order from the front of `queue`, every image whose after-decode work is
+    done (all of them if `wait`); `queue` itself is not changed.
 
-    Returns the chunk id of each image finalized and the seconds spent waiting for after-decode work.
-    An image leaves the queue only once it is recorded,
-    so an outage that outlasts the retries leaves it for the next run, never half-done."""
+    Returns the chunk id of each image recorded (the caller drops that many from its queue) and the
+    seconds spent waiting for after-decode work. An outage that outlasts the retries raises with the
+    rest unrecorded: they are made by the next run, never half-done."""
     finished: list[str] = []
     waited = 0.0
     ctx = SafetyContext(model_id=rt.safety.model_id, policy_version=rt.safety.policy.version)
-    while queue and (wait or queue[0].marked is None or queue[0].marked.done()):
-        item = queue[0]
+    for item in queue:
+        if not (wait or item.marked is None or item.marked.done()):
+            break
         t0 = time.perf_counter()
         marked = item.marked.result() if item.marked is not None else None
         waited += time.perf_counter() - t0
@@ -192,12 +201,13 @@ def publish_ready_task(
         try:
             _transaction(rt, f"publish {item.planned.image_id}", record)
         except IntegrityError:  # another worker recorded this image first (its copy of the lease ran out)
-            if not _transaction(
-                rt, "check image", lambda s, i=item.planned.image_id: s.get(ImageRecord, i) is not None
-            ):
+
+            def recorded(session: Session, image_id: str = item.planned.image_id) -> bool:
+                return session.get(ImageRecord, image_id) is not None
+
+            if not _transaction(rt, "check image", recorded):
                 raise
             log.info("image %s was recorded by another worker meanwhile", item.planned.image_id)
-        queue.popleft()
         finished.append(item.chunk_id)
     return finished, waited
 
@@ -217,11 +227,11 @@ def _manifests(rt: Runtime, run_id: str, image_ids: list[str]) -> dict[str, dict
 @task(name="finish-run", cache_policy=NO_CACHE)
 def finish_run_task(
     rt: Runtime, run_id: str, actor: str, timing: dict[str, float], error: str | None = None
-) -> dict[str, Any]:
-    def close(session: Session) -> dict[str, Any]:
+) -> RunSummary:
+    def close(session: Session) -> RunSummary:
         run = finish_run(session, actor, run_id, error)
         run.summary = {**run.summary, **{k: round(v, 3) for k, v in timing.items()}}
-        return {"run_id": run.id, "batch_id": run.batch_id, "status": run.status, **run.summary}
+        return RunSummary.of(run)
 
     result = _transaction(rt, "finish-run", close)
     signer = rt.checkpoint_signer()
@@ -230,8 +240,7 @@ def finish_run_task(
         "anchor audit chain",
         lambda s: anchor_chain(s, actor, rt.anchor_store, signer, rt.settings.audit_retention_days),
     )
-    result["anchored_seq"] = anchor.seq if anchor else None
-    return result
+    return replace(result, anchored_seq=anchor.seq if anchor else None)
 
 
 @task(name="emit-lineage", cache_policy=NO_CACHE)
@@ -291,7 +300,7 @@ def _release(rt: Runtime, worker: str, chunk_ids: list[str]) -> None:
     _transaction(rt, "release chunks", lambda s: release_chunks(s, chunk_ids, worker))
 
 
-def _run_artifact(rt: Runtime, run_id: str, summary: dict[str, Any]) -> None:
+def _run_artifact(rt: Runtime, run_id: str, summary: RunSummary) -> None:
     """A table per run in Prefect's UI: every image this run recorded, with where it went."""
     from prefect.artifacts import create_table_artifact
 
@@ -312,13 +321,13 @@ def _run_artifact(rt: Runtime, run_id: str, summary: dict[str, Any]) -> None:
     create_table_artifact(
         key=f"run-{run_id[:8]}",
         table=rows,
-        description=f"batch {summary['batch_id']}: {summary['published']} published, "
-        f"{summary['quarantined']} quarantined, {summary['remaining']} remaining",
+        description=f"batch {summary.batch_id}: {summary.published} published, "
+        f"{summary.quarantined} quarantined, {summary.remaining} remaining",
     )
 
 
 @flow(name="produce-batch", flow_run_name="produce-{batch_id}")
-def produce_batch(batch_id: str, actor: str) -> dict[str, Any]:
+def produce_batch(batch_id: str, actor: str) -> RunSummary:
     """Generate, check, watermark and publish pending images of an approved batch, chunk by claimed chunk.
 
     Several flow runs (workers) may work on one batch at once: each claims chunks with a lease.
@@ -386,7 +395,7 @@ class _PrefectSteps:
                 mark_and_encode, image_id, item.pixels, self.rt.credentials, manifests[image_id], self.rt.watermark_key
             )
 
-    def publish_ready(self, queue: deque[Checked], wait: bool) -> tuple[list[str], float]:
+    def publish_ready(self, queue: Sequence[Checked], wait: bool) -> tuple[list[str], float]:
         return publish_ready_task(self.rt, self.run_id, self.actor, queue, wait=wait)
 
     def complete(self, finished: list[str], in_flight: list[str]) -> None:
@@ -397,7 +406,7 @@ class _PrefectSteps:
 
 
 @flow(name="produce-approved", flow_run_name="produce-approved-{purpose}")
-def produce_approved(purpose: str, actor: str) -> list[dict[str, Any]]:
+def produce_approved(purpose: str, actor: str) -> list[RunSummary]:
     """Run every approved batch of one purpose, oldest first (the scheduled catalogue deployment)."""
     from governance.batches import list_batches
 

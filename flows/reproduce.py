@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,12 +27,66 @@ from flows.runtime import Runtime
 from governance import watermark
 from governance.errors import GovernanceCheckFailed, InvalidState, NotFound
 from governance.records import Image
+from governance.results import Result
 
 log = logging.getLogger(__name__)
 
-# Mean and max absolute difference per channel value (0-255) that still count as the same image
-# regenerated on other hardware; anything else is a different image.
-TOLERANCE = {"mean_abs_diff": 1.0, "max_abs_diff": 8}
+
+@dataclass(frozen=True)
+class Tolerance(Result):
+    """Mean and max absolute difference per channel value (0-255) that still count as the same image
+    regenerated on other hardware; anything else is a different image."""
+
+    mean_abs_diff: float = 1.0
+    max_abs_diff: int = 8
+
+
+TOLERANCE = Tolerance()
+
+
+@dataclass(frozen=True)
+class PixelHashes(Result):
+    recorded: str | None
+    reproduced: str
+    equal: bool
+
+
+@dataclass(frozen=True)
+class ReproductionEngine(Result):
+    scheduler: str
+    dtype: str
+    device: str
+    recorded_device: str | None  # where the run made the image
+    models: dict[str, str]  # component role -> weight SHA-256 (equal to the run's, or it refused)
+
+
+@dataclass(frozen=True)
+class Reproduction(Result):
+    """`atelier reproduce`: the image made again from its record, compared with the published file."""
+
+    image_id: str
+    run_id: str
+    verdict: str  # identical | within_tolerance | different
+    max_abs_diff: int | None  # None: sizes differ
+    mean_abs_diff: float | None
+    tolerance: Tolerance
+    pixels_sha256: PixelHashes
+    request: dict[str, Any]  # the prompt row's fields and micro-conditioning used
+    engine: ReproductionEngine
+    notes: tuple[str, ...]
+
+    @property
+    def matches(self) -> bool:
+        return self.verdict in ("identical", "within_tolerance")
+
+    @property
+    def identical(self) -> bool:
+        return self.verdict == "identical"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "matches": self.matches, "identical": self.identical}
+
+
 BYTES_NOTE = (
     "the file's bytes are not compared: its C2PA manifest carries a signature that differs on every "
     "signing, so the decoded pixels are compared instead"
@@ -51,7 +106,7 @@ def _key_for(rt: Runtime, image_id: str, scheme: str, key_id: str | None) -> wat
     )
 
 
-def reproduce_image(rt: Runtime, image_id: str) -> dict[str, Any]:
+def reproduce_image(rt: Runtime, image_id: str) -> Reproduction:
     """Regenerate ``image_id`` and compare it with its published file; see the module docstring."""
     from governance.publish import pixels_sha256
     from sdxl_core.engine import MICRO_CONDITIONING, ROLES, EngineConfig, ImageRequest, SDXLEngine, WeightHashMismatch
@@ -71,7 +126,7 @@ def reproduce_image(rt: Runtime, image_id: str) -> dict[str, Any]:
         seed = int(image.seed)
         if seed != image_seed(prompt.seed, image.image_index):
             notes.append(f"stored seed {seed} is not image_seed({prompt.seed}, {image.image_index}); used as stored")
-        fields = {
+        fields: dict[str, Any] = {
             "prompt": prompt.prompt,
             "negative_prompt": prompt.negative_prompt,
             "seed": seed,
@@ -134,33 +189,27 @@ def reproduce_image(rt: Runtime, image_id: str) -> dict[str, Any]:
         max_diff, mean_diff = int(diff.max()), float(diff.mean())
         if max_diff == 0:
             verdict = "identical"
-        elif mean_diff <= TOLERANCE["mean_abs_diff"] and max_diff <= TOLERANCE["max_abs_diff"]:
+        elif mean_diff <= TOLERANCE.mean_abs_diff and max_diff <= TOLERANCE.max_abs_diff:
             verdict = "within_tolerance"
         else:
             verdict = "different"
     reproduced_sha = pixels_sha256(reproduced)
     log.info("reproduced image %s: %s", image_id, verdict)
-    return {
-        "image_id": image_id,
-        "run_id": run_id,
-        "verdict": verdict,
-        "matches": verdict in ("identical", "within_tolerance"),
-        "identical": verdict == "identical",
-        "max_abs_diff": max_diff,
-        "mean_abs_diff": mean_diff,
-        "tolerance": dict(TOLERANCE),
-        "pixels_sha256": {
-            "recorded": recorded_pixels_sha256,
-            "reproduced": reproduced_sha,
-            "equal": recorded_pixels_sha256 == reproduced_sha,
-        },
-        "request": {**fields, **request.micro_conditioning()},
-        "engine": {
-            "scheduler": config.scheduler,
-            "dtype": config.dtype,
-            "device": config.device,
-            "recorded_device": recorded.get("device"),
-            "models": {c.role: c.sha256 for c in engine.components},
-        },
-        "notes": notes,
-    }
+    return Reproduction(
+        image_id=image_id,
+        run_id=run_id,
+        verdict=verdict,
+        max_abs_diff=max_diff,
+        mean_abs_diff=mean_diff,
+        tolerance=TOLERANCE,
+        pixels_sha256=PixelHashes(recorded_pixels_sha256, reproduced_sha, recorded_pixels_sha256 == reproduced_sha),
+        request={**fields, **request.micro_conditioning()},
+        engine=ReproductionEngine(
+            scheduler=config.scheduler,
+            dtype=config.dtype,
+            device=config.device,
+            recorded_device=recorded.get("device"),
+            models={c.role: c.sha256 for c in engine.components},
+        ),
+        notes=tuple(notes),
+    )

@@ -6,7 +6,7 @@ Every field is an `ATELIER_*` environment variable; the CLI's global flags overr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -149,4 +149,6 @@ class Settings(BaseSettings):
 
 def get_settings(**overrides: object) -> Settings:
     """Environment first, then explicit overrides (the CLI flags) where they are not None."""
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    # Any, not object: each value is checked against its field by pydantic when Settings is built
+    given: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**given)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -54,7 +54,7 @@ class WorkerSteps(Protocol):
     def claim(self, finished: list[str], in_flight: list[str]) -> Claim: ...
     def generate(self, chunk: list[PlannedImage]) -> tuple[list[Checked], float, float]: ...
     def submit_marks(self, items: list[Checked]) -> None: ...
-    def publish_ready(self, queue: deque[Checked], wait: bool) -> tuple[list[str], float]: ...
+    def publish_ready(self, queue: Sequence[Checked], wait: bool) -> tuple[list[str], float]: ...
     def complete(self, finished: list[str], in_flight: list[str]) -> None: ...
     def release(self, chunk_ids: list[str]) -> None: ...
 
@@ -147,7 +147,9 @@ class ChunkWorker:
     def _publish(self, wait: bool) -> None:
         """Record what is ready; with `wait`, everything, and complete the finished chunks now."""
         t0 = time.perf_counter()
-        recorded, waited = self.steps.publish_ready(self.queue, wait)
+        recorded, waited = self.steps.publish_ready(tuple(self.queue), wait)
+        for _ in recorded:  # recorded in queue order, from the front
+            self.queue.popleft()
         self._drained += waited
         t1 = time.perf_counter()
         self.timing.publish_s += t1 - t0 - waited

@@ -48,7 +48,7 @@ def approve_batch(session: Session, actor: str | None, batch_id: str, expected_s
 
 def reject_batch(session: Session, actor: str | None, batch_id: str, reason: str) -> Approval:
     if not reason.strip():
-        raise InvalidInput("a rejection needs a reason: --reason TEXT")
+        raise InvalidInput("a rejection needs a reason")
     return _decide(session, actor, batch_id, "rejected", reason.strip(), None)
 
 

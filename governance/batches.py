@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from governance.errors import InvalidInput, InvalidState
 from governance.intake import IntakeError, IntakeReport, PromptRow, content_sha256, load_prompts
 from governance.licences import DEFAULT_MODEL_LICENCE, DEFAULT_USE_CATEGORY, check_use_category
 from governance.records import PURPOSES, Approval, Batch, Image, Prompt, Run, prompt_id_for, utcnow
+from governance.results import Result
 from governance.users import require_role
 
 
@@ -166,17 +169,109 @@ def current_approval(batch: Batch) -> Approval | None:
     return live[-1] if live else None
 
 
-def batch_progress(session: Session, batch_id: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class BatchProgress(Result):
+    """Images planned and done (published or quarantined), with the rate since the batch's first run."""
+
+    done: int
+    planned: int
+    published: int
+    quarantined: int
+    percent: float
+    images_per_minute: float | None
+    eta_seconds: int | None
+
+    def with_rate(self, per_minute: float) -> BatchProgress:
+        """This progress at another rate (the live bar's sliding window): the ETA follows it."""
+        eta = round(60 * max(0, self.planned - self.done) / per_minute) if per_minute > 0 else None
+        return replace(self, images_per_minute=round(per_minute, 1), eta_seconds=eta)
+
+
+@dataclass(frozen=True)
+class BatchProgressSummary(Result):
+    """`progress` inside a batch summary (the counts by status sit beside it)."""
+
+    done: int
+    planned: int
+    percent: float
+    images_per_minute: float | None
+    eta_seconds: int | None
+
+
+@dataclass(frozen=True)
+class BatchSummary(Result):
+    """One line of `atelier batch list`; the head of `atelier batch show`."""
+
+    batch_id: str
+    status: str
+    purpose: str
+    requested_by: str
+    source: str
+    content_sha256: str
+    created_at: datetime
+    decision: str | None
+    decided_by: str | None
+    approval_id: str | None
+    prompts: int
+    images_planned: int
+    images_published: int
+    images_quarantined: int
+    progress: BatchProgressSummary
+
+    def full_progress(self) -> BatchProgress:
+        p = self.progress
+        return BatchProgress(
+            p.done,
+            p.planned,
+            self.images_published,
+            self.images_quarantined,
+            p.percent,
+            p.images_per_minute,
+            p.eta_seconds,
+        )
+
+
+@dataclass(frozen=True)
+class PromptDetail(Result):
+    """One prompt row as stored: every field the approver approves."""
+
+    row_id: str
+    prompt: str
+    negative_prompt: str
+    seed: int
+    ref: str
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    refiner_split: float
+    num_images: int
+
+
+@dataclass(frozen=True)
+class BatchDetail(Result):
+    """`atelier batch show`: the summary and every prompt row. JSON: the summary's fields and
+    `prompts_detail`."""
+
+    summary: BatchSummary
+    prompts_detail: tuple[PromptDetail, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.summary.to_dict(), "prompts_detail": [p.to_dict() for p in self.prompts_detail]}
+
+
+def batch_progress(session: Session, batch_id: str) -> BatchProgress:
     """Images planned, published, quarantined, rate and ETA, from aggregates only (cheap enough to
     poll every second on a batch of any size: `atelier run`'s progress bar does)."""
     planned = int(
         session.scalar(select(func.coalesce(func.sum(Prompt.num_images), 0)).where(Prompt.batch_id == batch_id)) or 0
     )
-    counts = dict(
-        session.execute(
+    counts: dict[str, int] = {
+        status: n
+        for status, n in session.execute(
             select(Image.status, func.count()).where(Image.batch_id == batch_id).group_by(Image.status)
         ).all()
-    )
+    }
     done = counts.get("published", 0) + counts.get("quarantined", 0)
     started, last = session.execute(
         select(
@@ -189,37 +284,62 @@ def batch_progress(session: Session, batch_id: str) -> dict[str, Any]:
     # two images 20 ms apart made "2843/min" out of two images. This is sane from the first image on.
     if started is not None and last is not None and done and last > started:
         rate = done / (last - started).total_seconds()
-    return {
-        "done": done,
-        "planned": planned,
-        "published": counts.get("published", 0),
-        "quarantined": counts.get("quarantined", 0),
-        "percent": round(100 * done / planned, 1) if planned else 100.0,
-        "images_per_minute": round(rate * 60, 2) if rate else None,
-        "eta_seconds": (0 if done >= planned else round((planned - done) / rate) if rate else None),
-    }
+    return BatchProgress(
+        done=done,
+        planned=planned,
+        published=counts.get("published", 0),
+        quarantined=counts.get("quarantined", 0),
+        percent=round(100 * done / planned, 1) if planned else 100.0,
+        images_per_minute=round(rate * 60, 2) if rate else None,
+        eta_seconds=(0 if done >= planned else round((planned - done) / rate) if rate else None),
+    )
 
 
-def batch_summary(session: Session, batch: Batch) -> dict[str, Any]:
+def batch_summary(session: Session, batch: Batch) -> BatchSummary:
     progress = batch_progress(session, batch.id)
     approval = current_approval(batch)
-    return {
-        "batch_id": batch.id,
-        "status": batch.status,
-        "purpose": batch.purpose,
-        "requested_by": batch.requested_by.name,
-        "source": batch.source_name,
-        "content_sha256": batch.content_sha256,
-        "created_at": batch.created_at.isoformat(),
-        "decision": approval.decision if approval else None,
-        "decided_by": approval.decided_by.name if approval else None,
-        "approval_id": approval.id if approval else None,
-        "prompts": len(batch.prompts),
-        "images_planned": progress["planned"],
-        "images_published": progress["published"],
-        "images_quarantined": progress["quarantined"],
-        "progress": {k: progress[k] for k in ("done", "planned", "percent", "images_per_minute", "eta_seconds")},
-    }
+    return BatchSummary(
+        batch_id=batch.id,
+        status=batch.status,
+        purpose=batch.purpose,
+        requested_by=batch.requested_by.name,
+        source=batch.source_name,
+        content_sha256=batch.content_sha256,
+        created_at=batch.created_at,
+        decision=approval.decision if approval else None,
+        decided_by=approval.decided_by.name if approval else None,
+        approval_id=approval.id if approval else None,
+        prompts=len(batch.prompts),
+        images_planned=progress.planned,
+        images_published=progress.published,
+        images_quarantined=progress.quarantined,
+        progress=BatchProgressSummary(
+            progress.done, progress.planned, progress.percent, progress.images_per_minute, progress.eta_seconds
+        ),
+    )
+
+
+def batch_detail(session: Session, batch: Batch) -> BatchDetail:
+    """The summary and every prompt row with every field (what `batch show` displays)."""
+    return BatchDetail(
+        summary=batch_summary(session, batch),
+        prompts_detail=tuple(
+            PromptDetail(
+                row_id=p.row_id,
+                prompt=p.prompt,
+                negative_prompt=p.negative_prompt,
+                seed=p.seed,
+                ref=p.ref,
+                width=p.width,
+                height=p.height,
+                steps=p.steps,
+                guidance_scale=p.guidance_scale,
+                refiner_split=p.refiner_split,
+                num_images=p.num_images,
+            )
+            for p in batch.prompts
+        ),
+    )
 
 
 def list_batches(session: Session, status: str | None = None) -> list[Batch]:

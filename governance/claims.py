@@ -16,7 +16,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import ColumnElement, case, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -44,11 +44,13 @@ def plan_chunks(session: Session, batch_id: str, chunk_size: int) -> int:
                     )
                 )
     except IntegrityError:
-        return int(session.scalar(select(func.count()).select_from(WorkChunk).where(WorkChunk.batch_id == batch_id)))
+        # a COUNT always returns one row: scalar_one() says so (and would raise, not return None, otherwise)
+        planned_chunks = select(func.count()).select_from(WorkChunk).where(WorkChunk.batch_id == batch_id)
+        return int(session.execute(planned_chunks).scalar_one())
     return -(-len(planned) // chunk_size)
 
 
-def _claimable(batch_id: str, now: datetime):  # type: ignore[no-untyped-def]
+def _claimable(batch_id: str, now: datetime) -> ColumnElement[bool]:
     return (WorkChunk.batch_id == batch_id) & (
         (WorkChunk.status == "pending") | ((WorkChunk.status == "claimed") & (WorkChunk.lease_until < now))
     )

@@ -31,7 +31,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, timedelta
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVarTuple
 
 from sqlalchemy import ColumnElement, Select, Text, cast, func, or_, select, text, true
 from sqlalchemy.orm import Session, aliased
@@ -79,7 +79,7 @@ def require_compliance_access(session: Session, actor: str | None, doing: str) -
 # ---------------------------------------------------------------- filters
 
 
-def parse_when(value: str, *, end: bool = False, flag: str = "--since") -> datetime:
+def parse_when(value: str, *, end: bool = False, field: str = "since") -> datetime:
     """A date (YYYY-MM-DD) or an ISO 8601 time; naive means UTC. A date as an end bound covers that whole day."""
     text = value.strip()
     try:
@@ -90,7 +90,7 @@ def parse_when(value: str, *, end: bool = False, flag: str = "--since") -> datet
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise InvalidInput(
-            f"{flag} {value!r} is not a date: use YYYY-MM-DD or an ISO time such as 2026-01-31T18:00:00Z"
+            f"{field} {value!r} is not a date: use YYYY-MM-DD or an ISO time such as 2026-01-31T18:00:00Z"
         ) from None
     return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
 
@@ -163,9 +163,9 @@ def _conditions(session: Session, f: SearchFilters) -> list[ColumnElement[bool]]
     if f.status is not None and f.status not in STATUSES:
         raise InvalidInput(f"unknown status {f.status!r}: choose one of {', '.join(STATUSES)}")
     if f.since and f.until and f.since >= f.until:
-        raise InvalidInput(f"--since {f.since.isoformat()} is not before --until {f.until.isoformat()}")
+        raise InvalidInput(f"since {f.since.isoformat()} is not before until {f.until.isoformat()}")
     if f.prompt is not None and not f.prompt.strip():
-        raise InvalidInput("--prompt needs some text to look for")
+        raise InvalidInput("prompt needs some text to look for")
     where: list[ColumnElement[bool]] = []
     if f.prompt:
         pattern = _like_pattern(f.prompt.strip())
@@ -211,7 +211,10 @@ def _conditions(session: Session, f: SearchFilters) -> list[ColumnElement[bool]]
     return where
 
 
-def _joined(stmt: Select[Any]) -> Select[Any]:
+_Columns = TypeVarTuple("_Columns")
+
+
+def _joined(stmt: Select[*_Columns]) -> Select[*_Columns]:
     return stmt.join(Prompt, Prompt.id == Image.prompt_id).join(Batch, Batch.id == Image.batch_id)
 
 
@@ -231,7 +234,7 @@ def search_images(session: Session, filters: SearchFilters, limit: int | None = 
     filters need; then the summary columns for those ids alone.
     """
     if limit is not None and limit < 1:
-        raise InvalidInput(f"--limit must be at least 1, not {limit} (0 on the command line means no limit)")
+        raise InvalidInput(f"limit must be at least 1 (or none), not {limit}")
     where = _conditions(session, filters)
     hits = select(Image.id, Image.created_at)
     if filters.prompt or filters.ref:
@@ -331,7 +334,7 @@ def impact(session: Session, model_version: str | None = None, licence: str | No
     One statement; rows are kept as the driver returns them (a recall can reach every image).
     """
     if (model_version is None) == (licence is None):
-        raise InvalidInput("give exactly one of --model-version or --licence")
+        raise InvalidInput("give exactly one of model_version or licence")
     if model_version is not None:
         versions = resolve_model_versions(session, model_version)
     else:
@@ -571,7 +574,7 @@ def export_lineage(
     if fmt not in EXPORT_FORMATS:
         raise InvalidInput(f"unknown export format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
     if limit is not None and limit < 1:
-        raise InvalidInput(f"--limit must be at least 1, not {limit}")
+        raise InvalidInput(f"limit must be at least 1 (or none), not {limit}")
     if not out.parent.is_dir():
         raise InvalidInput(f"cannot write {out}: folder {out.parent} does not exist")
     rows = _lineage_rows(session, filters or SearchFilters(), limit, chunk)
@@ -615,10 +618,10 @@ def _thumbnail(data: bytes, size: int) -> str:
     from PIL import Image as PILImage
 
     with PILImage.open(io.BytesIO(data)) as img:
-        img = img.convert("RGB")
-        img.thumbnail((size, size))
+        rgb = img.convert("RGB")
+        rgb.thumbnail((size, size))
         buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=80)
+        rgb.save(buf, format="JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -635,7 +638,7 @@ def period_report(
 ) -> ReportSummary:
     """A self-contained HTML report of [since, until): counts, approvals, quarantines, licences, thumbnails."""
     if since >= until:
-        raise InvalidInput(f"--from {since.isoformat()} is not before --to {until.isoformat()}")
+        raise InvalidInput(f"from {since.isoformat()} is not before to {until.isoformat()}")
     if not out.parent.is_dir():
         raise InvalidInput(f"cannot write {out}: folder {out.parent} does not exist")
     in_period = (Image.created_at >= since, Image.created_at < until)
@@ -703,7 +706,10 @@ def period_report(
         .order_by(Image.created_at, Image.id)
         .limit(max_thumbnails)
     ).all()
-    thumbs = [(i, ref or row, _thumbnail(store.get(key), thumbnail_px)) for i, key, ref, row in shown]
+    # the query keeps only images with a store key; `is not None` says so to the type checker too
+    thumbs = [
+        (i, ref or row, _thumbnail(store.get(key), thumbnail_px)) for i, key, ref, row in shown if key is not None
+    ]
 
     e = html.escape
     total = sum(status.values())

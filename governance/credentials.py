@@ -267,7 +267,7 @@ def load_callback(spec: str, what: str = "C2PA signing callback") -> Callable[..
         raise GovernanceCheckFailed(f"{what} {spec!r} cannot be loaded: {exc}") from None
     if not callable(fn):
         raise GovernanceCheckFailed(f"{what} {spec!r} is not callable")
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 def manifest_for(

@@ -45,11 +45,20 @@ class CheckpointSigner:
     ):
         from cryptography import x509
         from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
 
         certs = x509.load_pem_x509_certificates(chain_pem)
         self.certificate = certs[0]
         self._callback = callback
-        self._key = serialization.load_pem_private_key(key_pem, None) if key_pem else None
+        self._key: ec.EllipticCurvePrivateKey | None = None
+        if key_pem:
+            key = serialization.load_pem_private_key(key_pem, None)
+            if not isinstance(key, ec.EllipticCurvePrivateKey):
+                raise GovernanceCheckFailed(
+                    f"checkpoint signing key is {type(key).__name__}, not an EC (P-256) key: "
+                    "audit checkpoints are signed ES256"
+                )
+            self._key = key
         if self._key is None and callback is None:
             raise GovernanceCheckFailed("checkpoint signer needs a private key or a signing callback")
 
@@ -60,7 +69,9 @@ class CheckpointSigner:
         from cryptography.hazmat.primitives.asymmetric import ec
         from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-        r, s = decode_dss_signature(self._key.sign(data, ec.ECDSA(hashes.SHA256())))  # type: ignore[union-attr,call-arg]
+        if self._key is None:  # unreachable: __init__ refuses a signer with neither key nor callback
+            raise GovernanceCheckFailed("checkpoint signer needs a private key or a signing callback")
+        r, s = decode_dss_signature(self._key.sign(data, ec.ECDSA(hashes.SHA256())))
         return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
@@ -75,8 +86,14 @@ def signature_valid(certificate_pem: bytes, data: bytes, signature: bytes) -> bo
         return False
     cert = x509.load_pem_x509_certificates(certificate_pem)[0]
     der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
+    public_key = cert.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        raise GovernanceCheckFailed(
+            f"the checkpoint signing certificate has a {type(public_key).__name__}, not an EC (P-256) key: "
+            "audit checkpoints are signed ES256"
+        )
     try:
-        cert.public_key().verify(der, data, ec.ECDSA(hashes.SHA256()))  # type: ignore[call-arg,union-attr]
+        public_key.verify(der, data, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         return False
     return True
@@ -211,10 +228,15 @@ def verify_ledger(
     published = session.execute(
         select(Image.id, Image.store_key, Image.sha256).where(Image.status == "published").order_by(Image.id)
     ).all()
-    for image_id, key, sha256 in published:
-        actual = store.sha256_of(key)
+    for image_id, object_key, sha256 in published:
+        if object_key is None:
+            problems.append(f"image {image_id}: published, but no stored object is recorded for it")
+            continue
+        actual = store.sha256_of(object_key)
         if actual is None:
-            problems.append(f"image {image_id}: published object {key} is missing")
+            problems.append(f"image {image_id}: published object {object_key} is missing")
         elif actual != sha256:
-            problems.append(f"image {image_id}: published object {key} changed (sha256 {actual}, recorded {sha256})")
+            problems.append(
+                f"image {image_id}: published object {object_key} changed (sha256 {actual}, recorded {sha256})"
+            )
     return LedgerReport(not problems, chain.to_dict(), len(anchors), len(published), problems, warnings)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, select
@@ -14,6 +14,7 @@ from governance.batches import get_batch
 from governance.errors import InvalidState, NotFound
 from governance.licences import check_use_category
 from governance.records import Batch, Image, ModelVersion, Prompt, Run, image_id_for, utcnow
+from governance.results import Result
 from governance.users import require_role
 
 
@@ -24,6 +25,48 @@ class PlannedImage:
     image_id: str
     prompt_id: str
     image_index: int
+
+
+@dataclass(frozen=True)
+class RunSummary(Result):
+    """How a run ended (`atelier run` prints one per batch). JSON: these fields, with the worker's
+    timings (seconds: generate_s, safety_s, publish_s, ...) at the top level beside them."""
+
+    run_id: str
+    batch_id: str
+    status: str  # completed | failed
+    published: int
+    quarantined: int
+    remaining: int  # planned images still without a record (another run makes them)
+    error: str | None = None
+    timing: dict[str, float] = field(default_factory=dict)
+    anchored_seq: int | None = None  # the audit event anchored to WORM storage at the end of the run
+
+    @classmethod
+    def of(cls, run: Run, anchored_seq: int | None = None) -> RunSummary:
+        """From a closed run's record (its `summary` column holds the counts and timings)."""
+        counts = {k: run.summary.get(k, 0) for k in ("published", "quarantined", "remaining")}
+        timing = {k: float(v) for k, v in run.summary.items() if k.endswith("_s")}
+        return cls(
+            run.id,
+            run.batch_id,
+            run.status,
+            **counts,
+            error=run.summary.get("error"),
+            timing=timing,
+            anchored_seq=anchored_seq,
+        )
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        timing = out.pop("timing")
+        if out["error"] is None:
+            del out["error"]
+        return {**out, **timing}
 
 
 def start_run(

@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
 from governance.errors import InvalidInput
@@ -123,7 +123,7 @@ class S3Store:
         bucket: str,
         prefix: str,
         endpoint_url: str | None = None,
-        client=None,  # type: ignore[no-untyped-def]
+        client: Any = None,  # a boto3 S3 client (boto3 is untyped); default: one made here
         timeout_s: float = 30,
         max_attempts: int = 5,
     ):
@@ -182,7 +182,7 @@ class S3Store:
         )
         return StoredObject(key, digest.hexdigest(), resp.get("VersionId"), created=True)
 
-    def _head(self, key: str) -> dict | None:  # type: ignore[type-arg]
+    def _head(self, key: str) -> dict[str, Any] | None:
         from botocore.exceptions import ClientError
 
         try:

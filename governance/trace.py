@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from sqlalchemy.orm import Session, defaultload, lazyload
 from governance.errors import InvalidInput, NotFound
 from governance.records import Approval, AuditEvent, Batch, Image, ModelVersion, Run, RunModelVersion, User
 from governance.refs import looks_like_id, resolve_id
+from governance.results import Result
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -49,7 +52,7 @@ def find_image(session: Session, ref: str) -> Image:
     return image
 
 
-def trace_image(session: Session, image: Image) -> dict[str, Any]:
+def trace_image(session: Session, image: Image) -> ImageTrace:
     return trace_images(session, [image.id])[0]
 
 
@@ -61,7 +64,7 @@ def _chunked(items: Sequence[str]) -> Iterator[Sequence[str]]:
         yield items[i : i + _IN_CHUNK]
 
 
-def trace_images(session: Session, image_ids: Sequence[str]) -> list[dict[str, Any]]:
+def trace_images(session: Session, image_ids: Sequence[str]) -> list[ImageTrace]:
     """`atelier trace` for many images at once, in the order given, with a fixed number of queries.
 
     One query for images with their prompt, batch, requester, run, approval and approver; one for
@@ -91,12 +94,12 @@ def trace_images(session: Session, image_ids: Sequence[str]) -> list[dict[str, A
     run_ids = sorted({run.id for _, _, run, _ in loaded.values()})
     models: dict[str, list[ModelVersion]] = {r: [] for r in run_ids}
     for chunk in _chunked(run_ids):
-        stmt = (
+        versions = (
             select(RunModelVersion.run_id, ModelVersion)
             .join(ModelVersion, ModelVersion.id == RunModelVersion.model_version_id)
             .where(RunModelVersion.run_id.in_(chunk))
         )
-        for run_id, mv in session.execute(stmt):
+        for run_id, mv in session.execute(versions):
             models[run_id].append(mv)
 
     subjects = sorted(
@@ -107,7 +110,7 @@ def trace_images(session: Session, image_ids: Sequence[str]) -> list[dict[str, A
         for e in session.scalars(select(AuditEvent).where(AuditEvent.subject_id.in_(chunk))):
             events.setdefault(e.subject_id, []).append(e)
 
-    out = []
+    out: list[ImageTrace] = []
     for image_id in ids:
         image, batch, run, approval = loaded[image_id]
         trail = sorted(
@@ -118,77 +121,157 @@ def trace_images(session: Session, image_ids: Sequence[str]) -> list[dict[str, A
     return out
 
 
+@dataclass(frozen=True)
+class StoreLocation(Result):
+    url: str | None
+    key: str | None
+    version_id: str | None
+    provenance_key: str | None
+
+
+@dataclass(frozen=True)
+class BatchRef(Result):
+    id: str
+    purpose: str
+    use_category: str
+    requested_by: str
+    status: str
+    content_sha256: str
+    source: str
+
+
+@dataclass(frozen=True)
+class ApprovalRef(Result):
+    id: str
+    decision: str
+    approved_by: str
+    content_sha256: str
+    at: datetime
+    voided_at: datetime | None
+
+
+@dataclass(frozen=True)
+class PromptRef(Result):
+    id: str
+    row_id: str
+    text: str
+    seed: int
+    ref: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RunRef(Result):
+    id: str
+    started_at: datetime
+    engine: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ModelRef(Result):
+    role: str
+    name: str
+    source: str
+    sha256: str
+    licence: str
+
+
+@dataclass(frozen=True)
+class SafetyRecord(Result):
+    model: str
+    policy: str
+    scores: dict[str, Any]
+    verdict: str
+    reasons: list[Any]
+
+
+@dataclass(frozen=True)
+class WatermarkRecord(Result):
+    scheme: str | None
+    key_id: str | None
+    payload: str | None
+    matched_bits: int | None
+
+
+@dataclass(frozen=True)
+class AuditEntry(Result):
+    seq: int
+    action: str
+    actor: str
+    at: str  # ISO 8601 UTC, exactly as hashed into the chain
+    subject: str
+
+
+@dataclass(frozen=True)
+class ImageTrace(Result):
+    """Everything Atelier knows about one image (`atelier trace`): its prompt, batch, approval, run,
+    models and licences, safety verdict, watermark, where it is stored, and its audit trail."""
+
+    image_id: str
+    status: str
+    sha256: str | None
+    pixels_sha256: str | None
+    phash: str | None
+    store: StoreLocation
+    batch: BatchRef
+    approval: ApprovalRef
+    prompt: PromptRef
+    image_index: int
+    seed: str  # up to 2**63, stored as text: every database and JSON reader keeps it exact
+    size: tuple[int, int]
+    run: RunRef
+    models: tuple[ModelRef, ...]
+    licence_obligations: list[Any]
+    safety: SafetyRecord
+    watermark: WatermarkRecord
+    c2pa_manifest: str | None  # the active manifest's label
+    audit: tuple[AuditEntry, ...]
+
+
 def _trace_record(
     image: Image, batch: Batch, run: Run, approval: Approval, models: list[ModelVersion], trail: list[AuditEvent]
-) -> dict[str, Any]:
+) -> ImageTrace:
     prompt = image.prompt
-    return {
-        "image_id": image.id,
-        "status": image.status,
-        "sha256": image.sha256,
-        "pixels_sha256": image.pixels_sha256,
-        "phash": image.phash,
-        "store": {
-            "url": image.store_url,
-            "key": image.store_key,
-            "version_id": image.store_version_id,
-            "provenance_key": image.provenance_key,
-        },
-        "batch": {
-            "id": batch.id,
-            "purpose": batch.purpose,
-            "use_category": batch.use_category,
-            "requested_by": batch.requested_by.name,
-            "status": batch.status,
-            "content_sha256": batch.content_sha256,
-            "source": batch.source_name,
-        },
-        "approval": {
-            "id": approval.id,
-            "decision": approval.decision,
-            "approved_by": approval.decided_by.name,
-            "content_sha256": approval.content_sha256,
-            "at": approval.decided_at.isoformat(),
-            "voided_at": approval.voided_at.isoformat() if approval.voided_at else None,
-        },
-        "prompt": {
-            "id": prompt.id,
-            "row_id": prompt.row_id,
-            "text": prompt.prompt,
-            "seed": prompt.seed,
-            "ref": prompt.ref,
-            "params": prompt.params(),
-        },
-        "image_index": image.image_index,
-        "seed": image.seed,
-        "size": [image.width, image.height],
-        "run": {"id": run.id, "started_at": run.started_at.isoformat(), "engine": run.engine},
-        "models": [
-            {
-                "role": mv.role,
-                "name": mv.name,
-                "source": mv.source,
-                "sha256": mv.sha256,
-                "licence": mv.licence_id,
-            }
+    return ImageTrace(
+        image_id=image.id,
+        status=image.status,
+        sha256=image.sha256,
+        pixels_sha256=image.pixels_sha256,
+        phash=image.phash,
+        store=StoreLocation(image.store_url, image.store_key, image.store_version_id, image.provenance_key),
+        batch=BatchRef(
+            id=batch.id,
+            purpose=batch.purpose,
+            use_category=batch.use_category,
+            requested_by=batch.requested_by.name,
+            status=batch.status,
+            content_sha256=batch.content_sha256,
+            source=batch.source_name,
+        ),
+        approval=ApprovalRef(
+            id=approval.id,
+            decision=approval.decision,
+            approved_by=approval.decided_by.name,
+            content_sha256=approval.content_sha256,
+            at=approval.decided_at,
+            voided_at=approval.voided_at,
+        ),
+        prompt=PromptRef(prompt.id, prompt.row_id, prompt.prompt, prompt.seed, prompt.ref, prompt.params()),
+        image_index=image.image_index,
+        seed=image.seed,
+        size=(image.width, image.height),
+        run=RunRef(run.id, run.started_at, run.engine),
+        models=tuple(
+            ModelRef(mv.role, mv.name, mv.source, mv.sha256, mv.licence_id)
             for mv in sorted(models, key=lambda m: m.role)
-        ],
-        "licence_obligations": image.licence_obligations,
-        "safety": {
-            "model": image.safety_model,
-            "policy": image.safety_policy,
-            "scores": image.safety_scores,
-            "verdict": image.safety_verdict,
-            "reasons": image.safety_reasons,
-        },
-        "watermark": {
-            "scheme": image.watermark_scheme,
-            "key_id": image.watermark_key_id,
-            "payload": image.watermark_payload,
-            "matched_bits": image.watermark_matched_bits,
-        },
-        "c2pa_manifest": image.c2pa_manifest,
-        "audit": [
-            {"seq": e.seq, "action": e.action, "actor": e.actor, "at": e.at, "subject": e.subject_id} for e in trail
-        ],
-    }
+        ),
+        licence_obligations=image.licence_obligations,
+        safety=SafetyRecord(
+            image.safety_model, image.safety_policy, image.safety_scores, image.safety_verdict, image.safety_reasons
+        ),
+        watermark=WatermarkRecord(
+            image.watermark_scheme, image.watermark_key_id, image.watermark_payload, image.watermark_matched_bits
+        ),
+        c2pa_manifest=image.c2pa_manifest,
+        audit=tuple(AuditEntry(e.seq, e.action, e.actor, e.at, e.subject_id) for e in trail),
+    )

@@ -44,7 +44,7 @@ def add_user(session: Session, actor: str | None, name: str, roles: Iterable[str
         raise InvalidInput(
             f"unknown role {', '.join(map(repr, unknown))}; choose from {', '.join(ROLES)}"
             if unknown
-            else f"give at least one --role ({', '.join(ROLES)})"
+            else f"give at least one role ({', '.join(ROLES)})"
         )
     name = name.strip()
     if not name or len(name) > 100 or any(c.isspace() for c in name):

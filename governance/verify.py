@@ -41,7 +41,7 @@ import hashlib
 import io
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,8 @@ from governance import fingerprint, watermark
 from governance.credentials import CredentialReport, read_credentials
 from governance.errors import ExitCode, InvalidInput
 from governance.records import Image
-from governance.trace import trace_image
+from governance.results import Result
+from governance.trace import ImageTrace, trace_image
 
 VERDICT_EXIT_CODES = {
     "original": ExitCode.OK,
@@ -84,6 +85,102 @@ class DamagedPixels(InvalidInput):
 class VerifyLimits:
     max_pixels: int = 64_000_000
     max_file_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BytesSignal(Result):
+    sha256: str
+    matches_image: str | None  # the published image with exactly these bytes
+
+
+@dataclass(frozen=True)
+class C2paSignal(Result):
+    """The file's C2PA manifest (`CredentialReport`) and how far it is trusted."""
+
+    present: bool
+    state: str | None  # "Trusted", "Valid" (signature fine, signer not anchored) or "Invalid"
+    label: str | None
+    signer: dict[str, Any]
+    atelier: dict[str, Any] | None
+    failures: list[str]
+    error: str | None
+    soft_binding: dict[str, Any] | None
+    trusted: bool
+    trust_anchors_configured: bool
+    soft_binding_matches_pixels: bool | None = None  # None: no soft binding, or no watermark read
+
+
+@dataclass(frozen=True)
+class WatermarkSignal(Result):
+    """The best watermark evidence; `decoded` is None when nothing could be read (too small, no key)."""
+
+    verdict: str  # "very_likely" | "likely" | "uncertain" | "none" | "too small to decode" | "not checked"
+    decoded: str | None = None  # the payload read, 12 hex digits
+    scheme: str | None = None
+    key_id: str | None = None
+    best_match: str | None = None  # the published image whose payload is nearest
+    matched_bits: int = 0
+    total_bits: int | None = None
+    score: float | None = None
+    score_needed: float | None = None  # for attribution among this many candidates and grid positions
+    offset: tuple[int, int] | None = None
+    searched: bool = False  # found by the grid search (a crop)
+    size: tuple[int, int] | None = None  # too small: the file's size
+    reason: str | None = None  # not checked: why
+    note: str | None = None  # checked in part: what was not
+
+
+@dataclass(frozen=True)
+class FingerprintSignal(Result):
+    phash: str
+    nearest: str | None
+    distance: int
+    match: bool
+
+
+@dataclass(frozen=True)
+class PixelsSignal(Result):
+    readable: bool
+    error: str
+
+
+@dataclass(frozen=True)
+class Signals(Result):
+    """The four independent signals; those that could not be read are None (no pixels: no watermark)."""
+
+    bytes: BytesSignal
+    c2pa: C2paSignal
+    watermark: WatermarkSignal | None = None
+    fingerprint: FingerprintSignal | None = None
+    pixels: PixelsSignal | None = None  # set only when the pixels could not be decoded
+
+
+@dataclass(frozen=True)
+class ManifestClaim(Result):
+    """What a manifest says the file is, and whether that can be believed."""
+
+    image_id: str
+    verified: bool
+    note: str
+
+
+@dataclass(frozen=True)
+class VerifyResult(Result):
+    """`atelier verify` of one file. `verdict` "error" (with `error`) for a file that could not be checked."""
+
+    file: str
+    verdict: str  # original | derived | tampered | unknown | error
+    image_id: str | None = None
+    claimed_image_id: str | None = None  # what a manifest claims, even an untrusted or broken one
+    claim: ManifestClaim | None = None
+    identified_by: tuple[str, ...] = ()
+    signals: Signals | None = None
+    trace: ImageTrace | None = None
+    error: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code_for([self.verdict])
 
 
 @dataclass
@@ -209,29 +306,25 @@ def watermark_signal(
     rgb: np.ndarray | None,
     keys: list[watermark.WatermarkKey],
     cands: Candidates,
-) -> tuple[dict[str, Any], str | None]:
+) -> tuple[WatermarkSignal, str | None]:
     """The best watermark evidence over every key and scheme; the image id when it is strong enough."""
     h, w = y.shape
     if min(h, w) < watermark.MIN_SIDE_PX:
-        return {"decoded": None, "verdict": "too small to decode", "size": [w, h]}, None
+        return WatermarkSignal(verdict="too small to decode", size=(w, h)), None
 
-    def judge(reading: watermark.WatermarkReading, key_id: str | None) -> tuple[dict[str, Any], str | None]:
+    def judge(reading: watermark.WatermarkReading, key_id: str | None) -> tuple[WatermarkSignal, str | None]:
         values, ids = cands.payloads.get((reading.scheme, key_id), (np.zeros(0, dtype=np.uint64), []))
         best, _ = _nearest(values, reading.payload)
-        out: dict[str, Any] = {
-            "scheme": reading.scheme,
-            "key_id": reading.key_id,
-            "decoded": f"{reading.payload:012x}",
-            "best_match": None,
-            "matched_bits": 0,
-            "total_bits": None,
-            "verdict": "none",
-            "score": None,
-            "offset": list(reading.offset),
-            "searched": reading.hypotheses > 1,
-        }
+        read = WatermarkSignal(
+            verdict="none",
+            scheme=reading.scheme,
+            key_id=reading.key_id,
+            decoded=f"{reading.payload:012x}",
+            offset=reading.offset,
+            searched=reading.hypotheses > 1,
+        )
         if best is None:
-            return out, None
+            return read, None
         check = watermark.compare(reading, int(values[best]))
         image_id = ids[best]
         needed = None
@@ -239,7 +332,8 @@ def watermark_signal(
         if check.score is not None:
             needed = watermark.attribution_min_score(len(ids), reading.hypotheses)
             trusted = trusted and check.score >= needed
-        out.update(
+        judged = replace(
+            read,
             best_match=image_id,
             matched_bits=check.matched_bits,
             total_bits=check.total_bits,
@@ -247,12 +341,12 @@ def watermark_signal(
             score=None if check.score is None else round(check.score, 2),
             score_needed=None if needed is None else round(needed, 2),
         )
-        return out, image_id if trusted else None
+        return judged, image_id if trusted else None
 
     no_key = "no watermark key configured: atelier-dctss marks cannot be read (ATELIER_WATERMARK_KEY_FILE)"
     if not keys and (rgb is None or (watermark.SCHEME_DWTDCT, None) not in cands.payloads):
-        return {"decoded": None, "verdict": "not checked", "reason": no_key}, None
-    tried: list[tuple[dict[str, Any], str | None]] = []
+        return WatermarkSignal(verdict="not checked", reason=no_key), None
+    tried: list[tuple[WatermarkSignal, str | None]] = []
     for key in keys:
         tried.append(judge(watermark.read_luma(y, key=key), key.key_id))
     if rgb is not None and (watermark.SCHEME_DWTDCT, None) in cands.payloads:
@@ -261,14 +355,14 @@ def watermark_signal(
         for key in keys:  # a crop moves the block grid: try every offset
             tried.append(judge(watermark.read_luma(y, key=key, search=True), key.key_id))
     found = [t for t in tried if t[1]]
-    best = (
-        max(found, key=lambda t: t[0]["score"] or 0)
+    signal, image = (
+        max(found, key=lambda t: t[0].score or 0)
         if found
-        else max(tried, key=lambda t: (t[0]["score"] or 0, t[0]["matched_bits"]))
+        else max(tried, key=lambda t: (t[0].score or 0, t[0].matched_bits))
     )
     if not keys:  # only the legacy scheme could be read: say what was not
-        best[0]["note"] = no_key
-    return best
+        signal = replace(signal, note=no_key)
+    return signal, image
 
 
 def verify_file(
@@ -278,101 +372,101 @@ def verify_file(
     watermark_keys: list[watermark.WatermarkKey],
     limits: VerifyLimits | None = None,
     candidates: Candidates | None = None,
-) -> dict[str, Any]:
+) -> VerifyResult:
     """Check one file; raises :class:`InvalidInput` (one line) for a file that cannot be checked."""
     limits = limits or VerifyLimits()
     cands = candidates if candidates is not None else Candidates.load(session)
     data = read_file_checked(path, limits)
+    y: np.ndarray | None
     try:
         fmt, y, rgb = decode_luma_checked(path, data, limits)
         damaged = None
     except DamagedPixels as exc:  # evidence when a manifest says what the file should be, else an error
         damaged, fmt, y, rgb = exc, exc.fmt, None, None
-    signals: dict[str, Any] = {}
-    candidates_found: dict[str, Image] = {}
+    found: dict[str, Image] = {}  # signal -> the published image it points to
 
     sha256 = hashlib.sha256(data).hexdigest()
     exact = session.scalar(select(Image).where(Image.sha256 == sha256, Image.status == "published"))
-    signals["bytes"] = {"sha256": sha256, "matches_image": exact.id if exact else None}
 
     context = _trust_context(trust_anchors_pem) if trust_anchors_pem else None
     creds: CredentialReport = read_credentials(data, _MIME.get(fmt), context)
     if damaged is not None and not creds.present:
         raise damaged
     claimed = (creds.atelier or {}).get("image_id")
-    signals["c2pa"] = {
-        **creds.to_dict(),
-        "trusted": creds.trusted,
-        "trust_anchors_configured": bool(trust_anchors_pem),
-        "soft_binding": creds.soft_binding,
-    }
     if creds.trusted and claimed:
         manifest_image = session.get(Image, claimed)
         if manifest_image is not None and manifest_image.status == "published":
-            candidates_found["c2pa"] = manifest_image
+            found["c2pa"] = manifest_image
 
+    wm_signal = fp_signal = pixels_signal = None
     if y is None:
-        signals["pixels"] = {"readable": False, "error": str(damaged)}
+        pixels_signal = PixelsSignal(readable=False, error=str(damaged))
     else:
-        signals["watermark"], wm_image = watermark_signal(y, rgb, watermark_keys, cands)
-        if wm_image is not None:
-            candidates_found["watermark"] = session.get(Image, wm_image)
+        wm_signal, wm_image = watermark_signal(y, rgb, watermark_keys, cands)
+        if wm_image is not None and (marked := session.get(Image, wm_image)) is not None:
+            found["watermark"] = marked
         digest = fingerprint.phash(y)
         index, dist = _nearest(cands.phashes[0], int(digest, 16))
         near = None if index is None else cands.phashes[1][index]
-        signals["fingerprint"] = {
-            "phash": digest,
-            "nearest": near,
-            "distance": dist,
-            "match": near is not None and dist <= fingerprint.MATCH_MAX_DISTANCE,
-        }
-        if near is not None and dist <= fingerprint.MATCH_MAX_DISTANCE:
-            candidates_found["fingerprint"] = session.get(Image, near)
+        matches = near is not None and dist <= fingerprint.MATCH_MAX_DISTANCE
+        fp_signal = FingerprintSignal(phash=digest, nearest=near, distance=dist, match=matches)
+        if near is not None and matches and (looks_alike := session.get(Image, near)) is not None:
+            found["fingerprint"] = looks_alike
 
     if creds.present and not creds.intact:
         verdict = "tampered"
     elif exact is not None:
         verdict = "original"
-    elif candidates_found:
+    elif found:
         verdict = "derived"
     else:
         verdict = "unknown"
-    image = (
-        exact
-        or candidates_found.get("c2pa")
-        or candidates_found.get("watermark")
-        or candidates_found.get("fingerprint")
-    )
-    claim = None
+    image = exact or found.get("c2pa") or found.get("watermark") or found.get("fingerprint")
     soft = creds.soft_binding or {}
     soft_value = next((blk.get("value") for blk in soft.get("blocks") or [] if isinstance(blk, dict)), None)
-    if soft_value is not None:  # the manifest's own record of the watermark, against what the pixels carry
-        read = signals.get("watermark", {}).get("decoded")
-        signals["c2pa"]["soft_binding_matches_pixels"] = None if read is None else read == soft_value
+    soft_matches = None  # the manifest's own record of the watermark, against what the pixels carry
+    if soft_value is not None and wm_signal is not None and wm_signal.decoded is not None:
+        soft_matches = wm_signal.decoded == soft_value
+    claim = None
     if claimed:
-        claim = {
-            "image_id": claimed,
-            "verified": bool(creds.trusted),
-            "note": (
-                "signed by a trusted signer"
-                if creds.trusted
-                else "the manifest's signer does not chain to Atelier's trust anchors: an unverified claim"
-            ),
-        }
+        note = (
+            "signed by a trusted signer"
+            if creds.trusted
+            else "the manifest's signer does not chain to Atelier's trust anchors: an unverified claim"
+        )
         if image is not None and claimed != image.id:
-            claim["note"] += f"; the evidence points to image {image.id}, not the one claimed"
-    return {
-        "file": str(path),
-        "verdict": verdict,
-        "image_id": image.id if image else None,
-        # what a manifest claims, even an untrusted or broken one: where a file says it came from
-        "claimed_image_id": claimed,
-        "claim": claim,
-        "identified_by": sorted(k for k, v in candidates_found.items() if image is not None and v.id == image.id)
-        + (["bytes"] if exact else []),
-        "signals": signals,
-        "trace": trace_image(session, image) if image is not None else None,
-    }
+            note += f"; the evidence points to image {image.id}, not the one claimed"
+        claim = ManifestClaim(image_id=claimed, verified=creds.trusted, note=note)
+    signals = Signals(
+        bytes=BytesSignal(sha256=sha256, matches_image=exact.id if exact else None),
+        c2pa=C2paSignal(
+            present=creds.present,
+            state=creds.state,
+            label=creds.label,
+            signer=creds.signer,
+            atelier=creds.atelier,
+            failures=creds.failures,
+            error=creds.error,
+            soft_binding=creds.soft_binding,
+            trusted=creds.trusted,
+            trust_anchors_configured=bool(trust_anchors_pem),
+            soft_binding_matches_pixels=soft_matches,
+        ),
+        watermark=wm_signal,
+        fingerprint=fp_signal,
+        pixels=pixels_signal,
+    )
+    identified_by = sorted(k for k, v in found.items() if image is not None and v.id == image.id)
+    return VerifyResult(
+        file=str(path),
+        verdict=verdict,
+        image_id=image.id if image else None,
+        claimed_image_id=claimed,
+        claim=claim,
+        identified_by=tuple(identified_by + (["bytes"] if exact else [])),
+        signals=signals,
+        trace=trace_image(session, image) if image is not None else None,
+    )
 
 
 def expand_paths(paths: Iterable[Path]) -> list[Path]:
@@ -398,15 +492,15 @@ def verify_files(
     trust_anchors_pem: bytes | None,
     watermark_keys: list[watermark.WatermarkKey],
     limits: VerifyLimits | None = None,
-) -> Iterable[dict[str, Any]]:
+) -> Iterable[VerifyResult]:
     """`verify_file` over many files in one process (the published images are loaded once); a file that
-    cannot be checked yields ``{"file", "verdict": "error", "error"}`` and the others go on."""
+    cannot be checked yields a result with verdict "error" and its `error`, and the others go on."""
     cands = Candidates.load(session)
     for path in paths:
         try:
             yield verify_file(session, path, trust_anchors_pem, watermark_keys, limits, cands)
         except InvalidInput as exc:
-            yield {"file": str(path), "verdict": "error", "error": str(exc), "image_id": None}
+            yield VerifyResult(file=str(path), verdict="error", error=str(exc))
 
 
 def exit_code_for(verdicts: Iterable[str]) -> int:

@@ -193,8 +193,8 @@ def _strongest_coefficients(approx: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     magnitude among the block's 15 coefficients after the first (the first such on ties, as
     ``np.argmax`` does in the library), and its row and column in ``approx``."""
     nbi, nbj = approx.shape[0] // _BLOCK, approx.shape[1] // _BLOCK
-    tiles = approx[: nbi * _BLOCK, : nbj * _BLOCK].reshape(nbi, _BLOCK, nbj, _BLOCK).transpose(0, 2, 1, 3)
-    tiles = tiles.reshape(nbi * nbj, _BLOCK * _BLOCK)
+    blocks = approx[: nbi * _BLOCK, : nbj * _BLOCK].reshape(nbi, _BLOCK, nbj, _BLOCK).transpose(0, 2, 1, 3)
+    tiles = blocks.reshape(nbi * nbj, _BLOCK * _BLOCK)
     pos = np.abs(tiles[:, 1:]).argmax(axis=1) + 1
     index = np.arange(nbi * nbj)
     rows = (index // nbj) * _BLOCK + pos // _BLOCK

@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    EulerDiscreteScheduler,
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import StableDiffusionXLPipeline
+from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img import (
     StableDiffusionXLImg2ImgPipeline,
-    StableDiffusionXLPipeline,
-    UNet2DConditionModel,
 )
+from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteScheduler
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from sdxl_core.configs import SDXLArchitecture
@@ -53,7 +53,8 @@ def build_random_pipelines(
         base_unet = UNet2DConditionModel(**arch.base_unet)
         seeded(5)
         refiner_unet = UNet2DConditionModel(**arch.refiner_unet)
-    modules = (text_encoder, text_encoder_2, vae, base_unet, refiner_unet)
+    # As torch modules: transformers wraps its models' ``to`` with functools.wraps, which mypy cannot bind.
+    modules: tuple[torch.nn.Module, ...] = (text_encoder, text_encoder_2, vae, base_unet, refiner_unet)
     for module in modules:
         if dtype != torch.float32:
             module.to(dtype=dtype)
@@ -80,9 +81,9 @@ def build_random_pipelines(
     )
     refiner = StableDiffusionXLImg2ImgPipeline(
         vae=vae,
-        text_encoder=None,
+        text_encoder=None,  # type: ignore[arg-type]  # diffusers: optional component, annotated not Optional
         text_encoder_2=text_encoder_2,
-        tokenizer=None,
+        tokenizer=None,  # type: ignore[arg-type]  # diffusers: optional component, annotated not Optional
         tokenizer_2=build_clip_tokenizer("!"),
         unet=refiner_unet,
         scheduler=EulerDiscreteScheduler.from_config(arch.scheduler),

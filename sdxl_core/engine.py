@@ -38,8 +38,13 @@ from typing import Any
 import diffusers
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from diffusers.models.attention_processor import AttnProcessor2_0, FusedAttnProcessor2_0
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import StableDiffusionXLPipeline
+from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img import (
+    StableDiffusionXLImg2ImgPipeline,
+)
 
 from sdxl_core.hashing import WeightHashCache, component_hash, hash_component_folder, weight_files
 from sdxl_core.invariance import make_batch_invariant
@@ -254,12 +259,12 @@ def _resolve(model: str, revision: str | None, what: str) -> tuple[Path, str, st
     return Path(folder), f"hub:{model}@{revision}", model
 
 
-def _attention_kind(unet: torch.nn.Module) -> str:
+def _attention_kind(unet: UNet2DConditionModel) -> str:
     kinds = {type(p).__name__ for p in unet.attn_processors.values()}
     return kinds.pop() if len(kinds) == 1 else repr(sorted(kinds))
 
 
-def _check_attention(unet: torch.nn.Module, fused: bool, what: str) -> str:
+def _check_attention(unet: UNet2DConditionModel, fused: bool, what: str) -> str:
     """Make sure every attention layer uses PyTorch SDPA; return the processor class name."""
     wanted = FusedAttnProcessor2_0 if fused else AttnProcessor2_0
     kinds = {type(p).__name__ for p in unet.attn_processors.values()}

@@ -40,7 +40,7 @@ def preset(name_or_ratio: str | float) -> tuple[int, int]:
             except ValueError:
                 size = ()
             if size in SDXL_RESOLUTIONS:
-                return size  # type: ignore[return-value]
+                return size
             raise ValueError(
                 f"{value!r} is not a recommended SDXL size; use one of "
                 f"{', '.join(f'{w}x{h}' for w, h in SDXL_RESOLUTIONS)} or a ratio like '16:9'"

@@ -25,17 +25,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeAlias, cast
 
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
+from diffusers.schedulers.scheduling_ddim import DDIMScheduler
+from diffusers.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
+from diffusers.schedulers.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteScheduler
+from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteScheduler
+
+# The scheduler classes built here (each a SchedulerMixin and a ConfigMixin, so with from_config and config).
+Scheduler: TypeAlias = (
+    DDIMScheduler | DPMSolverMultistepScheduler | EulerAncestralDiscreteScheduler | EulerDiscreteScheduler
 )
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
+SCHEDULERS: dict[str, tuple[type[Scheduler], dict[str, Any]]] = {
     "euler": (EulerDiscreteScheduler, {}),
     "euler_a": (EulerAncestralDiscreteScheduler, {}),
     "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
@@ -55,10 +57,16 @@ def check_scheduler_name(name: object) -> str:
     return name
 
 
-def build_scheduler(name: str, model_config: Mapping[str, Any]) -> SchedulerMixin:
+def _from_config(cls: type[Scheduler], config: dict[str, Any], **overrides: Any) -> Scheduler:
+    # diffusers' ConfigMixin.from_config is annotated ``Self | tuple[Self, dict]``: the tuple is only
+    # returned with return_unused_kwargs=True, which is never passed here.
+    return cast(Scheduler, cls.from_config(config, **overrides))
+
+
+def build_scheduler(name: str, model_config: Mapping[str, Any]) -> Scheduler:
     """The scheduler ``name`` on the model's own schedule (its scheduler config)."""
     cls, overrides = SCHEDULERS[check_scheduler_name(name)]
-    return cls.from_config(dict(model_config), **overrides)
+    return _from_config(cls, dict(model_config), **overrides)
 
 
 def _json_safe(value: Any) -> Any:
@@ -71,18 +79,18 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def scheduler_record(scheduler: SchedulerMixin, name: str | None = None) -> dict[str, Any]:
+def scheduler_record(scheduler: Scheduler, name: str | None = None) -> dict[str, Any]:
     """{"name", "class", "config"}: JSON-safe, enough to rebuild the same scheduler."""
     return {"name": name, "class": type(scheduler).__name__, "config": _json_safe(dict(scheduler.config))}
 
 
-def scheduler_from_record(record: Mapping[str, Any]) -> SchedulerMixin:
+def scheduler_from_record(record: Mapping[str, Any]) -> Scheduler:
     """Rebuild the scheduler a :func:`scheduler_record` describes."""
     cls = _CLASSES.get(record.get("class", ""))
     if cls is None:
         raise ValueError(f"recorded scheduler class {record.get('class')!r} is not one of {sorted(_CLASSES)}")
     config = {k: _NON_FINITE.get(v, v) if isinstance(v, str) else v for k, v in record["config"].items()}
-    return cls.from_config(config)
+    return _from_config(cls, config)
 
 
 __all__ = ["SCHEDULERS", "build_scheduler", "check_scheduler_name", "scheduler_from_record", "scheduler_record"]

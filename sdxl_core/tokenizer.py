@@ -89,7 +89,10 @@ def build_clip_tokenizer(pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
     vocab, merges = clip_vocab_and_merges()
     try:
         tokenizer = CLIPTokenizer(
-            vocab=dict(vocab), merges=list(merges), pad_token=pad_token, model_max_length=CLIP_MAX_LENGTH
+            vocab=dict(vocab),
+            merges=list(merges),  # type: ignore[arg-type]  # transformers: str | list[str]; its BPE takes (a, b) pairs
+            pad_token=pad_token,
+            model_max_length=CLIP_MAX_LENGTH,
         )
         ok = tokenizer(_CHECK_TEXT).input_ids == _CHECK_IDS
     except (TypeError, ValueError):

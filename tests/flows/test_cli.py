@@ -75,7 +75,7 @@ def test_who_is_acting_is_required_and_checked(cli, tmp_path: Path) -> None:
     code, _, err = cli("users", "add", "eve", "--role", "admin", actor="maria")
     assert code == 4 and "admin role" in _one_line(err)
     code, _, err = cli("users", "add", "eve", "--role", "boss", actor="admin")
-    assert code == 2 and "invalid choice: 'boss'" in _one_line(err)
+    assert code == 2 and 'Invalid value "boss" for --role' in _one_line(err)
 
 
 def test_submit_show_reject(cli, tmp_path: Path) -> None:
@@ -195,7 +195,8 @@ def test_every_exit_code_is_in_the_readme_table() -> None:
 
 def test_the_live_rate_is_sane_from_the_first_images() -> None:
     # images land a chunk at a time: two recorded 20 ms apart once read as "2843/min"
-    from flows.cli import RateWindow, progress_line
+    from flows.render import RateWindow, progress_line
+    from governance.batches import BatchProgress
 
     rate = RateWindow(window_s=60)
     rate.add(0.0, 0)
@@ -208,7 +209,97 @@ def test_the_live_rate_is_sane_from_the_first_images() -> None:
     for t in range(21, 200):  # an hour-long batch: only the last minute counts
         rate.add(float(t), 8 + (t - 20) * 2)
     assert rate.per_minute() == 120.0
-    line = progress_line(
-        {"done": 3, "planned": 12, "published": 2, "quarantined": 1, "images_per_minute": 24.0, "eta_seconds": 23}
+    line = progress_line(BatchProgress(3, 12, 2, 1, 25.0, None, None).with_rate(20.0))
+    assert line.endswith("20.0/min  ETA 27 s") and "3/12" in line  # 9 to go at 20/min: the ETA follows the live rate
+
+
+def test_settings_flags_go_before_or_after_the_command(make_cli, tmp_path) -> None:
+    before = make_cli([])
+    data = str(tmp_path / "d")
+    assert before("--data-dir", data, "users", "add", "admin", "--role", "admin")[0] == 0
+    after = make_cli(["--data-dir", data])
+    assert after.json("users", "list") == [{"name": "admin", "roles": "admin"}]
+    code, out, _ = before("--data-dir", data, "--as", "admin", "users", "add", "omar", "--role", "approver")
+    assert code == 0 and "omar" in out
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["batch", "list", "--status", "bogus"], 'Invalid value "bogus" for --status'),
+        (["batch", "lst"], 'Unknown command "lst". Did you mean "list"?'),
+        (["batch", "submit", "--purpose", "catalogue"], "requires an argument"),
+        (["batch", "submit", "f.csv", "--purpose", "brochure"], 'Invalid value "brochure" for --purpose'),
+        (["compliance", "impact"], "Exactly 1 of {--model-version, --licence}"),
+        (["compliance", "impact", "--licence", "x", "--model-version", "y"], "Exactly 1 of"),
+        (["compliance", "search", "--limit", "-3"], "--limit"),
+        (["compliance", "export", "--format", "xlsx", "--out", "x"], 'Invalid value "xlsx" for --format'),
+        (["run", "--progress", "sometimes"], 'Invalid value "sometimes" for --progress'),
+        (["verify"], "name at least one image file or folder"),
+        (["deploy", "--gpus", "0"], "--gpus"),
+    ],
+)
+def test_mistakes_on_the_command_line_are_one_line_exit_2_naming_the_fix(make_cli, tmp_path, argv, fragment) -> None:
+    cli = make_cli(["--data-dir", str(tmp_path / "d")])
+    code, out, err = cli(*argv)
+    line = _one_line(err)
+    assert code == 2 and fragment in line, line
+    assert out == ""
+    if argv != ["verify"]:  # a parse error says where the help is
+        assert "--help`)" in line
+    assert not (tmp_path / "d").exists()  # refused before anything was opened or created
+
+
+def test_help_lists_every_command_and_the_settings(make_cli, tmp_path) -> None:
+    cli = make_cli([])
+    code, out, _ = cli("--help")
+    assert code == 0
+    for command in ("batch", "compliance", "run", "trace", "verify", "reproduce", "completion", "--data-dir", "--as"):
+        assert command in out, command
+    code, out, _ = cli("batch", "submit", "--help")
+    assert code == 0 and "catalogue, marketing" in out and "FILE" in out
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_shell_completion_knows_the_commands_and_their_choices(make_cli, shell) -> None:
+    code, out, err = make_cli([])("completion", "--shell", shell)
+    assert code == 0, err
+    for word in ("atelier", "submit", "approve", "compliance", "--purpose", "marketing"):
+        assert word in out, (shell, word)
+    if shell == "bash":
+        import subprocess
+
+        check = subprocess.run(["bash", "-n"], input=out, text=True, capture_output=True)
+        assert check.returncode == 0, check.stderr  # the script parses in bash
+
+
+def test_batch_show_lists_every_field_of_every_row(cli, tmp_path) -> None:
+    row = {
+        **GOOD[0],
+        "negative_prompt": "blurry, watermark",
+        "guidance_scale": 6.5,
+        "refiner_split": 0.7,
+        "num_images": 2,
+        "ref": "SKU-42",
+    }
+    out = cli.json(
+        "batch", "submit", str(write_prompts(tmp_path / "r.csv", [row])), "--purpose", "catalogue", actor="maria"
     )
-    assert line.endswith("24.0/min  ETA 23 s") and "3/12" in line
+    shown = cli.json("batch", "show", out["batch_id"][:8].upper())  # a short id, in any case
+    [detail] = shown["prompts_detail"]
+    assert detail == {
+        "row_id": "a",
+        "prompt": "a lamp",
+        "negative_prompt": "blurry, watermark",
+        "seed": 1,
+        "ref": "SKU-42",
+        "width": 256,
+        "height": 256,
+        "steps": 2,
+        "guidance_scale": 6.5,
+        "refiner_split": 0.7,
+        "num_images": 2,
+    }
+    assert shown["batch_id"] == out["batch_id"] and shown["progress"]["planned"] == 2
+    code, text, _ = cli("batch", "show", out["batch_id"])
+    assert code == 0 and "blurry, watermark" in text and "6.5" in text and "0.7" in text and "SKU-42" in text

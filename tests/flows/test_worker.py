@@ -7,7 +7,6 @@ unfinished chunk back the moment something fails.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -40,9 +39,10 @@ class Script:
     def submit_marks(self, items):
         self.calls.append(("mark", [i.planned.image_id for i in items]))
 
-    def publish_ready(self, queue: deque, wait: bool):
+    def publish_ready(self, queue, wait: bool):
         # the after-decode pool is slow here: nothing is ready unless we wait for it
-        done = [queue.popleft().chunk_id for _ in range(len(queue))] if wait else []
+        assert isinstance(queue, tuple), "the step gets a snapshot of the queue, never the worker's own"
+        done = [item.chunk_id for item in queue] if wait else []
         self.calls.append(("publish", wait, len(done)))
         return done, 0.0
 

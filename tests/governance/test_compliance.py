@@ -100,7 +100,7 @@ def test_search_rejects_bad_filters_with_one_line(sessions, world) -> None:
             search_images(s, SearchFilters(licence="mit"))
         with pytest.raises(InvalidInput, match="is not before"):
             search_images(s, SearchFilters(since=T_B, until=T_A))
-    with pytest.raises(InvalidInput, match="--since '31/01/2026' is not a date"):
+    with pytest.raises(InvalidInput, match="since '31/01/2026' is not a date"):
         parse_when("31/01/2026")
     assert parse_when("2026-01-31", end=True) == datetime(2026, 2, 1, tzinfo=UTC)
     assert parse_when("2026-01-31T12:00:00+02:00") == datetime(2026, 1, 31, 10, tzinfo=UTC)
@@ -115,15 +115,13 @@ def test_trace_images_is_trace_image_for_many(sessions, world) -> None:
         singles = [trace_image(s, s.get(Image, i)) for i in ids]
     assert many == singles
     first = many[0]
-    assert first["batch"]["use_category"] == "product-catalogue" and first["approval"]["approved_by"] == "omar"
-    assert {m["sha256"] for m in first["models"]} == set(GEN1.values())
-    assert [o["obligation"] for o in first["licence_obligations"]] == [
+    assert first.batch.use_category == "product-catalogue" and first.approval.approved_by == "omar"
+    assert {m.sha256 for m in first.models} == set(GEN1.values())
+    assert [o["obligation"] for o in first.licence_obligations] == [
         "pass-on-use-restrictions",
         "output-accountability",
     ]
-    assert {"batch.submitted", "batch.approved", "run.started", "image.published"} <= {
-        a["action"] for a in first["audit"]
-    }
+    assert {"batch.submitted", "batch.approved", "run.started", "image.published"} <= {a.action for a in first.audit}
 
 
 def _count_statements(sessions, fn) -> int:
@@ -291,13 +289,16 @@ def test_cli_bad_flags_give_one_line_errors(capsys, tmp_path) -> None:
     cli("users", "add", "lee", "--role", "auditor", actor="admin")
     cli("users", "add", "maria", "--role", "requester", actor="admin")
     cases = [
-        (("compliance", "search", "--since", "yesterday"), "--since 'yesterday' is not a date"),
-        (("compliance", "search", "--until", "2026-13-01"), "--until '2026-13-01' is not a date"),
-        (("compliance", "search", "--verdict", "maybe"), "invalid choice: 'maybe'"),
-        (("compliance", "search", "--limit", "-1"), "--limit must be 0"),
+        (("compliance", "search", "--since", "yesterday"), "since 'yesterday' is not a date"),
+        (("compliance", "search", "--until", "2026-13-01"), "until '2026-13-01' is not a date"),
+        (("compliance", "search", "--verdict", "maybe"), 'Invalid value "maybe" for --verdict'),
+        (("compliance", "search", "--limit", "-1"), "--limit"),
         (("compliance", "search", "--model-version", "nope"), "no model version matches 'nope'"),
         (("compliance", "impact", "--licence", "nope"), "no licence 'nope'"),
-        (("compliance", "export", "--format", "xlsx", "--out", str(tmp_path / "x")), "unknown export format"),
+        (
+            ("compliance", "export", "--format", "xlsx", "--out", str(tmp_path / "x")),
+            'Invalid value "xlsx" for --format',
+        ),
         (
             ("compliance", "report", "--from", "2026-02-01", "--to", "2026-01-01", "--out", str(tmp_path / "r.html")),
             "is not before",
@@ -362,10 +363,7 @@ def produced(tmp_path_factory, tiny_models, prefect_server, s3_server):
         for name, role in [("maria", "requester"), ("omar", "approver"), ("ops", "operator"), ("lee", "auditor")]:
             ok("users", "add", name, "--role", role, actor="admin")
         ok("licences", "register", "creativeml-openrail++-m", actor="admin")
-        from flows.cli import build_parser
-
-        if " keys " in build_parser().format_help():  # C2PA signing keys, where this checkout has them
-            ok("keys", "init")
+        ok("keys", "init")
         rows = [
             {
                 "row_id": "sku-1",

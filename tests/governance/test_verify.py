@@ -110,8 +110,9 @@ def world(sessions, tmp_path):
 
 
 def check(sessions, path, anchors, keys=(K_NEW, K_OLD), limits=None):
+    """`verify_file`'s result as the `--json` output a user reads (its `to_dict()`)."""
     with sessions() as s:
-        return verify_file(s, path, anchors, list(keys), limits)
+        return verify_file(s, path, anchors, list(keys), limits).to_dict()
 
 
 def test_published_files_are_original_and_stripped_copies_are_found_by_watermark(sessions, world, tmp_path):
@@ -251,9 +252,9 @@ def test_many_files_and_folders_in_one_call(sessions, world, tmp_path):
     assert [p.name for p in paths] == ["b.txt", "a.png", "dwtdct.png"]
     with sessions() as s:
         results = list(verify_files(s, paths, anchors, [K_NEW, K_OLD]))
-    assert [r["verdict"] for r in results] == ["error", "original", "original"]
-    assert "not an image file" in results[0]["error"]
-    assert exit_code_for(r["verdict"] for r in results) == 2
+    assert [r.verdict for r in results] == ["error", "original", "original"]
+    assert "not an image file" in (results[0].error or "") and results[0].signals is None
+    assert exit_code_for(r.verdict for r in results) == 2 and results[0].exit_code == 2
     assert exit_code_for(["original", "derived", "unknown"]) == 12
     assert exit_code_for(["original", "tampered", "unknown"]) == 11
 
@@ -268,6 +269,7 @@ def test_without_a_watermark_key_verify_says_the_mark_was_not_checked(sessions, 
     with sessions() as s:  # and with no legacy image either, the mark is plainly "not checked"
         from governance.verify import Candidates
 
-        out = verify_file(s, path, anchors, [], None, Candidates())
-    assert out["signals"]["watermark"]["verdict"] == "not checked"
-    assert "ATELIER_WATERMARK_KEY_FILE" in out["signals"]["watermark"]["reason"]
+        result = verify_file(s, path, anchors, [], None, Candidates())
+    assert result.signals is not None and result.signals.watermark is not None
+    assert result.signals.watermark.verdict == "not checked"
+    assert "ATELIER_WATERMARK_KEY_FILE" in (result.signals.watermark.reason or "")
