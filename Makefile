@@ -27,6 +27,7 @@ test: $(VENV)/.stamp-dev
 lint: $(VENV)/.stamp-dev
 	$(BIN)/ruff check flows sdxl_core governance migrations tests bench
 	$(BIN)/ruff format --check flows sdxl_core governance migrations tests bench
+	$(BIN)/mypy
 
 bench-generate: $(VENV)/.stamp-runtime
 	$(BIN)/python bench/generate.py

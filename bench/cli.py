@@ -25,20 +25,33 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here] + [str(
 REPO = _here.parent
 
 
-def atelier(*args: str, data: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+def as_user(data: Path, user: str) -> list[str]:
+    """`--token-file` of a demo user: its token (from DATA_DIR/demo-tokens.json) in a 0600 file."""
+    path = data.parent / f"{user}.token"
+    if not path.exists():
+        path.write_text(json.loads((data / "demo-tokens.json").read_text())[user] + "\n")
+        path.chmod(0o600)
+    return ["--token-file", str(path)]
+
+
+def atelier(*args: str, data: Path, check: bool = True, user: str | None = None) -> subprocess.CompletedProcess[str]:
+    who = as_user(data, user) if user else []
     done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args, "--data-dir", str(data)], capture_output=True, text=True, cwd=REPO
+        [sys.executable, "-m", "flows.cli", *args, "--data-dir", str(data), *who],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
     if check and done.returncode != 0:
         raise SystemExit(f"atelier {' '.join(args)} failed ({done.returncode}): {done.stderr[-500:]}")
     return done
 
 
-def timed(args: list[str], data: Path, repeats: int, expect: int = 0) -> list[float]:
+def timed(args: list[str], data: Path, repeats: int, expect: int = 0, user: str = "lee") -> list[float]:
     out = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        done = atelier(*args, data=data, check=False)
+        done = atelier(*args, data=data, check=False, user=user)
         out.append(time.perf_counter() - t0)
         if done.returncode != expect:
             raise SystemExit(f"atelier {' '.join(args)}: exit {done.returncode}, wanted {expect}: {done.stderr[-300:]}")
@@ -53,7 +66,7 @@ def main() -> str:
     work = Path(tempfile.mkdtemp(prefix="atelier-cli-bench-"))
     data = work / "d"
     atelier("demo", data=data)
-    batches = json.loads(atelier("batch", "list", "--json", data=data).stdout)
+    batches = json.loads(atelier("batch", "list", "--json", data=data, user="lee").stdout)
     batch_id = batches[0]["batch_id"]
     image = next((data / "store" / "images").glob("*/*.png"))
     rows: list[tuple[str, list[float], float, str]] = []
@@ -67,11 +80,10 @@ def main() -> str:
                     str(REPO / "examples" / "catalogue.csv"),
                     "--purpose",
                     "catalogue",
-                    "--as",
-                    "maria",
                 ],
                 data,
                 a.repeats,
+                user="maria",
             ),
             3.0,
             "",
@@ -89,18 +101,18 @@ def main() -> str:
             str(REPO / "examples" / "catalogue.csv"),
             "--purpose",
             "marketing",
-            "--as",
-            "maria",
             "--json",
             data=data,
+            user="maria",
         ).stdout
-    )["batch_id"]
-    atelier("batch", "approve", fresh, "--as", "omar", data=data)
+    )
+    atelier("batch", "approve", fresh["batch_id"], "--content-sha256", fresh["content_sha256"], data=data, user="omar")
+    fresh = fresh["batch_id"]
     (data / "keys" / "signer-key.pem").rename(data / "keys" / "signer-key.pem.away")
     rows.append(
         (
             "run, refused (no signer key)",
-            timed(["run", "--batch", fresh, "--as", "ops"], data, a.repeats, expect=6),
+            timed(["run", "--batch", fresh], data, a.repeats, expect=6, user="ops"),
             3.0,
             "",
         )

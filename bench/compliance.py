@@ -4,7 +4,9 @@
 2. Fills it with COPY (psycopg `cursor.copy`, no ORM): users, the licence, model versions in four
    generations, batches of 100 prompts with 2 images each, their approvals and runs, the images
    (3% quarantined) with licence obligations, and the audit events of all of it in one valid hash
-   chain (`governance.audit.event_hash`). Times spread over a year.
+   chain (`governance.audit.event_hash`), each authenticated (HMAC under the bench's audit key) and
+   binding the records it made, with the digests the database computes (`governance.bindings`, the
+   SQL the write path runs). Times spread over a year.
 3. Measures, through the same functions the CLI calls:
 
    trace by SHA-256 / by key   `trace.find_image` + `trace.trace_image`, fresh session each (p50, p95)
@@ -13,13 +15,17 @@
    search --json               the same hits as `atelier trace` records (`trace.trace_images`)
    impact of a model version   `compliance.impact`: every published image of one base UNet (~1/4)
    export 100,000 rows         `compliance.export_lineage` to Parquet, oldest first
-   audit verify                `audit.verify_chain` over every event: events/s
+   audit verify                `audit.verify_chain` (chain + MACs) over every event, one process and
+                               seq ranges across processes (`ledger.verify_chain_parallel`): events/s;
+                               `bindings.check_records` over every governed row: rows/s; full, and
+                               incremental from an anchor 10% before the head (`measure_audit`)
 
    and compares them with issue 5's targets. The table is printed and appended, with the date,
    machine and load, under "## compliance" in bench/RESULTS.md (one write at the end).
 
     .venv/bin/python bench/compliance.py --images 20000 --no-record     # smoke, ~1 minute
     .venv/bin/python bench/compliance.py                                 # 1,000,000 images
+    .venv/bin/python bench/compliance.py --reuse --audit-only            # `audit verify` only, filled db
 """
 
 from __future__ import annotations
@@ -46,9 +52,11 @@ if str(REPO) not in sys.path:
 
 import psycopg  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy.dialects import postgresql  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from governance.audit import GENESIS_HASH, canonical_json, event_hash  # noqa: E402
+from governance import bindings  # noqa: E402
+from governance.audit import GENESIS_HASH, AuditKey, AuditKeyRing, canonical_json, event_hash  # noqa: E402
 from governance.licences import CREATIVEML_OPENRAIL_PP_M  # noqa: E402
 from governance.records import Image, image_id_for, prompt_id_for  # noqa: E402
 
@@ -59,6 +67,7 @@ TARGETS = {
     "impact_s": 2.0,
     "export_100k_s": 10.0,
     "verify_events_per_s": 200_000.0,
+    "records_per_s": 100_000.0,
 }
 
 PROMPTS_PER_BATCH = 100
@@ -199,26 +208,76 @@ class Chain:
         self.seq, self.prev = 0, GENESIS_HASH
 
     def row(
-        self, at: dt.datetime, actor: str, action: str, subject_type: str, subject_id: str, payload: dict[str, Any]
-    ) -> tuple[Any, ...]:
-        self.seq += 1
-        stamp = iso(at)
-        body = {
-            "seq": self.seq,
-            "at": stamp,
-            "actor": actor,
-            "action": action,
-            "subject_type": subject_type,
-            "subject_id": subject_id,
-            "payload": payload,
-        }
-        digest = event_hash(self.prev, body)
-        out = (self.seq, stamp, actor, action, subject_type, subject_id, canonical_json(payload), self.prev, digest)
-        self.prev = digest
+        self,
+        at: dt.datetime,
+        actor: str,
+        action: str,
+        subject_type: str,
+        subject_id: str,
+        payload: dict[str, Any],
+        bind: list[tuple[str, str]] | None = None,
+    ) -> Spec:
+        """An event to write once the rows it binds are in (their digests come from the database)."""
+        return (at, actor, action, subject_type, subject_id, payload, bind or [])
+
+    def rows(self, specs: list[Spec], digests: dict[tuple[str, str], str]) -> list[tuple[Any, ...]]:
+        """The events as COPY rows, in order: chained, binding their records, authenticated (MAC)."""
+        out = []
+        for at, actor, action, subject_type, subject_id, payload, bind in specs:
+            self.seq += 1
+            stamp = iso(at)
+            records = sorted([kind, rid, digests[(kind, rid)]] for kind, rid in bind) or None
+            body: dict[str, Any] = {
+                "seq": self.seq,
+                "at": stamp,
+                "actor": actor,
+                "action": action,
+                "subject_type": subject_type,
+                "subject_id": subject_id,
+                "payload": payload,
+                "key_id": AUDIT_KEY.key_id,
+            }
+            if records:
+                body["records"] = records
+            digest = event_hash(self.prev, body)
+            out.append(
+                (
+                    self.seq,
+                    stamp,
+                    actor,
+                    action,
+                    subject_type,
+                    subject_id,
+                    canonical_json(payload),
+                    self.prev,
+                    digest,
+                    canonical_json(records) if records else None,
+                    AUDIT_KEY.key_id,
+                    AUDIT_KEY.mac(digest),
+                )
+            )
+            self.prev = digest
         return out
 
 
-EVENT_COLUMNS = "seq, at, actor, action, subject_type, subject_id, payload, prev_hash, hash"
+Spec = tuple[dt.datetime, str, str, str, str, dict[str, Any], list[tuple[str, str]]]
+EVENT_COLUMNS = "seq, at, actor, action, subject_type, subject_id, payload, prev_hash, hash, records, key_id, mac"
+# The bench's audit key (public: bench data only). Events are authenticated as Atelier writes them.
+AUDIT_KEY = AuditKey(hashlib.sha256(b"atelier bench audit key - NOT FOR PRODUCTION").digest(), development=True)
+AUDIT_KEYS = AuditKeyRing((AUDIT_KEY,))
+PG = postgresql.dialect()
+
+
+def digests_of(
+    cur: Any, kind_name: str, where: str = "TRUE", params: tuple[Any, ...] = ()
+) -> dict[tuple[str, str], str]:
+    """The database's digests (governance.bindings, the SQL the write path runs) of some rows of a kind."""
+    kind = bindings.kind_named(kind_name)
+    cur.execute(
+        f"SELECT {bindings.id_sql(PG, kind)}, {bindings.digest_sql(PG, kind)} FROM {kind.table} t WHERE {where}",
+        params,
+    )
+    return {(kind_name, rid): digest for rid, digest in cur.fetchall()}
 
 
 def fill(url: str, n_images: int, seed: int) -> dict[str, Any]:
@@ -258,14 +317,18 @@ def fill(url: str, n_images: int, seed: int) -> dict[str, Any]:
     with psycopg.connect(pg) as conn, conn.cursor() as cur:
         cur.execute("SET synchronous_commit = off")
         cur.execute("SET maintenance_work_mem = '512MB'")
-        events: list[tuple[Any, ...]] = []
+        events: list[Spec] = []
         with cur.copy("COPY users (id, name, created_at) FROM STDIN") as cp:
             for name, user_id in user_ids.items():
                 cp.write_row((user_id, name, START))
         with cur.copy("COPY user_roles (user_id, role) FROM STDIN") as cp:
             for name, role in users:
                 cp.write_row((user_ids[name], role))
-                events.append(chain.row(START, "admin", "user.created", "user", name, {"roles": [role]}))
+                events.append(
+                    chain.row(
+                        START, "admin", "user.created", "user", name, {"roles": [role]}, [("user", str(user_ids[name]))]
+                    )
+                )
         lic = CREATIVEML_OPENRAIL_PP_M
         cur.execute(
             "INSERT INTO licences (id, name, url, text_sha256, obligations, restrictions, created_at) "
@@ -288,6 +351,7 @@ def fill(url: str, n_images: int, seed: int) -> dict[str, Any]:
                 "licence",
                 lic.id,
                 {"name": lic.name, "text_sha256": lic.text_sha256},
+                [("licence", lic.id)],
             )
         )
         seen: set[str] = set()
@@ -308,17 +372,20 @@ def fill(url: str, n_images: int, seed: int) -> dict[str, Any]:
                             "model_version",
                             mid,
                             {"role": role, "sha256": digest, "licence_id": lic.id},
+                            [("model_version", mid)],
                         )
                     )
+        found = {**digests_of(cur, "user"), **digests_of(cur, "licence"), **digests_of(cur, "model_version")}
         with cur.copy(f"COPY audit_events ({EVENT_COLUMNS}) FROM STDIN") as cp:
-            for e in events:
+            for e in chain.rows(events, found):
                 cp.write_row(e)
         log(f"users, licence, {len(seen)} model versions")
 
         batch_rows, approval_rows, run_rows, rmv_rows = [], [], [], []
         prompt_rows: list[tuple[Any, ...]] = []
         image_rows: list[tuple[Any, ...]] = []
-        event_rows: list[tuple[Any, ...]] = []
+        event_rows: list[Spec] = []
+        chunk_batches: list[str] = []
         written = {"prompts": 0, "images": 0, "events": len(events)}
 
         def flush() -> None:
@@ -331,8 +398,17 @@ def fill(url: str, n_images: int, seed: int) -> dict[str, Any]:
             with cur.copy(f"COPY images ({', '.join(image_columns)}) FROM STDIN") as cp:
                 for r in image_rows:
                     cp.write_row(r)
+            found: dict[tuple[str, str], str] = {}
+            for kind, where in (
+                ("batch", "t.id = ANY(%s)"),
+                ("prompt", "t.batch_id = ANY(%s)"),
+                ("approval", "t.batch_id = ANY(%s)"),
+                ("run", "t.batch_id = ANY(%s)"),
+                ("image", "t.batch_id = ANY(%s)"),
+            ):
+                found.update(digests_of(cur, kind, where, (chunk_batches,)))
             with cur.copy(f"COPY audit_events ({EVENT_COLUMNS}) FROM STDIN") as cp:
-                for r in event_rows:
+                for r in chain.rows(event_rows, found):
                     cp.write_row(r)
             written["prompts"] += len(prompt_rows)
             written["images"] += len(image_rows)
@@ -340,11 +416,13 @@ def fill(url: str, n_images: int, seed: int) -> dict[str, Any]:
             prompt_rows.clear()
             image_rows.clear()
             event_rows.clear()
+            chunk_batches.clear()
 
         made = 0
         for b in range(n_batches):
             created = START + span * b
             batch_id, approval_id, run_id = uid("batch", b), uid("approval", b), uid("run", b)
+            chunk_batches.append(batch_id)
             requester, approver = requesters[b % len(requesters)], approvers[b % len(approvers)]
             operator = operators[b % len(operators)]
             purpose = "catalogue" if b % 3 else "marketing"
@@ -389,6 +467,7 @@ def fill(url: str, n_images: int, seed: int) -> dict[str, Any]:
                         "prompts": n_here,
                         "images": n_here * IMAGES_PER_PROMPT,
                     },
+                    [("prompt", prompt_id_for(batch_id, f"row-{p:03d}")) for p in range(n_here)],
                 )
             )
             event_rows.append(
@@ -399,6 +478,7 @@ def fill(url: str, n_images: int, seed: int) -> dict[str, Any]:
                     "batch",
                     batch_id,
                     {"approval_id": approval_id, "content_sha256": content, "reason": ""},
+                    [("approval", approval_id)],
                 )
             )
             event_rows.append(
@@ -504,6 +584,7 @@ def fill(url: str, n_images: int, seed: int) -> dict[str, Any]:
                                     "store": STORE_URL,
                                     "key": key,
                                 },
+                                [("image", image_id)],
                             )
                         )
                     else:
@@ -521,6 +602,7 @@ def fill(url: str, n_images: int, seed: int) -> dict[str, Any]:
                                     "prompt_id": prompt_id,
                                     "reasons": ["nsfw score 0.91 above 0.5"],
                                 },
+                                [("image", image_id)],
                             )
                         )
                     image_rows.append(tuple(values.get(c) for c in image_columns))
@@ -532,6 +614,7 @@ def fill(url: str, n_images: int, seed: int) -> dict[str, Any]:
                     "run",
                     run_id,
                     {"batch_id": batch_id, "published": published, "quarantined": quarantined, "remaining": 0},
+                    [("run", run_id), ("batch", batch_id)],
                 )
             )
             if len(image_rows) >= 50_000 or b == n_batches - 1:
@@ -604,7 +687,6 @@ def pct(values: list[float], q: float) -> float:
 
 
 def measure(url: str, info: dict[str, Any], queries: int, seed: int) -> list[dict[str, Any]]:
-    from governance.audit import verify_chain
     from governance.compliance import EXPORT_COLUMNS, SearchFilters, export_lineage, impact, search_images
     from governance.db import make_engine, make_sessionmaker
     from governance.trace import find_image, trace_image, trace_images
@@ -730,24 +812,102 @@ def measure(url: str, info: dict[str, Any], queries: int, seed: int) -> list[dic
         f"{len(EXPORT_COLUMNS)} columns, {size:.1f} MB",
     )
 
+    engine.dispose()
+    return results + measure_audit(url)
+
+
+def measure_audit(url: str, processes: int | None = None) -> list[dict[str, Any]]:
+    """`audit verify`'s database work, as `governance.ledger.verify_ledger` does it (no store here):
+
+    - the chain and every event's MAC (`audit.verify_chain`), in one process and across processes
+      by seq ranges (`ledger.verify_chain_parallel`, what `audit verify` runs on PostgreSQL);
+    - every governed row against its latest binding (`bindings.check_records`), set-based in PostgreSQL;
+    - incremental: from a verified anchor 10% before the head (the events after it, the records they bind)."""
+    from governance.audit import ChainStart, verify_chain
+    from governance.bindings import check_records
+    from governance.db import make_engine, make_sessionmaker
+    from governance.ledger import verify_chain_parallel
+
+    engine = make_engine(url)
+    sessions = make_sessionmaker(engine, audit_keys=AUDIT_KEYS)
+    results: list[dict[str, Any]] = []
+
+    def add(name: str, took: float, target: str, met: bool | None, note: str) -> None:
+        results.append(
+            {
+                "measure": name,
+                "n": 1,
+                "p50": took,
+                "p95": took,
+                "target": target,
+                "met": "-" if met is None else ("yes" if met else "NO"),
+                "note": note,
+            }
+        )
+        log(f"{name}: {took:.1f} s, {note}")
+
     with sessions() as s:
         t0 = time.perf_counter()
-        report = verify_chain(s)
-        took = time.perf_counter() - t0
-    assert report.ok, report.problem
-    rate = report.events / took
-    results.append(
-        {
-            "measure": "audit verify",
-            "n": 1,
-            "p50": took,
-            "p95": took,
-            "target": ">= 200,000 events/s",
-            "met": "yes" if rate >= TARGETS["verify_events_per_s"] else "NO",
-            "note": f"{report.events:,} events, {rate:,.0f} events/s",
-        }
+        chain = verify_chain(s)
+        chain_s = time.perf_counter() - t0
+    assert chain.ok and chain.authenticated == chain.events, chain.problem
+    rate = chain.events / chain_s
+    add(
+        "audit verify: chain + MAC, 1 process",
+        chain_s,
+        "",
+        None,
+        f"{chain.events:,} events, {rate:,.0f} events/s",
     )
-    log(f"audit verify: {report.events:,} events in {took:.1f} s = {rate:,.0f} events/s")
+    workers = processes or os.cpu_count() or 1
+    t0 = time.perf_counter()
+    parallel = verify_chain_parallel(url, AUDIT_KEYS, processes=workers)
+    par_s = time.perf_counter() - t0
+    assert parallel.ok and parallel.head_hash == chain.head_hash, parallel.problem
+    par_rate = parallel.events / par_s
+    add(
+        f"audit verify: chain + MAC, {workers} processes",
+        par_s,
+        ">= 200,000 events/s",
+        par_rate >= TARGETS["verify_events_per_s"],
+        f"{parallel.events:,} events, {par_rate:,.0f} events/s (seq ranges, one per process)",
+    )
+    with sessions() as s:
+        t0 = time.perf_counter()
+        records = check_records(s, chain.head_seq)
+        rec_s = time.perf_counter() - t0
+    assert not records.problems, records.problems[:3]
+    rec_rate = records.rows / rec_s
+    add(
+        "audit verify: record check",
+        rec_s,
+        ">= 100,000 rows/s",
+        rec_rate >= TARGETS["records_per_s"],
+        f"{records.rows:,} governed rows ({records.checked.get('image', 0):,} images), {rec_rate:,.0f} rows/s",
+    )
+    full_s = min(chain_s, par_s) + rec_s
+    add(
+        "audit verify, full (chain + MAC + records)",
+        full_s,
+        "",
+        None,
+        f"{chain.events:,} events and {records.rows:,} rows; anchors and published objects not included",
+    )
+    since = chain.head_seq - chain.head_seq // 10
+    with sessions() as s:
+        start_hash = s.execute(text("SELECT hash FROM audit_events WHERE seq = :s"), {"s": since}).scalar_one()
+        t0 = time.perf_counter()
+        tail = verify_chain(s, start=ChainStart(since, start_hash))
+        tail_records = check_records(s, tail.head_seq, since_seq=since)
+        inc_s = time.perf_counter() - t0
+    assert tail.ok and not tail_records.problems
+    add(
+        "audit verify, incremental (last 10%)",
+        inc_s,
+        "",
+        None,
+        f"from a verified anchor at event {since:,}: {tail.events:,} events, {tail_records.rows:,} rows bound since",
+    )
     engine.dispose()
     return results
 
@@ -828,6 +988,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drop", action="store_true", help="drop the database afterwards")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to bench/RESULTS.md")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "RESULTS.md")
+    parser.add_argument("--audit-only", action="store_true", help="measure `audit verify` only")
     args = parser.parse_args(argv)
     if args.images < 200:
         parser.error("--images must be at least 200")
@@ -848,7 +1009,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"database {args.database} created and migrated; filling {args.images:,} images")
         info = fill(url, args.images, args.seed)
         info_file.write_text(json.dumps(info, default=str))
-    results = measure(url, info, args.queries, args.seed)
+    results = measure_audit(url) if args.audit_only else measure(url, info, args.queries, args.seed)
     text_ = (
         f"### {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC: {args.images:,} images\n\n{header(info, url)}\n\n"
         f"{table(results)}\n"

@@ -57,7 +57,7 @@ def _trial(n: int, args: argparse.Namespace, batch: Batch, prefect_url: str, rng
             return int(s.scalar(select(func.count()).select_from(Image).where(Image.batch_id == batch_id)))
 
     env = {**os.environ, "PREFECT_API_URL": prefect_url, "ATELIER_CHUNK_SIZE": "4", "ATELIER_LEASE_SECONDS": "6"}
-    cmd = [sys.executable, "-m", "flows.cli", "run", "--batch", batch_id, "--as", "ops", *flags]
+    cmd = [sys.executable, "-m", "flows.cli", "run", "--batch", batch_id, *flags]  # flags: ops's --token-file
 
     def start() -> subprocess.Popen[bytes]:
         return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

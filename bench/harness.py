@@ -7,7 +7,6 @@ Needs PostgreSQL (ATELIER_TEST_PG_URL, default 127.0.0.1:5432).
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 import shutil
 import tempfile
@@ -20,9 +19,10 @@ from typing import Any
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from flows.cli import main
 from flows.runtime import Runtime
 from flows.settings import get_settings
+from tests.flows.conftest import CLI, token_file  # noqa: E402 - the tests' own way of acting as a user
+from tests.flows.conftest import approved_batch as approved_batch_via_cli  # noqa: E402
 
 PG = os.environ.get("ATELIER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
@@ -91,28 +91,15 @@ def approved_batch(
         ]
         flags += ["--store-url", store_url] if store_url else []
         flags += ["--s3-endpoint-url", s3_url] if s3_url else []
-        with (work / "p.csv").open("w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["row_id", "prompt", "seed", "width", "height", "steps", "num_images"])
-            for i in range(images // 2):
-                w.writerow([f"r{i}", f"product {i}", 100 + i, size, size, steps, 2])
-        for argv in (
-            ["db", "upgrade"],
-            ["users", "add", "admin", "--role", "admin"],
-            ["users", "add", "req", "--role", "requester", "--as", "admin"],
-            ["users", "add", "app", "--role", "approver", "--as", "admin"],
-            ["users", "add", "ops", "--role", "operator", "--as", "admin"],
-            ["licences", "register", "creativeml-openrail++-m", "--as", "admin"],
-            ["keys", "init"],
-            ["batch", "submit", str(work / "p.csv"), "--purpose", "catalogue", "--as", "req"],
-        ):
-            assert main([*argv, *flags]) == 0, argv
+        rows = [
+            {"row_id": f"r{i}", "prompt": f"product {i}", "seed": 100 + i, "width": size, "height": size}
+            | {"steps": steps, "num_images": 2}
+            for i in range(images // 2)
+        ]
+        cli = CLI(None, flags)  # users act with their own API tokens, as in the tests
+        batch_id = approved_batch_via_cli(cli, work, rows)
+        flags += ["--token-file", str(token_file(work / "ops.token", cli.token("ops")))]  # later commands: ops
         rt = Runtime(get_settings(database_url=url, data_dir=work / "d", store_url=store_url, s3_endpoint_url=s3_url))
-        with rt.sessions() as s:
-            from governance.batches import list_batches
-
-            batch_id = list_batches(s)[0].id
-        assert main(["batch", "approve", batch_id, "--as", "app", *flags]) == 0
         try:
             yield Batch(flags, batch_id, rt, work)
         finally:

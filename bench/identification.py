@@ -22,7 +22,6 @@ over a folder of 100 files in one process.
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import math
 import platform
@@ -275,38 +274,24 @@ def unmarked_false_accepts(args: argparse.Namespace) -> list[str]:
 
 
 def flow(args: argparse.Namespace) -> str:
-    from flows.cli import main
     from flows.runtime import Runtime
     from flows.settings import get_settings
     from governance.records import Image as ImageRecord
     from governance.verify import verify_file
+    from tests.flows.conftest import CLI, approved_batch, token_file
 
     work = Path(tempfile.mkdtemp(prefix="atelier-ident-"))
     flags = ["--data-dir", str(work / "d")]
-    prompts = work / "prompts.csv"
-    with prompts.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["row_id", "prompt", "seed", "width", "height", "steps"])
-        for i in range(args.images):
-            w.writerow([f"r{i}", f"product photo number {i}", 5000 + i, args.size, args.size, args.steps])
-    for argv in (
-        ["users", "add", "admin", "--role", "admin"],
-        ["users", "add", "req", "--role", "requester", "--as", "admin"],
-        ["users", "add", "app", "--role", "approver", "--as", "admin"],
-        ["users", "add", "ops", "--role", "operator", "--as", "admin"],
-        ["licences", "register", "creativeml-openrail++-m", "--as", "admin"],
-        ["keys", "init"],
-        ["batch", "submit", str(prompts), "--purpose", "marketing", "--as", "req"],
-    ):
-        assert main([*argv, *flags]) == 0, argv
+    rows = [
+        {"row_id": f"r{i}", "prompt": f"product photo number {i}", "seed": 5000 + i, "width": args.size}
+        | {"height": args.size, "steps": args.steps}
+        for i in range(args.images)
+    ]
+    cli = CLI(None, flags)  # users act with their own API tokens, as in the tests
+    batch_id = approved_batch(cli, work, rows, "marketing")
     rt = Runtime(get_settings(data_dir=work / "d"))
-    with rt.sessions() as s:
-        from governance.batches import list_batches
-
-        batch_id = list_batches(s)[0].id
-    assert main(["batch", "approve", batch_id, "--as", "app", *flags]) == 0
     t0 = time.perf_counter()
-    assert main(["run", "--batch", batch_id, "--as", "ops", *flags]) == 0
+    assert cli("run", "--batch", batch_id, actor="ops")[0] == 0
     gen_s = time.perf_counter() - t0
     anchors = (work / "d" / "keys" / "trust-anchors.pem").read_bytes()
     transforms = {
@@ -340,8 +325,9 @@ def flow(args: argparse.Namespace) -> str:
     for extra in sorted(folder.iterdir())[100:]:
         extra.unlink()
     t0 = time.perf_counter()
+    as_ops = ["--token-file", str(token_file(work / "ops.token", cli.token("ops")))]
     done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "verify", str(folder), *flags], capture_output=True, text=True
+        [sys.executable, "-m", "flows.cli", "verify", str(folder), *flags, *as_ops], capture_output=True, text=True
     )
     verify_s = time.perf_counter() - t0
     lines = [

@@ -80,8 +80,6 @@ def measure(
             "run",
             "--batch",
             batch.batch_id,
-            "--as",
-            "ops",
             "--json",
             *batch.flags,
         ]

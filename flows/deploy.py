@@ -151,7 +151,7 @@ def settings_env(settings: Any) -> dict[str, str]:
 
     out = {}
     for name, value in settings.model_dump().items():
-        if value is None or name == "actor":
+        if value is None or name in ("token", "token_file"):  # workers act as the deployment, never as a person
             continue
         out[f"ATELIER_{name.upper()}"] = json.dumps(value) if isinstance(value, dict) else str(value)
     return out

@@ -8,7 +8,8 @@
          passed to the after-decode pool (watermark, encode, decode-verify, hash) so the next
          chunk generates while the CPU works; publish-ready uploads and records finished images
          in order, one transaction per image                [image.published / image.quarantined]
-      4. finish-run                                                            [run.completed]
+         every ATELIER_ANCHOR_INTERVAL_SECONDS, anchor-audit anchors the audit chain to WORM storage
+      4. finish-run, then the chain anchored                    [run.completed, audit.anchored]
     emit-lineage sends the run's OpenLineage event: START once the run is open, COMPLETE or FAIL
     after finish-run (governance.lineage; a file by default, Marquez with ATELIER_LINEAGE_URL).
 
@@ -46,7 +47,6 @@ from governance.claims import (
     renew_lease,
     seconds_until_claimable,
 )
-from governance.ledger import anchor_chain
 from governance.licences import record_model_version
 from governance.lineage import LineageError, emit_run_event, open_sink
 from governance.publish import MarkedImage, SafetyContext, credential_manifest, finalize_image, mark_and_encode
@@ -234,13 +234,16 @@ def finish_run_task(
         return RunSummary.of(run)
 
     result = _transaction(rt, "finish-run", close)
-    signer = rt.checkpoint_signer()
-    anchor = _transaction(  # every run ends with its audit trail anchored to WORM storage
-        rt,
-        "anchor audit chain",
-        lambda s: anchor_chain(s, actor, rt.anchor_store, signer, rt.settings.audit_retention_days),
-    )
+    anchor = rt.anchor(actor)  # every run ends with its audit trail anchored to WORM storage
     return replace(result, anchored_seq=anchor.seq if anchor else None)
+
+
+@task(name="anchor-audit", cache_policy=NO_CACHE)
+def anchor_task(rt: Runtime, actor: str) -> int | None:
+    """Anchor the audit chain's head to WORM storage (every ATELIER_ANCHOR_INTERVAL_SECONDS during a run):
+    bounds what a database writer could delete from the newest events unnoticed."""
+    anchor = rt.anchor(actor)
+    return anchor.seq if anchor else None
 
 
 @task(name="emit-lineage", cache_policy=NO_CACHE)
@@ -327,13 +330,15 @@ def _run_artifact(rt: Runtime, run_id: str, summary: RunSummary) -> None:
 
 
 @flow(name="produce-batch", flow_run_name="produce-{batch_id}")
-def produce_batch(batch_id: str, actor: str) -> RunSummary:
+def produce_batch(batch_id: str, actor: str, token_id: str | None = None) -> RunSummary:
     """Generate, check, watermark and publish pending images of an approved batch, chunk by claimed chunk.
 
     Several flow runs (workers) may work on one batch at once: each claims chunks with a lease.
+    `actor` is the operator who started it (the deployment's service user for scheduled runs) and
+    `token_id` the token they authenticated with, recorded on the run's audit events.
     """
     logger = get_run_logger()
-    rt = Runtime(active_settings())
+    rt = Runtime(active_settings(), token_id=token_id)
     flow_run_id = str(get_run_context().flow_run.id)  # type: ignore[union-attr]
     worker = f"{socket.gethostname()}:{os.getpid()}:{flow_run_id[:8]}"
     run_id = start_run_task(rt, batch_id, actor, flow_run_id, worker)
@@ -376,6 +381,10 @@ class _PrefectSteps:
     batch_id: str
     plan: dict[str, PlannedImage]
     pool: BoundedPool
+    next_anchor: float = 0.0  # when the next periodic anchor is due (time.monotonic())
+
+    def __post_init__(self) -> None:
+        self.next_anchor = time.monotonic() + self.rt.settings.anchor_interval_seconds
 
     def claim(self, finished: list[str], in_flight: list[str]) -> Claim:
         return claim_chunk_task(self.rt, self.batch_id, self.worker, self.plan, finished, in_flight)
@@ -396,7 +405,11 @@ class _PrefectSteps:
             )
 
     def publish_ready(self, queue: Sequence[Checked], wait: bool) -> tuple[list[str], float]:
-        return publish_ready_task(self.rt, self.run_id, self.actor, queue, wait=wait)
+        recorded = publish_ready_task(self.rt, self.run_id, self.actor, queue, wait=wait)
+        if time.monotonic() >= self.next_anchor:  # the audit trail so far, anchored every interval
+            anchor_task(self.rt, self.actor)
+            self.next_anchor = time.monotonic() + self.rt.settings.anchor_interval_seconds
+        return recorded
 
     def complete(self, finished: list[str], in_flight: list[str]) -> None:
         complete_chunks_task(self.rt, self.worker, finished, in_flight)

@@ -32,11 +32,19 @@ def print_json_line(value: Any) -> None:
     print(json.dumps(plain(value), sort_keys=True, default=str), flush=True)
 
 
+def shown(value: Any, *, one_line: bool = True) -> str:
+    """A value as a terminal shows it: control, bidi and zero-width characters escaped, so stored text
+    can neither hide, reorder nor erase what is around it (`governance.text`)."""
+    from governance.text import escape_unsafe
+
+    return "" if value is None else escape_unsafe(str(value), one_line=one_line)
+
+
 def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
     if not rows:
         print("(none)")
         return
-    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    cells = [[shown(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
     for row in cells:
@@ -51,7 +59,7 @@ def print_kv(pairs: Mapping[str, Any], indent: str = "") -> None:
             print(f"{indent}{k}:")
             print_kv(v, indent + "  ")
         else:
-            print(f"{indent}{k.ljust(width)}  {'' if v is None else v}")
+            print(f"{indent}{k.ljust(width)}  {shown(v)}")
 
 
 def location(store_url: str | None, key: str | None) -> str:
@@ -212,7 +220,7 @@ def print_verify_detail(result: VerifyResult) -> None:
         t = result.trace
         print(
             f"\nbatch {t.batch.id} ({t.batch.purpose}) requested by {t.batch.requested_by}, "
-            f"approved by {t.approval.approved_by}; prompt {t.prompt.row_id!r}: {t.prompt.text}"
+            f"approved by {t.approval.approved_by}; prompt {shown(t.prompt.row_id)!r}: {shown(t.prompt.text)}"
         )
         print("full record: atelier trace " + t.image_id)
 

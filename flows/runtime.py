@@ -22,8 +22,10 @@ from governance.retry import Backoff
 from governance.store import ObjectStore, open_store
 
 if TYPE_CHECKING:
+    from governance.audit import AuditKeyRing
     from governance.credentials import ContentCredentials
     from governance.ledger import CheckpointSigner
+    from governance.records import AuditAnchor
     from governance.safety import SafetyChecker
     from governance.watermark import WatermarkKey
     from sdxl_core.engine import SDXLEngine
@@ -66,16 +68,69 @@ def quiet_model_libraries() -> None:
 @dataclass
 class Runtime:
     settings: Settings
+    token_id: str | None = None  # the authenticated caller's API token: recorded on the audit events it causes
     _sessions: sessionmaker[Session] | None = field(default=None, repr=False)
 
     @property
     def sessions(self) -> sessionmaker[Session]:
+        """Sessions whose audit events are authenticated with `audit_keys` and name `token_id` (both in
+        the sessionmaker's `info`, read by governance.audit.record_event)."""
         if self._sessions is None:
             self.settings.data_dir.mkdir(parents=True, exist_ok=True)
             engine = make_engine(self.settings.database_url_resolved)
             ensure_schema(engine, auto_upgrade=self.settings.uses_embedded_database)
-            self._sessions = make_sessionmaker(engine)
+            # the audit key ring is loaded when the first event is written: reading needs no key
+            self._sessions = make_sessionmaker(engine, audit_keys=lambda: self.audit_keys, token_id=self.token_id)
         return self._sessions
+
+    def with_token(self, token_id: str | None) -> Runtime:
+        """This runtime acting with `token_id`: the same database engine (no second pool) and key ring,
+        sessions whose events name that token. (Sharing `sessions` itself would not: the token is in
+        the sessionmaker's `info`.)"""
+        other = Runtime(self.settings, token_id)
+        other._sessions = make_sessionmaker(
+            self.sessions.kw["bind"], audit_keys=lambda: self.audit_keys, token_id=token_id
+        )
+        return other
+
+    @cached_property
+    def audit_keys(self) -> AuditKeyRing:
+        """The audit key ring: the current key (authenticates new events) first, earlier keys after.
+        None configured is an error (GovernanceCheckFailed naming `atelier keys init`), never a skip."""
+        from governance.audit import AuditKeyRing, audit_key_from_callback, load_audit_key_ring
+
+        s = self.settings
+        path = s.audit_key_path()
+        if s.audit_key_callback:
+            earlier = load_audit_key_ring(path).keys if path.exists() else ()
+            return AuditKeyRing((audit_key_from_callback(s.audit_key_callback), *earlier))
+        return load_audit_key_ring(path)
+
+    def anchor(self, actor: str) -> AuditAnchor | None:
+        """Anchor the audit chain's head to WORM storage now (a signed checkpoint; idempotent).
+
+        Every face calls this after each governance decision (approve, reject, edit, users, tokens,
+        keys), and runs call it every `anchor_interval_seconds`: the events after the newest anchor
+        are the only ones a database writer could remove unnoticed (with everything they bind).
+        Retried through outages. Returns the anchor (another process's when it anchored the same head
+        at the same moment), or None when the chain is empty."""
+        from sqlalchemy import select
+        from sqlalchemy.exc import IntegrityError
+
+        from governance.ledger import anchor_chain
+        from governance.records import AuditAnchor
+
+        signer = self.checkpoint_signer()
+
+        def attempt() -> AuditAnchor | None:
+            with self.sessions.begin() as session:
+                return anchor_chain(session, actor, self.anchor_store, signer, self.settings.audit_retention_days)
+
+        try:
+            return self.backoff.run(attempt, "anchor audit chain")
+        except IntegrityError:  # another worker anchored the same head meanwhile: that anchor covers it
+            with self.sessions() as session:
+                return session.scalar(select(AuditAnchor).order_by(AuditAnchor.seq.desc()).limit(1))
 
     @cached_property
     def backoff(self) -> Backoff:
@@ -141,8 +196,12 @@ class Runtime:
             ) from None
 
     def signing_certificate(self) -> bytes | None:
+        """The checkpoint signing certificates anchors may name: the current one and the earlier ones
+        kept by `atelier keys rotate` (governance.credentials.CHECKPOINT_RING_FILE)."""
+        from governance.credentials import checkpoint_certificates
+
         chain, _key, _anchors = self.settings.c2pa_paths()
-        return chain.read_bytes() if chain.exists() else None
+        return checkpoint_certificates(self.settings.keys_dir, chain)
 
     @cached_property
     def watermark_keys(self) -> list[WatermarkKey]:

@@ -8,10 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
+    from governance.intake import IntakeLimits
     from sdxl_core.engine import EngineConfig
 
 
@@ -62,13 +63,32 @@ class Settings(BaseSettings):
     watermark_key_callback: str | None = Field(
         None, description="module:function returning the current watermark key's bytes (KMS/HSM) instead of a file"
     )
+    audit_key_file: Path | None = Field(
+        None, description="audit key ring authenticating audit events (hex, current key first); default: in keys/"
+    )
+    audit_key_callback: str | None = Field(
+        None, description="module:function returning the current audit key's bytes (KMS/HSM) instead of a file"
+    )
+    anchor_interval_seconds: float = Field(
+        60, gt=0, description="a run anchors the audit chain to WORM storage at least this often (and at its end)"
+    )
     verify_max_pixels: int = Field(
         64_000_000, ge=65_536, description="`atelier verify` refuses images declaring more pixels than this"
     )
     verify_max_file_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="`atelier verify` refuses files larger than this"
     )
-    actor: str | None = Field(None, description="the acting user (the CLI's --as)")
+    intake_max_file_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="`batch submit`/`edit` refuse prompt files larger than this"
+    )
+    intake_max_rows: int = Field(10_000, ge=1, le=100_000, description="and prompt files with more rows than this")
+    token: SecretStr | None = Field(None, description="the CLI's API token (else the file `atelier login` wrote)")
+    token_file: Path | None = Field(
+        None, description="where `atelier login` keeps the token (mode 0600); default ~/.config/atelier/token"
+    )
+    forbid_requester_approver: bool = Field(
+        False, description="separation of duties: nobody may hold both the requester and the approver role"
+    )
     chunk_size: int = Field(4, ge=1, le=256, description="images generated per engine call")
     lease_seconds: float = Field(
         120, gt=0, description="how long a claimed chunk stays a worker's without news before others may take it"
@@ -136,12 +156,25 @@ class Settings(BaseSettings):
 
         return self.watermark_key_file or self.keys_dir / KEY_FILE
 
+    def audit_key_path(self) -> Path:
+        from governance.audit import KEY_FILE
+
+        return self.audit_key_file or self.keys_dir / KEY_FILE
+
+    def intake_limits(self) -> IntakeLimits:
+        from governance.intake import IntakeLimits
+
+        return IntakeLimits(self.intake_max_file_bytes, self.intake_max_rows)
+
+    def token_path(self) -> Path:
+        return self.token_file or Path.home() / ".config" / "atelier" / "token"
+
     def redacted(self) -> dict[str, str]:
-        """Settings for display: passwords in URLs are hidden."""
+        """Settings for display: passwords in URLs are hidden, the token never shown."""
         from sqlalchemy.engine import make_url
 
         out = {}
-        for name, value in self.model_dump().items():
+        for name, value in self.model_dump(exclude={"token"}).items():
             out[name] = "" if value is None else str(value)
         out["database_url"] = make_url(self.database_url_resolved).render_as_string(hide_password=True)
         return out

@@ -2,17 +2,64 @@
 
 from __future__ import annotations
 
-from sqlalchemy.orm import Session
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, joinedload
 
 from governance.audit import record_event
 from governance.batches import current_approval, get_batch, stored_content_sha256
 from governance.errors import InvalidInput, InvalidState, PermissionDenied
 from governance.records import Approval, Batch
+from governance.results import Result
+from governance.text import describe, first_unsafe
 from governance.users import require_role
 
 
+@dataclass(frozen=True)
+class PriorDecision(Result):
+    """A decision already taken on the same content (this batch or another)."""
+
+    batch_id: str
+    approval_id: str
+    decision: str
+    decided_by: str
+    decided_at: datetime
+    reason: str
+    voided: bool
+
+
+def prior_decisions(session: Session, content_sha256: str) -> list[PriorDecision]:
+    """Every decision ever taken on this exact content, oldest first: what an approver must see."""
+    stmt = (
+        select(Approval)
+        .where(Approval.content_sha256 == content_sha256)
+        .options(joinedload(Approval.decided_by))
+        .order_by(Approval.decided_at)
+    )
+    return [
+        PriorDecision(a.batch_id, a.id, a.decision, a.decided_by.name, a.decided_at, a.reason, a.voided_at is not None)
+        for a in session.scalars(stmt)
+    ]
+
+
+def rejections_of(session: Session, content_sha256: str) -> list[PriorDecision]:
+    return [d for d in prior_decisions(session, content_sha256) if d.decision == "rejected"]
+
+
+def describe_rejection(r: PriorDecision) -> str:
+    return f"rejected by {r.decided_by} on {r.decided_at:%Y-%m-%d %H:%M} UTC (batch {r.batch_id}): {r.reason!r}"
+
+
 def _decide(
-    session: Session, actor: str | None, batch_id: str, decision: str, reason: str, expected_sha256: str | None
+    session: Session,
+    actor: str | None,
+    batch_id: str,
+    decision: str,
+    reason: str,
+    expected_sha256: str,
+    acknowledge_rejections: bool = False,
 ) -> Approval:
     batch = get_batch(session, batch_id)
     user = require_role(session, actor, "approver", "approve or reject batches")
@@ -20,10 +67,22 @@ def _decide(
         raise PermissionDenied(f"{user.name} requested batch {batch.id} and cannot decide on it: another approver must")
     if batch.status != "submitted":
         raise InvalidState(f"batch {batch.id} is {batch.status}; only a submitted batch can be decided")
-    if expected_sha256 and expected_sha256 != batch.content_sha256:
+    if not expected_sha256:
+        raise InvalidInput(
+            f"a decision names the content it was taken on: content_sha256 of batch {batch.id} "
+            "(`atelier batch show` displays it)"
+        )
+    if expected_sha256.strip().lower() != batch.content_sha256:
         raise InvalidState(
             f"batch {batch.id} content is {batch.content_sha256}, not the {expected_sha256} you reviewed: "
             "review it again with `atelier batch show`"
+        )
+    rejected = rejections_of(session, batch.content_sha256)
+    if decision == "approved" and rejected and not acknowledge_rejections:
+        raise InvalidState(
+            f"this exact content was {describe_rejection(rejected[-1])}"
+            + (f" (and {len(rejected) - 1} earlier rejection(s))" if len(rejected) > 1 else "")
+            + "; approving it needs acknowledge_rejections"
         )
     approval = Approval(
         batch=batch, decision=decision, decided_by=user, content_sha256=batch.content_sha256, reason=reason
@@ -31,25 +90,32 @@ def _decide(
     session.add(approval)
     batch.status = decision
     session.flush()
-    record_event(
-        session,
-        user.name,
-        f"batch.{decision}",
-        "batch",
-        batch.id,
-        {"approval_id": approval.id, "content_sha256": batch.content_sha256, "reason": reason},
-    )
+    payload: dict[str, object] = {
+        "approval_id": approval.id,
+        "content_sha256": batch.content_sha256,
+        "reason": reason,
+    }
+    if decision == "approved" and rejected:
+        payload["acknowledged_rejections"] = [r.approval_id for r in rejected]
+    record_event(session, user.name, f"batch.{decision}", "batch", batch.id, payload)
     return approval
 
 
-def approve_batch(session: Session, actor: str | None, batch_id: str, expected_sha256: str | None = None) -> Approval:
-    return _decide(session, actor, batch_id, "approved", "", expected_sha256)
+def approve_batch(
+    session: Session, actor: str | None, batch_id: str, expected_sha256: str, acknowledge_rejections: bool = False
+) -> Approval:
+    """Approve a batch's exact content (`expected_sha256`: what the approver reviewed). Content that
+    was rejected before (in this batch or another) is approved only with `acknowledge_rejections`,
+    after seeing each rejection, its reason and its author; the event records which were acknowledged."""
+    return _decide(session, actor, batch_id, "approved", "", expected_sha256, acknowledge_rejections)
 
 
-def reject_batch(session: Session, actor: str | None, batch_id: str, reason: str) -> Approval:
+def reject_batch(session: Session, actor: str | None, batch_id: str, reason: str, expected_sha256: str) -> Approval:
     if not reason.strip():
         raise InvalidInput("a rejection needs a reason")
-    return _decide(session, actor, batch_id, "rejected", reason.strip(), None)
+    if (unsafe := first_unsafe(reason)) is not None:
+        raise InvalidInput(f"the reason contains {describe(unsafe[1])}: write it as plain text")
+    return _decide(session, actor, batch_id, "rejected", reason.strip(), expected_sha256)
 
 
 def require_runnable(batch: Batch) -> Approval:

@@ -6,18 +6,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from governance.audit import record_event
 from governance.errors import InvalidInput, InvalidState
-from governance.intake import IntakeError, IntakeReport, PromptRow, content_sha256, load_prompts
+from governance.intake import IntakeError, IntakeLimits, IntakeReport, PromptRow, content_sha256, load_prompts
 from governance.licences import DEFAULT_MODEL_LICENCE, DEFAULT_USE_CATEGORY, check_use_category
 from governance.records import PURPOSES, Approval, Batch, Image, Prompt, Run, prompt_id_for, utcnow
 from governance.results import Result
 from governance.users import require_role
+
+if TYPE_CHECKING:
+    from governance.approvals import PriorDecision
 
 
 class IntakeRejected(InvalidInput):
@@ -29,9 +32,9 @@ class IntakeRejected(InvalidInput):
         self.report = report
 
 
-def _read(path: Path) -> list[PromptRow]:
+def _read(path: Path, limits: IntakeLimits | None = None) -> list[PromptRow]:
     try:
-        report = load_prompts(path)
+        report = load_prompts(path, limits)
     except IntakeError as exc:
         raise InvalidInput(str(exc)) from None
     if not report.ok:
@@ -53,6 +56,7 @@ def submit_batch(
     purpose: str,
     use_category: str = DEFAULT_USE_CATEGORY,
     licence_ids: Sequence[str] = (DEFAULT_MODEL_LICENCE,),
+    limits: IntakeLimits | None = None,
 ) -> Batch:
     """Validate a prompt file and store it as a SUBMITTED batch (nothing is stored on any failure).
 
@@ -63,7 +67,7 @@ def submit_batch(
     if purpose not in PURPOSES:
         raise InvalidInput(f"unknown purpose {purpose!r}: choose one of {', '.join(PURPOSES)}")
     check_use_category(session, use_category, licence_ids)
-    rows = _read(path)
+    rows = _read(path, limits)
     batch = Batch(
         purpose=purpose,
         use_category=use_category,
@@ -94,7 +98,9 @@ def submit_batch(
     return batch
 
 
-def edit_batch(session: Session, actor: str | None, batch_id: str, path: Path) -> Batch:
+def edit_batch(
+    session: Session, actor: str | None, batch_id: str, path: Path, limits: IntakeLimits | None = None
+) -> Batch:
     """Replace a batch's prompts with a new file. Any approval is voided: it pinned the old content."""
     batch = get_batch(session, batch_id)
     user = require_role(session, actor, "requester", "edit batches")
@@ -102,8 +108,16 @@ def edit_batch(session: Session, actor: str | None, batch_id: str, path: Path) -
         raise InvalidState(f"only the requester ({batch.requested_by.name}) can edit batch {batch.id}")
     if batch.status not in ("submitted", "approved", "rejected"):
         raise InvalidState(f"batch {batch.id} is {batch.status}; only a batch that has not run can be edited")
-    rows = _read(path)
+    rows = _read(path, limits)
     old_hash = batch.content_sha256
+    from governance.approvals import describe_rejection, rejections_of
+
+    rejected = [r for r in rejections_of(session, content_sha256(rows)) if r.batch_id == batch.id]
+    if rejected:  # a rejection sticks to its content: the same rows cannot come back to the queue
+        raise InvalidState(
+            f"batch {batch.id}: this exact content was {describe_rejection(rejected[-1])}; "
+            "change what was rejected, or submit it as a new batch (its approver then sees the rejection)"
+        )
     for prompt in list(batch.prompts):
         session.delete(prompt)
     session.flush()
@@ -143,25 +157,26 @@ def get_batch(session: Session, batch_id: str) -> Batch:
     return batch
 
 
+def stored_row(p: Prompt) -> PromptRow:
+    """A stored prompt as the row intake made of it: every field the approver approves."""
+    return PromptRow(
+        row_id=p.row_id,
+        prompt=p.prompt,
+        negative_prompt=p.negative_prompt,
+        seed=p.seed,
+        width=p.width,
+        height=p.height,
+        steps=p.steps,
+        guidance_scale=p.guidance_scale,
+        refiner_split=p.refiner_split,
+        num_images=p.num_images,
+        ref=p.ref,
+    )
+
+
 def stored_content_sha256(batch: Batch) -> str:
     """The content hash recomputed from the stored prompt rows (catches edits that bypassed Atelier)."""
-    rows = [
-        PromptRow(
-            row_id=p.row_id,
-            prompt=p.prompt,
-            negative_prompt=p.negative_prompt,
-            seed=p.seed,
-            width=p.width,
-            height=p.height,
-            steps=p.steps,
-            guidance_scale=p.guidance_scale,
-            refiner_split=p.refiner_split,
-            num_images=p.num_images,
-            ref=p.ref,
-        )
-        for p in batch.prompts
-    ]
-    return content_sha256(rows)
+    return content_sha256([stored_row(p) for p in batch.prompts])
 
 
 def current_approval(batch: Batch) -> Approval | None:
@@ -255,9 +270,15 @@ class BatchDetail(Result):
 
     summary: BatchSummary
     prompts_detail: tuple[PromptDetail, ...]
+    # every decision ever taken on this exact content, in this batch or another (rejections first of all)
+    decisions_on_content: tuple[PriorDecision, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.summary.to_dict(), "prompts_detail": [p.to_dict() for p in self.prompts_detail]}
+        return {
+            **self.summary.to_dict(),
+            "prompts_detail": [p.to_dict() for p in self.prompts_detail],
+            "decisions_on_content": [d.to_dict() for d in self.decisions_on_content],
+        }
 
 
 def batch_progress(session: Session, batch_id: str) -> BatchProgress:
@@ -320,25 +341,14 @@ def batch_summary(session: Session, batch: Batch) -> BatchSummary:
 
 
 def batch_detail(session: Session, batch: Batch) -> BatchDetail:
-    """The summary and every prompt row with every field (what `batch show` displays)."""
+    """The summary, every prompt row with every field, and every decision taken on this exact content
+    (what `batch show` displays, and what an approver must have seen)."""
+    from governance.approvals import prior_decisions
+
     return BatchDetail(
+        decisions_on_content=tuple(prior_decisions(session, batch.content_sha256)),
         summary=batch_summary(session, batch),
-        prompts_detail=tuple(
-            PromptDetail(
-                row_id=p.row_id,
-                prompt=p.prompt,
-                negative_prompt=p.negative_prompt,
-                seed=p.seed,
-                ref=p.ref,
-                width=p.width,
-                height=p.height,
-                steps=p.steps,
-                guidance_scale=p.guidance_scale,
-                refiner_split=p.refiner_split,
-                num_images=p.num_images,
-            )
-            for p in batch.prompts
-        ),
+        prompts_detail=tuple(PromptDetail(**stored_row(p).to_dict()) for p in batch.prompts),
     )
 
 

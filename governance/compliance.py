@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session, aliased
 from governance.errors import InvalidInput, NotFound, PermissionDenied
 from governance.records import (
     Approval,
+    AuditEvent,
     Batch,
     Image,
     ImageStatus,
@@ -49,9 +50,11 @@ from governance.records import (
     Run,
     RunModelVersion,
     User,
+    UserRole,
 )
 from governance.safety import PASSED, QUARANTINED
 from governance.store import ObjectStore
+from governance.text import UNSAFE_RE2, escape_unsafe
 from governance.users import get_user
 
 VERDICTS = (PASSED, QUARANTINED)
@@ -514,8 +517,11 @@ def _lineage_rows(
         ]
 
 
-def _arrow_batch(part: list[tuple[Any, ...]]) -> Any:
-    """One chunk of rows as an Arrow table (typed columns), formula-like text cells neutralised, vectorised."""
+def _arrow_batch(part: list[tuple[Any, ...]], visible: bool = False) -> Any:
+    """One chunk of rows as an Arrow table (typed columns), formula-like text cells neutralised, vectorised.
+
+    `visible` (CSV, read by people in spreadsheets): control, bidi-override and zero-width characters
+    become U+FFFD, so a cell cannot hide or reorder its text; Parquet keeps the exact values."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -531,6 +537,8 @@ def _arrow_batch(part: list[tuple[Any, ...]]) -> Any:
             formula = pc.is_in(pc.utf8_slice_codeunits(array, 0, 1), value_set=_FORMULA_FIRST)
             if pc.any(formula).as_py():
                 array = pc.if_else(formula, pc.binary_join_element_wise("'", array, ""), array)
+            if visible:
+                array = pc.replace_substring_regex(array, pattern=UNSAFE_RE2, replacement="\ufffd")
         arrays.append(array)
     return pa.Table.from_arrays(arrays, schema=_EXPORT_SCHEMA)
 
@@ -590,11 +598,11 @@ def export_lineage(
             wrote = False
             for part in rows:
                 if part or not wrote:
-                    writer.write_table(_arrow_batch(part))
+                    writer.write_table(_arrow_batch(part, visible=fmt == "csv"))
                     wrote = True
                 count += len(part)
             if not wrote:
-                writer.write_table(_arrow_batch([]))
+                writer.write_table(_arrow_batch([], visible=fmt == "csv"))
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -699,6 +707,26 @@ def period_report(
             ).all()
         )
     )
+    # Who was given the power to approve or to administer (separation of duties is read here): every
+    # grant of approver or admin in the period, from the audit events, and who holds them now.
+    grants = []
+    at_from, at_to = since.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), until.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    for at, actor, action, subject, payload in session.execute(
+        select(AuditEvent.at, AuditEvent.actor, AuditEvent.action, AuditEvent.subject_id, AuditEvent.payload)
+        .where(AuditEvent.action.in_(("user.created", "user.roles_granted")), AuditEvent.at >= at_from)
+        .where(AuditEvent.at < at_to)
+        .order_by(AuditEvent.seq)
+    ):
+        powerful = sorted({"approver", "admin"} & set((payload or {}).get("roles", [])))
+        if powerful:
+            grants.append((at, subject, ", ".join(powerful), actor, action))
+    holders = session.execute(
+        select(User.name, func.min(UserRole.role), func.max(UserRole.role), User.disabled_at)
+        .join(UserRole, UserRole.user_id == User.id)
+        .where(UserRole.role.in_(("approver", "admin")))
+        .group_by(User.name, User.disabled_at)
+        .order_by(User.name)
+    ).all()
     shown = session.execute(
         select(Image.id, Image.store_key, Prompt.ref, Prompt.row_id)
         .join(Prompt, Prompt.id == Image.prompt_id)
@@ -711,7 +739,9 @@ def period_report(
         (i, ref or row, _thumbnail(store.get(key), thumbnail_px)) for i, key, ref, row in shown if key is not None
     ]
 
-    e = html.escape
+    def e(text: str) -> str:  # escaped for HTML, with invisible characters written out (governance.text)
+        return html.escape(escape_unsafe(text))
+
     total = sum(status.values())
 
     def table(head: Sequence[str], body: Iterable[Sequence[Any]]) -> str:
@@ -776,6 +806,13 @@ def period_report(
                 "reason",
             ],
             [(_iso(a[0]), *a[1:8], _iso(a[8]), a[9]) for a in approvals],
+        ),
+        "<h2>Grants of the approver and admin roles</h2>",
+        table(["at", "user", "roles granted", "granted by", "event"], grants),
+        "<h3>Holding them now</h3>",
+        table(
+            ["user", "roles", "disabled"],
+            [(n, lo if lo == hi else f"{lo}, {hi}", _iso(d) or "") for n, lo, hi, d in holders],
         ),
         "<h2>Quarantined images</h2>",
         table(

@@ -4,8 +4,10 @@ Signing material comes from settings: a PEM certificate chain (signer first, the
 and a PEM private key, or a KMS/HSM hook: a callable `module:function` that takes the bytes to
 sign and returns the raw signature (ES256: r||s, 64 bytes), used with the chain. `atelier keys
 init` makes a local test CA and signer for development, marked NOT FOR PRODUCTION in the
-certificates themselves. No timestamp authority by default (there is no network); set one in
-production.
+certificates themselves, and a development audit key ring (governance.audit). The signer also signs
+audit checkpoints; earlier signing certificates are kept in a ring (`CHECKPOINT_RING_FILE`) so the
+anchors they signed keep verifying (governance.ledger.rotate_checkpoint_keys). No timestamp
+authority by default (there is no network); set one in production.
 
 A missing or unusable signer is an error, never a skip: no credentials, no publishing.
 """
@@ -18,14 +20,20 @@ import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from governance.errors import GovernanceCheckFailed, InvalidInput
+from governance.errors import GovernanceCheckFailed, InvalidInput, InvalidState
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from sqlalchemy.orm import Session
 
 DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 ATELIER_ASSERTION = "com.atelier.provenance"
 TEST_ORGANISATION = "Atelier TEST CA - NOT FOR PRODUCTION"
 CHAIN_FILE, KEY_FILE, ANCHOR_FILE, CA_KEY_FILE = "signer-chain.pem", "signer-key.pem", "trust-anchors.pem", "ca-key.pem"
+# Earlier checkpoint signing certificates: anchors they signed keep verifying (governance.ledger).
+CHECKPOINT_RING_FILE = "checkpoint-certificates.pem"
 
 
 @dataclass(frozen=True)
@@ -33,20 +41,56 @@ class KeyPaths:
     chain: Path
     key: Path
     trust_anchors: Path
+    audit_key: Path | None = None
 
 
-def init_test_ca(keys_dir: Path, force: bool = False) -> KeyPaths:
-    """Create a development CA and an ES256 signer issued by it (never for production)."""
+def init_test_ca(
+    keys_dir: Path,
+    force: bool = False,
+    *,
+    audit_key_file: Path | None = None,
+    session: Session | None = None,
+    _rotating: bool = False,
+) -> KeyPaths:
+    """Create a development CA and an ES256 signer issued by it, and a development audit key (never
+    for production). The audit key ring goes to `audit_key_file` (default `keys_dir`/audit-key.txt).
+
+    `force` makes new ones (the old CA stays a trust anchor, the old signer certificate joins the
+    checkpoint certificate ring, the old audit key stays in its ring). With `session`, `force` is
+    refused once anchors exist: their signing key is rotated with `atelier keys rotate`
+    (governance.ledger.rotate_checkpoint_keys), which records the rotation."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    paths = KeyPaths(keys_dir / CHAIN_FILE, keys_dir / KEY_FILE, keys_dir / ANCHOR_FILE)
+    from governance.audit import KEY_FILE as AUDIT_KEY_FILE
+    from governance.audit import ensure_development_audit_key, load_audit_key_ring
+
+    audit_path = audit_key_file or keys_dir / AUDIT_KEY_FILE
+    paths = KeyPaths(keys_dir / CHAIN_FILE, keys_dir / KEY_FILE, keys_dir / ANCHOR_FILE, audit_path)
+    if force and not _rotating and session is not None and paths.chain.exists():
+        from sqlalchemy import func, select
+
+        from governance.records import AuditAnchor
+
+        if session.scalar(select(func.count()).select_from(AuditAnchor)):
+            raise InvalidState(
+                "audit anchors were signed with the current key: `atelier keys rotate` replaces it and keeps its "
+                "certificate so they still verify (and audits the rotation)"
+            )
+    # the development audit key: made when missing; `force` rotates it (never an organisation's ring)
+    rotate_audit = force and not _rotating and audit_path.exists()
+    ensure_development_audit_key(
+        audit_path, rotate=rotate_audit and load_audit_key_ring(audit_path).current.development
+    )
     if paths.chain.exists() and not force:
         return paths
-    # A replaced CA stays a trust anchor: manifests it signed keep verifying as Atelier's.
+    # A replaced CA stays a trust anchor: manifests it signed keep verifying as Atelier's; the replaced
+    # signer's certificate joins the checkpoint ring: anchors it signed keep verifying.
     earlier_anchors = paths.trust_anchors.read_bytes() if paths.trust_anchors.exists() else b""
+    if paths.chain.exists():
+        add_to_checkpoint_ring(keys_dir, x509.load_pem_x509_certificates(paths.chain.read_bytes())[0])
     keys_dir.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
 
@@ -110,6 +154,60 @@ def init_test_ca(keys_dir: Path, force: bool = False) -> KeyPaths:
         path.write_bytes(private.private_bytes(pem, pkcs8, serialization.NoEncryption()))
         path.chmod(0o600)
     return paths
+
+
+def add_to_checkpoint_ring(keys_dir: Path, certificate: x509.Certificate) -> tuple[Path, int]:
+    """Keep a (public) checkpoint signing certificate in the ring; returns the ring file and its size."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    path = keys_dir / CHECKPOINT_RING_FILE
+    existing = x509.load_pem_x509_certificates(path.read_bytes()) if path.exists() else []
+    if certificate not in existing:
+        existing.append(certificate)
+        keys_dir.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in existing))
+    return path, len(existing)
+
+
+def checkpoint_certificates(keys_dir: Path, chain: Path) -> bytes | None:
+    """The certificates anchors may name: the current signer (first of `chain`) and the ring's."""
+    parts = []
+    if chain.exists():
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        leaf = x509.load_pem_x509_certificates(chain.read_bytes())[0]
+        parts.append(leaf.public_bytes(serialization.Encoding.PEM))
+    ring = keys_dir / CHECKPOINT_RING_FILE
+    if ring.exists():
+        parts.append(ring.read_bytes())
+    return b"".join(parts) or None
+
+
+def write_signer(chain: Path, key: Path, chain_pem: bytes, key_pem: bytes | None) -> x509.Certificate:
+    """Install a new signer (an organisation's certificate chain, and its key unless a KMS holds it)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        cert = x509.load_pem_x509_certificates(chain_pem)[0]
+    except ValueError as exc:
+        raise InvalidInput(f"the new certificate chain is not PEM certificates: {exc}") from None
+    public = cert.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise InvalidInput("the new signing certificate must hold an EC (P-256) key: anchors are signed ES256")
+    if key_pem is not None:
+        private = serialization.load_pem_private_key(key_pem, None)
+        if not isinstance(private, ec.EllipticCurvePrivateKey) or private.public_key().public_numbers() != (
+            public.public_numbers()
+        ):
+            raise InvalidInput("the new private key does not belong to the new signing certificate")
+        key.write_bytes(key_pem)
+        key.chmod(0o600)
+    chain.write_bytes(chain_pem)
+    return cert
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Some libraries import heavy dependencies at the top of modules whose functions are the only users
 of them (Great Expectations imports scipy.stats and altair for one expectation Atelier never uses,
-which is a third of its import time). `deferring(names)` lets such a library be imported while
+over a third of its import time). `deferring(names)` lets such a library be imported while
 those modules stay unloaded:
 
 - inside the `with` block, each named module that is installed and not yet imported is a
@@ -47,7 +47,8 @@ class _Placeholder(types.ModuleType):
         return dir(_load(self))
 
     def __repr__(self) -> str:
-        return f"<module {self.__name__!r} (deferred import)>"
+        target = self.__dict__.get(_TARGET)
+        return repr(target) if target is not None else f"<module {self.__name__!r} (deferred import)>"
 
 
 def _load(placeholder: _Placeholder) -> types.ModuleType:
@@ -87,7 +88,9 @@ def _place(name: str) -> _Placeholder | None:
         placeholder.__file__ = spec.origin
         placeholder.__dict__["__cached__"] = spec.cached
     if spec.submodule_search_locations is not None:
-        # A package: `import pkg.sub` inside the block finds `sub` without importing `pkg` twice.
+        # A package keeps its __path__, so `import pkg.sub` inside the block imports `sub` alone
+        # (pkg's body runs on first use). Read through __getattr__ instead, it would import pkg
+        # for real in mid-import, and the import system would then run `sub` again if pkg did.
         placeholder.__path__ = list(spec.submodule_search_locations)
     sys.modules[name] = placeholder
     parent_name, _, child = name.rpartition(".")

@@ -26,6 +26,7 @@ class ExitCode(IntEnum):
     UNKNOWN = 12  # `verify`: nothing links the file to a published image
     NOT_REPRODUCED = 13  # `reproduce`: the regenerated image differs beyond tolerance
     SERVICE_UNAVAILABLE = 14  # the database (or another service) cannot be reached
+    UNAUTHENTICATED = 15  # no credentials, or a token that is unknown, expired or revoked, or a disabled user
     INTERRUPTED = 130  # Ctrl-C
     BROKEN_PIPE = 141  # the reader of our output went away (`atelier ... | head`), as SIGPIPE would
 
@@ -42,6 +43,13 @@ class InvalidInput(AtelierError):
 
 class NotFound(AtelierError):
     exit_code: int = ExitCode.NOT_FOUND
+
+
+class Unauthenticated(AtelierError):
+    """Who is acting is not established: no token, or one that is unknown, expired or revoked, or its
+    user is disabled. The message never repeats the token."""
+
+    exit_code: int = ExitCode.UNAUTHENTICATED
 
 
 class PermissionDenied(AtelierError):

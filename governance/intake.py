@@ -12,13 +12,15 @@ Two kinds of bad input, kept apart on purpose:
 - a readable table with bad content gives an `IntakeReport` whose `failures` list every failing
   row and rule (row number, row id, column, rule, message), checked with Great Expectations.
 
-Great Expectations runs in one in-memory (ephemeral) context per process, created on first use.
+Great Expectations runs in one in-memory (ephemeral) context per process, created on first use;
+importing it is most of the cost of a first validation, trimmed by `_import_gx`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import hashlib
 import io
 import json
@@ -26,15 +28,21 @@ import logging
 import math
 import numbers
 import re
+import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from governance.deferred_imports import deferring
 from governance.errors import InvalidInput
+from governance.text import UNSAFE, UNSAFE_CLASS, describe, first_unsafe
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     import pandas as pd
 
 logger = logging.getLogger(__name__)
@@ -52,14 +60,25 @@ STEPS_MIN, STEPS_MAX = 1, 150
 GUIDANCE_MIN, GUIDANCE_MAX = 0.0, 30.0
 REFINER_SPLIT_MIN, REFINER_SPLIT_MAX = 0.0, 1.0  # both exclusive
 NUM_IMAGES_MIN, NUM_IMAGES_MAX = 1, 16
-MAX_ROWS = 100_000
+MAX_ROWS = 100_000  # the schema's own bound; IntakeLimits.max_rows (a setting) is the one in force
+
+
+@dataclass(frozen=True)
+class IntakeLimits:
+    """How big a prompt file may be (ATELIER_INTAKE_MAX_FILE_BYTES, ATELIER_INTAKE_MAX_ROWS): checked
+    before the file is parsed (bytes; Parquet's row count from its footer), so a huge upload is one
+    clear refusal instead of hundreds of megabytes of memory."""
+
+    max_file_bytes: int = 10 * 1024 * 1024
+    max_rows: int = 10_000
+
 
 SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".ndjson", ".parquet")
 
 _INT_PATTERN = r"^[+-]?[0-9]+(?:\.0*)?\Z"  # "42" and "42.0"; ASCII digits only
 _FLOAT_PATTERN = r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z"  # no nan, inf, 1_000
 # Ids are one printable line: they appear in failure lines, keys and audit records.
-_ONE_LINE_PATTERN = r"^[^\x00-\x1f\x7f\x85\u2028\u2029]*\Z"
+_ONE_LINE_PATTERN = f"^[^{UNSAFE_CLASS}\n\t\u2028\u2029]*\\Z"  # ids: one printable line, nothing invisible
 
 
 @dataclass(frozen=True)
@@ -175,12 +194,14 @@ class IntakeReport:
 # Reading
 
 
-def read_prompt_table(path: Path) -> pd.DataFrame:
+def read_prompt_table(path: Path, limits: IntakeLimits | None = None) -> pd.DataFrame:
     """Read a prompt table by its extension into a DataFrame of text cells (str or None).
 
     Values are kept as text ("007" stays "007"); typing is left to `validate_prompt_table`.
-    Raises `IntakeError` (one line, naming the file) when the file is not a readable table.
+    Raises `IntakeError` (one line, naming the file) when the file is not a readable table, is over
+    the limits, or (CSV) has a line whose number of fields differs from the header's.
     """
+    limits = limits or IntakeLimits()
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
@@ -190,16 +211,30 @@ def read_prompt_table(path: Path) -> pd.DataFrame:
         )
     hint = _FIX_HINT[suffix]
     try:
-        data = path.read_bytes()
+        size = path.stat().st_size
+        if size > limits.max_file_bytes:
+            raise IntakeError(
+                f"{path}: {size:,} bytes, over the limit of {limits.max_file_bytes:,} "
+                "(ATELIER_INTAKE_MAX_FILE_BYTES); split it into several batches"
+            )
+        with path.open("rb") as fh:
+            data = fh.read(limits.max_file_bytes + 1)
     except OSError as exc:
         raise IntakeError(f"{path}: cannot read the file ({exc.strerror or exc}); {hint}") from None
+    if len(data) > limits.max_file_bytes:  # it grew while read, or is not a regular file
+        raise IntakeError(f"{path}: over the limit of {limits.max_file_bytes:,} bytes (ATELIER_INTAKE_MAX_FILE_BYTES)")
     if not data.strip():
         raise IntakeError(f"{path}: the file is empty; {hint}")
     if suffix == ".parquet":
-        frame = _read_parquet(path, data, hint)
+        frame = _read_parquet(path, data, hint, limits.max_rows)
     else:
         text = _decode_text(path, data, hint)
         frame = _read_csv(path, text, hint) if suffix == ".csv" else _read_json_lines(path, text, hint)
+    if len(frame) > limits.max_rows:
+        raise IntakeError(
+            f"{path}: {len(frame):,} rows, over the limit of {limits.max_rows:,} (ATELIER_INTAKE_MAX_ROWS); "
+            "split it into several batches"
+        )
     logger.debug("read %s: %d rows, columns %s", path, len(frame), list(frame.columns))
     return frame
 
@@ -217,11 +252,37 @@ def _decode_text(path: Path, data: bytes, hint: str) -> str:
         ) from None
 
 
+def _check_field_counts(path: Path, text: str, hint: str) -> None:
+    """Every record has as many fields as the header. One more (an unquoted comma in a prompt) made
+    pandas take the first column as the index and shift every value one column: refused, by line."""
+    import csv
+
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        bad: list[tuple[int, int]] = []
+        for record in reader:
+            if record and len(record) != len(header):  # blank lines are skipped, as pandas does
+                bad.append((reader.line_num, len(record)))
+    except csv.Error:
+        return  # malformed quoting: pandas names the problem below
+    if bad:
+        line, fields = bad[0]
+        more = f" (and {len(bad) - 1} more line{'s' if len(bad) > 2 else ''}: {', '.join(str(b[0]) for b in bad[1:6])})"
+        raise IntakeError(
+            f"{path}: line {line} has {fields} fields but the header has {len(header)}"
+            f"{more if len(bad) > 1 else ''}; a comma inside a value needs the value in double quotes; {hint}"
+        )
+
+
 def _read_csv(path: Path, text: str, hint: str) -> pd.DataFrame:
     import pandas as pd  # imported on use: `batch list` and friends need no pandas
 
+    _check_field_counts(path, text, hint)
     try:
-        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False)
+        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False, index_col=False)
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise IntakeError(f"{path}: not a readable CSV table ({_one_line(exc)}); {hint}") from None
     # Short rows leave NaN in the missing trailing fields even with na_filter=False.
@@ -250,11 +311,22 @@ def _read_json_lines(path: Path, text: str, hint: str) -> pd.DataFrame:
     return pd.DataFrame.from_records(records).astype(object).pipe(lambda f: f.where(f.notna(), None))
 
 
-def _read_parquet(path: Path, data: bytes, hint: str) -> pd.DataFrame:
+def _read_parquet(path: Path, data: bytes, hint: str, max_rows: int) -> pd.DataFrame:
     import pandas as pd  # imported on use: `batch list` and friends need no pandas
 
     if len(data) < 12 or not (data.startswith(b"PAR1") and data.endswith(b"PAR1")):
         raise IntakeError(f"{path}: not a Parquet file (no PAR1 magic bytes); {hint}")
+    try:
+        import pyarrow.parquet as pq
+
+        rows = pq.ParquetFile(io.BytesIO(data)).metadata.num_rows  # from the footer: nothing decoded yet
+    except Exception as exc:  # pyarrow raises many types (ArrowInvalid, OSError, ...); none may escape
+        raise IntakeError(f"{path}: not a readable Parquet file ({_one_line(exc)}); {hint}") from None
+    if rows > max_rows:
+        raise IntakeError(
+            f"{path}: {rows:,} rows, over the limit of {max_rows:,} (ATELIER_INTAKE_MAX_ROWS); "
+            "split it into several batches"
+        )
     try:
         frame = pd.read_parquet(io.BytesIO(data))
     except Exception as exc:  # pyarrow raises many types (ArrowInvalid, OSError, ...); none may escape
@@ -310,9 +382,9 @@ def _cell_text(value: Any) -> str | None:
 # Validation
 
 
-def load_prompts(path: Path) -> IntakeReport:
-    """Read and validate a prompt table. Raises `IntakeError` only for an unreadable file."""
-    return validate_prompt_table(read_prompt_table(path))
+def load_prompts(path: Path, limits: IntakeLimits | None = None) -> IntakeReport:
+    """Read and validate a prompt table. Raises `IntakeError` only for an unreadable or oversized file."""
+    return validate_prompt_table(read_prompt_table(path, limits))
 
 
 def validate_prompt_table(df: pd.DataFrame) -> IntakeReport:
@@ -401,8 +473,56 @@ def _checked_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[st
     return pd.DataFrame(checked, index=pd.RangeIndex(n)), texts
 
 
+# Modules Great Expectations imports at the top of files but uses only inside the functions of
+# expectations, metrics and data sources this suite never runs; loading them is over a third of
+# GX's import time (scipy.stats ~0.8 s: the KL-divergence and KS-test metrics; altair ~0.3 s: the
+# KL-divergence charts; jsonschema ~40 ms: ExpectColumnValuesToMatchJsonSchema; boto3 ~30 ms: S3
+# data sources). GX binds placeholders that import the real module on first use
+# (governance.deferred_imports), so an expectation that needs one still works: it pays then.
+_GX_DEFERRED_IMPORTS = ("scipy.stats", "altair", "jsonschema", "boto3")
+
+
+@contextmanager
+def _allocating_long_lived() -> Iterator[None]:
+    """Run a block that allocates objects meant to live as long as the process (an import).
+
+    Importing GX allocates a third of a million objects that stay (classes, pydantic models,
+    registries) and about 2,000 of garbage. Left to the cyclic garbage collector, the young
+    collections would walk them over and over while they pile up (a fifth of GX's import time),
+    then once more in a full collection during the first validation. So the collector is off for
+    the block, and then every young object (what the block allocated, mostly) is filed directly
+    in the oldest generation (`gc.freeze()` then `gc.unfreeze()`: two list splices), where the
+    next full collection examines it, garbage included. That filing is skipped when objects are
+    frozen already: their owner froze them, and `unfreeze` would release them too. The collector
+    ends on or off as it was, and nothing stays frozen.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if gc.get_freeze_count() == 0:
+            gc.freeze()
+            gc.unfreeze()
+        if enabled:
+            gc.enable()
+
+
+def _import_gx() -> ModuleType:
+    """`import great_expectations`; the first time without the modules GX never needs here
+    (`_GX_DEFERRED_IMPORTS`) and without the garbage collector walking its objects."""
+    if "great_expectations" in sys.modules:
+        import great_expectations as gx
+
+        return gx
+    with _allocating_long_lived(), deferring(_GX_DEFERRED_IMPORTS) as deferred:
+        import great_expectations as gx
+    logger.debug("imported great_expectations; deferred %s", ", ".join(deferred) or "nothing")
+    return gx
+
+
 def _build_suite(checked: pd.DataFrame, input_columns: Sequence[str]) -> Any:
-    import great_expectations as gx
+    gx = _import_gx()
     import great_expectations.expectations as gxe
 
     def tag(rule: str, column: str) -> dict[str, str]:
@@ -437,6 +557,13 @@ def _build_suite(checked: pd.DataFrame, input_columns: Sequence[str]) -> Any:
         if name in present:
             expectations.append(
                 gxe.ExpectColumnValuesToMatchRegex(column=name, regex=_ONE_LINE_PATTERN, meta=tag("one_line", name))
+            )
+    for name in ("prompt", "negative_prompt"):  # text a person approves: nothing that hides or reorders it
+        if name in present:
+            expectations.append(
+                gxe.ExpectColumnValuesToNotMatchRegex(
+                    column=name, regex=UNSAFE.pattern, meta=tag("unsafe_characters", name)
+                )
             )
     for column in COLUMNS:
         if column.kind == "text" or column.name not in present:
@@ -480,7 +607,7 @@ def _gx_batch_definition() -> Any:
     Created on first use: importing great_expectations and building a context takes seconds.
     In-memory stores only (nothing written to disk), analytics and progress bars off.
     """
-    import great_expectations as gx
+    gx = _import_gx()
     from great_expectations.data_context.types.base import (
         DataContextConfig,
         InMemoryStoreBackendDefaults,
@@ -567,7 +694,7 @@ def _unknown_column_message(name: str) -> str:
 
 
 def _duplicate_failures(indices: list[int], row_ids: list[str | None]) -> list[RowFailure]:
-    rows_by_id: dict[str, list[int]] = {}
+    rows_by_id: dict[str | None, list[int]] = {}
     for index in indices:
         rows_by_id.setdefault(row_ids[index], []).append(index + 1)
     failures = []
@@ -588,7 +715,16 @@ def _row_message(rule: str, column: str, raw: str | None) -> str:
     if rule == "max_length":
         return f"{len(raw or '')} characters; at most {_MAX_LENGTHS[column]} allowed"
     if rule == "one_line":
-        return f"{shown} contains a line break or control character; {column} must be one printable line"
+        unsafe = first_unsafe(raw or "")
+        what = f"the character {describe(unsafe[1])}" if unsafe else "a line break or control character"
+        return f"{shown} contains {what}; {column} must be one printable line"
+    if rule == "unsafe_characters":
+        unsafe = first_unsafe(raw or "")
+        where = f"{describe(unsafe[1])} at position {unsafe[0] + 1}" if unsafe else "an invisible character"
+        return (
+            f"contains {where}: control, bidirectional-override and zero-width characters can hide or "
+            "reorder what the approver reads; remove it"
+        )
     if rule == "type":
         kind = "a whole number" if _BY_NAME[column].kind == "int" else "a number"
         return f"{shown} is not {kind}"
@@ -630,7 +766,7 @@ def _failure_order(failure: RowFailure) -> tuple:
 def _typed_rows(checked: pd.DataFrame) -> list[PromptRow]:
     rows = []
     for record in checked.to_dict(orient="records"):
-        values = {}
+        values: dict[str, Any] = {}  # int, float or str by the column's kind
         for column in COLUMNS:
             value = record[column.name]
             if column.kind == "int":

@@ -397,6 +397,8 @@ class AuditAnchor(Base):
     version_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     retain_until: Mapped[str | None] = mapped_column(String(32), nullable=True)
     signature: Mapped[str] = mapped_column(Text)
+    # SHA-256 fingerprint of the certificate that signed it (governance.ledger.certificate_id); None before 0007
+    signer_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class AuditEvent(Base):
@@ -413,3 +415,11 @@ class AuditEvent(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # Since 0007 (all hashed when not null, so events written before keep their hashes): the API token
+    # the actor used, the governed records this event binds ([kind, id, row digest or null when
+    # deleted], see governance.bindings), and the audit key that authenticated the event; `mac` is
+    # HMAC-SHA256 of `hash` under that key (not hashed itself: it is over the hash).
+    token_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    records: Mapped[list[Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    mac: Mapped[str | None] = mapped_column(String(64), nullable=True)

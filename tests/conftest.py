@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -11,9 +12,21 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from governance.audit import AuditKey, AuditKeyRing
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 PG_ADMIN_URL = os.environ.get("ATELIER_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def _test_audit_keys() -> AuditKeyRing:
+    """The tests' audit key ring (public, like watermark.PUBLIC_TEST_KEY: tests only). Sessions made
+    for tests pass it: governance.db.make_sessionmaker(engine, audit_keys=TEST_AUDIT_KEYS)."""
+    secret = hashlib.sha256(b"atelier test audit key - NOT FOR PRODUCTION").digest()
+    return AuditKeyRing((AuditKey(secret, development=True),))
+
+
+TEST_AUDIT_KEYS = _test_audit_keys()
 
 
 def _pg_reachable() -> str | None:

@@ -35,4 +35,4 @@ def test_compliance_bench_smoke(pg_server: str, tmp_path) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     recorded = out.read_text()
     assert recorded.startswith("\n## compliance\n") and "| trace by SHA-256 |" in recorded
-    assert "2,000 images" in recorded and "| audit verify |" in recorded
+    assert "2,000 images" in recorded and "| audit verify: record check |" in recorded

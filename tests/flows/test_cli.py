@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.flows.conftest import approved_batch, write_prompts
+from tests.flows.conftest import NOBODY, approved_batch, write_prompts
 
 GOOD = [{"row_id": "a", "prompt": "a lamp", "seed": 1, "width": 256, "height": 256, "steps": 2}]
 
@@ -15,6 +15,7 @@ GOOD = [{"row_id": "a", "prompt": "a lamp", "seed": 1, "width": 256, "height": 2
 @pytest.fixture
 def cli(make_cli, tmp_path):
     c = make_cli(["--data-dir", str(tmp_path / "d")])
+    assert c("keys", "init")[0] == 0
     assert c("users", "add", "admin", "--role", "admin")[0] == 0
     c("users", "add", "maria", "--role", "requester", actor="admin")
     c("users", "add", "omar", "--role", "approver", actor="admin")
@@ -64,18 +65,30 @@ def test_bad_rows_are_all_listed_with_exit_code_2(cli, tmp_path: Path) -> None:
     assert cli.json("batch", "list") == []
 
 
-def test_who_is_acting_is_required_and_checked(cli, tmp_path: Path) -> None:
+def test_who_is_acting_is_established_by_a_token_never_claimed(cli, tmp_path: Path) -> None:
     path = str(write_prompts(tmp_path / "g.csv", GOOD))
-    code, _, err = cli("batch", "submit", path, "--purpose", "catalogue")
-    assert code == 4 and "--as NAME" in _one_line(err)
-    code, _, err = cli("batch", "submit", path, "--purpose", "catalogue", actor="zed")
-    assert code == 3 and "unknown user 'zed'" in _one_line(err)
+    code, _, err = cli("batch", "submit", path, "--purpose", "catalogue", actor=NOBODY)
+    assert code == 15 and "no credentials" in _one_line(err)
+    code, _, err = cli("batch", "submit", path, "--purpose", "catalogue", actor="zed")  # a token nobody holds
+    assert code == 15 and "token not recognised" in _one_line(err) and "atl_" not in err  # never echoed
     code, _, err = cli("batch", "submit", path, "--purpose", "catalogue", actor="omar")
     assert code == 4 and "requester role" in _one_line(err)
     code, _, err = cli("users", "add", "eve", "--role", "admin", actor="maria")
     assert code == 4 and "admin role" in _one_line(err)
     code, _, err = cli("users", "add", "eve", "--role", "boss", actor="admin")
     assert code == 2 and 'Invalid value "boss" for --role' in _one_line(err)
+    # The old ways of claiming a name are gone: no --as flag, and ATELIER_ACTOR means nothing.
+    code, _, err = cli("batch", "submit", path, "--purpose", "catalogue", "--as", "maria", actor=NOBODY)
+    assert code == 2 and "--as" in _one_line(err)
+    import os
+
+    os.environ["ATELIER_ACTOR"] = "maria"
+    try:
+        code, _, err = cli("batch", "submit", path, "--purpose", "catalogue", actor=NOBODY)
+    finally:
+        del os.environ["ATELIER_ACTOR"]
+    assert code == 15
+    assert cli.json("batch", "list") == []  # nothing was stored by any of these
 
 
 def test_submit_show_reject(cli, tmp_path: Path) -> None:
@@ -83,12 +96,17 @@ def test_submit_show_reject(cli, tmp_path: Path) -> None:
         "batch", "submit", str(write_prompts(tmp_path / "g.csv", GOOD)), "--purpose", "catalogue", actor="maria"
     )
     assert set(out) == {"batch_id", "content_sha256"} and len(out["content_sha256"]) == 64
+    sha = out["content_sha256"]
     code, _, err = cli("batch", "reject", out["batch_id"], "--reason", "wrong season", actor="omar")
+    assert code == 2 and "--content-sha256" in _one_line(err)  # a decision names the content it was taken on
+    code, _, err = cli(
+        "batch", "reject", out["batch_id"], "--reason", "wrong season", "--content-sha256", sha, actor="omar"
+    )
     assert code == 0
     shown = cli.json("batch", "show", out["batch_id"])
     assert shown["status"] == "rejected" and shown["decided_by"] == "omar" and shown["requested_by"] == "maria"
     assert shown["prompts"] == 1 and shown["images_planned"] == 1
-    code, _, err = cli("batch", "approve", out["batch_id"], actor="omar")
+    code, _, err = cli("batch", "approve", out["batch_id"], "--content-sha256", sha, actor="omar")
     assert code == 5 and "only a submitted batch" in _one_line(err)
     code, _, err = cli("batch", "show", "nope")
     assert code == 3 and "no batch 'nope'" in _one_line(err)
@@ -99,7 +117,7 @@ def test_audit_verify_exit_code_names_the_tampered_event(cli, tmp_path: Path) ->
     with sqlite3.connect(tmp_path / "d" / "atelier.db") as conn:
         conn.execute("UPDATE audit_events SET actor = 'mallory' WHERE seq = 2")
     code, out, err = cli("audit", "verify")
-    assert code == 8 and "event 2" in _one_line(err)
+    assert code == 8 and "event 2" in err.splitlines()[0] and "Traceback" not in err
     code, out, _ = cli("audit", "verify", "--json")
     assert code == 8 and '"first_bad_seq": 2' in out
 
@@ -126,11 +144,12 @@ def test_run_refuses_before_prefect_starts_when_something_it_needs_is_missing(ma
     # What `atelier run` needs is checked before Prefect or any model loads: one line, exit 6 (or 3 for
     # an unregistered licence), nothing started, nothing recorded.
     data = tmp_path / "d"
-    flags = ["--data-dir", str(data)]
-    if missing == "store":  # a store that refuses connections: an S3 endpoint nobody listens on
-        flags += ["--store-url", "s3://bucket/p", "--s3-endpoint-url", "http://127.0.0.1:9"]
-    cli = make_cli(flags)
+    cli = make_cli(["--data-dir", str(data)])
     batch_id = approved_batch(cli, tmp_path, GOOD)
+    cli.token("ops")  # the operator's token, issued while everything works
+    if missing == "store":  # from now on a store that refuses connections: an S3 endpoint nobody listens on
+        store = ["--store-url", "s3://bucket/p", "--s3-endpoint-url", "http://127.0.0.1:9"]
+        cli.flags = [*cli.flags, *store]
     keys = data / "keys"
     if missing == "signer":
         (keys / "signer-key.pem").unlink()
@@ -175,7 +194,7 @@ def test_output_into_a_closed_pipe_is_no_traceback(tmp_path) -> None:
     import sys
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "batch", "list", "--json", "--data-dir", str(tmp_path / "d")],
+        [sys.executable, "-m", "flows.cli", "completion", "--shell", "bash"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -214,12 +233,15 @@ def test_the_live_rate_is_sane_from_the_first_images() -> None:
 
 
 def test_settings_flags_go_before_or_after_the_command(make_cli, tmp_path) -> None:
-    before = make_cli([])
     data = str(tmp_path / "d")
+    before = make_cli([])
+    assert before("--data-dir", data, "keys", "init")[0] == 0
     assert before("--data-dir", data, "users", "add", "admin", "--role", "admin")[0] == 0
+    token = before.tokens["admin"]
     after = make_cli(["--data-dir", data])
-    assert after.json("users", "list") == [{"name": "admin", "roles": "admin"}]
-    code, out, _ = before("--data-dir", data, "--as", "admin", "users", "add", "omar", "--role", "approver")
+    after.tokens["admin"] = token
+    assert after.json("users", "list")[0]["name"] == "admin"
+    code, out, _ = before("--data-dir", data, "users", "add", "omar", "--role", "approver", actor="admin")
     assert code == 0 and "omar" in out
 
 
@@ -235,7 +257,7 @@ def test_settings_flags_go_before_or_after_the_command(make_cli, tmp_path) -> No
         (["compliance", "search", "--limit", "-3"], "--limit"),
         (["compliance", "export", "--format", "xlsx", "--out", "x"], 'Invalid value "xlsx" for --format'),
         (["run", "--progress", "sometimes"], 'Invalid value "sometimes" for --progress'),
-        (["verify"], "name at least one image file or folder"),
+        (["verify"], "parameter FILES requires an argument"),
         (["deploy", "--gpus", "0"], "--gpus"),
     ],
 )
@@ -245,8 +267,7 @@ def test_mistakes_on_the_command_line_are_one_line_exit_2_naming_the_fix(make_cl
     line = _one_line(err)
     assert code == 2 and fragment in line, line
     assert out == ""
-    if argv != ["verify"]:  # a parse error says where the help is
-        assert "--help`)" in line
+    assert "--help`)" in line  # a parse error says where the help is
     assert not (tmp_path / "d").exists()  # refused before anything was opened or created
 
 
@@ -254,7 +275,7 @@ def test_help_lists_every_command_and_the_settings(make_cli, tmp_path) -> None:
     cli = make_cli([])
     code, out, _ = cli("--help")
     assert code == 0
-    for command in ("batch", "compliance", "run", "trace", "verify", "reproduce", "completion", "--data-dir", "--as"):
+    for command in ("batch", "compliance", "run", "trace", "verify", "tokens", "login", "completion", "--data-dir"):
         assert command in out, command
     code, out, _ = cli("batch", "submit", "--help")
     assert code == 0 and "catalogue, marketing" in out and "FILE" in out
@@ -303,3 +324,36 @@ def test_batch_show_lists_every_field_of_every_row(cli, tmp_path) -> None:
     assert shown["batch_id"] == out["batch_id"] and shown["progress"]["planned"] == 2
     code, text, _ = cli("batch", "show", out["batch_id"])
     assert code == 0 and "blurry, watermark" in text and "6.5" in text and "0.7" in text and "SKU-42" in text
+
+
+def test_stored_text_cannot_hide_or_erase_itself_on_the_terminal(cli, tmp_path) -> None:
+    # Intake refuses these characters; a record written before that check, or straight into the
+    # database, must still show as what it holds: escaped, never interpreted by the terminal.
+    out = cli.json(
+        "batch", "submit", str(write_prompts(tmp_path / "t.csv", GOOD)), "--purpose", "catalogue", actor="maria"
+    )
+    hidden = "\x1b[8mnude portrait\x1b[0m studio photo of a lamp"
+    wiped = "text \x1b[2K\r studio photo of a vase"
+    reordered = "lamp \u202egnp.exe\u202c \u200bshade"
+    with sqlite3.connect(tmp_path / "d" / "atelier.db") as db:
+        db.execute("UPDATE prompts SET prompt = ?, negative_prompt = ?, ref = ?", (hidden, wiped, reordered))
+    code, text, _ = cli("batch", "show", out["batch_id"])
+    assert code == 0
+    for raw in ("\x1b", "\r", "\u202e", "\u200b"):
+        assert raw not in text, repr(raw)
+    assert "\\x1b[8mnude portrait\\x1b[0m studio photo of a lamp" in text  # what it holds, in plain sight
+    assert "\\x1b[2K\\x0d studio photo of a vase" in text and "\\u202egnp.exe" in text
+    shown = cli.json("batch", "show", out["batch_id"])  # JSON keeps the exact stored value (escaped by JSON)
+    assert shown["prompts_detail"][0]["prompt"] == hidden
+
+
+def test_escaping_covers_every_class_of_unsafe_character() -> None:
+    from governance.text import describe, escape_unsafe, first_unsafe
+
+    for char in ["\x00", "\x07", "\x1b", "\r", "\x7f", "\x85", "\x9b", "\u00ad", "\u061c", "\u200b", "\u200d",
+                 "\u200e", "\u202a", "\u202e", "\u2060", "\u2066", "\u2069", "\ufeff"]:  # fmt: skip
+        assert first_unsafe(f"a{char}b") == (1, char), repr(char)
+        assert char not in escape_unsafe(f"a{char}b")
+    assert first_unsafe("café ünïcödé 日本語 emoji 🙂, tabs\tand\nnewlines") is None  # ordinary text passes
+    assert escape_unsafe("a\tb\nc", one_line=True) == "a\\x09b\\x0ac"
+    assert describe("\x1b") == "U+001B (ESC)" and describe("\u202e") == "U+202E (RIGHT-TO-LEFT OVERRIDE)"

@@ -21,7 +21,7 @@ from flows.runtime import Runtime
 from flows.settings import get_settings
 from governance.records import Batch, Run
 from tests.conftest import REPO
-from tests.flows.conftest import write_prompts
+from tests.flows.conftest import token_file, write_prompts
 
 POOL = "atelier-local-test"
 
@@ -66,11 +66,19 @@ def test_deploy_then_one_worker_per_gpu_runs_batches_from_the_deployment(
         str(refiner),
     ]
     cli = make_cli(flags)
+    assert cli("db", "upgrade")[0] == 0
+    cli("keys", "init")
+    cli("users", "add", "admin", "--role", "admin")
+    for name, role in [("maria", "requester"), ("omar", "approver"), ("svc-marketing", "operator")]:
+        cli("users", "add", name, "--role", role, actor="admin")
+    cli("licences", "register", "creativeml-openrail++-m", actor="admin")
 
-    code, _, err = cli("deploy", "--pool", POOL, "--gpus", "0")
-    assert code == 2 and "--gpus must be at least 1" in err
+    code, _, err = cli("deploy", "--pool", POOL, "--gpus", "0", actor="svc-marketing")
+    assert code == 2 and 'Invalid value "0" for --gpus. Must be >= 1' in err
+    code, _, err = cli("deploy", "--pool", POOL, "--gpus", "2", actor="maria")
+    assert code == 4 and "operator role" in err  # only operators shape the GPU pool
     for _ in range(2):  # idempotent: a second deploy updates, it does not duplicate
-        deployed = cli.json("deploy", "--pool", POOL, "--type", "process", "--gpus", "2")
+        deployed = cli.json("deploy", "--pool", POOL, "--type", "process", "--gpus", "2", actor="svc-marketing")
     assert {d["name"] for d in deployed} == {"produce-approved/catalogue-nightly", "produce-batch/marketing-on-demand"}
     state = anyio.run(_pool_state)
     assert state["type"] == "process" and state["limit"] == 2  # one flow run per GPU in the pool
@@ -78,12 +86,6 @@ def test_deploy_then_one_worker_per_gpu_runs_batches_from_the_deployment(
     assert state["nightly"] == ("catalogue", ["0 2 * * *"], 1, {"purpose": "catalogue", "actor": "svc-catalogue"})
     assert state["marketing"] == ("marketing", 4)
 
-    assert cli("db", "upgrade")[0] == 0
-    cli("users", "add", "admin", "--role", "admin")
-    for name, role in [("maria", "requester"), ("omar", "approver"), ("svc-marketing", "operator")]:
-        cli("users", "add", name, "--role", role, actor="admin")
-    cli("licences", "register", "creativeml-openrail++-m", actor="admin")
-    cli("keys", "init")
     batches = []
     for n in range(2):
         rows = [
@@ -97,13 +99,14 @@ def test_deploy_then_one_worker_per_gpu_runs_batches_from_the_deployment(
                 "num_images": 2,
             }
         ]
-        batch_id = cli.json(
+        submitted = cli.json(
             "batch", "submit", str(write_prompts(tmp_path / f"m{n}.csv", rows)), "--purpose", "marketing", actor="maria"
-        )["batch_id"]
-        cli("batch", "approve", batch_id, actor="omar")
+        )
+        batch_id = submitted["batch_id"]
+        assert cli("batch", "approve", batch_id, "--content-sha256", submitted["content_sha256"], actor="omar")[0] == 0
         batches.append(batch_id)
 
-    code, _, err = cli("workers", "--pool", POOL, "--gpus", "0,x")
+    code, _, err = cli("workers", "--pool", POOL, "--gpus", "0,x", actor="svc-marketing")
     assert code == 2 and "GPU indices" in err
 
     env = {
@@ -114,7 +117,8 @@ def test_deploy_then_one_worker_per_gpu_runs_batches_from_the_deployment(
     }
     log = (tmp_path / "workers.log").open("wb")
     workers = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "workers", "--pool", POOL, "--gpus", "0,1", "--gpu-device", "cpu", *flags],
+        [sys.executable, "-m", "flows.cli", "workers", "--pool", POOL, "--gpus", "0,1", "--gpu-device", "cpu", *flags]
+        + ["--token-file", str(token_file(tmp_path / "svc.token", cli.token("svc-marketing")))],
         env=env,
         cwd=REPO,
         stdout=log,

@@ -30,7 +30,7 @@ from flows.runtime import Runtime
 from flows.settings import get_settings
 from governance.claims import chunk_progress
 from governance.records import AuditEvent, Image, image_id_for, prompt_id_for
-from tests.flows.conftest import approved_batch
+from tests.flows.conftest import approved_batch, token_file
 from tests.outages import WORKER_PRELOAD, worker_main
 
 KILLS = 20
@@ -93,7 +93,14 @@ def test_workers_killed_again_and_again_lose_and_duplicate_nothing(
         monkeypatch.setenv(key, value)  # before the forkserver starts: the workers inherit them
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(WORKER_PRELOAD)
-    argv = ["run", "--batch", batch_id, "--as", "ops", *flags]
+    argv = [
+        "run",
+        "--batch",
+        batch_id,
+        *flags,
+        "--token-file",
+        str(token_file(tmp_path / "ops.token", cli.token("ops"))),
+    ]
     started: list[multiprocessing.process.BaseProcess] = []
 
     def start_worker() -> multiprocessing.process.BaseProcess:

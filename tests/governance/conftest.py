@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from governance.db import make_engine, make_sessionmaker, upgrade
 from governance.licences import CREATIVEML_OPENRAIL_PP_M, register_licence
 from governance.users import add_user
+from tests.conftest import TEST_AUDIT_KEYS
 
 
 @pytest.fixture
@@ -15,7 +16,7 @@ def sessions(database_url: str) -> sessionmaker[Session]:
     """A migrated, empty database (SQLite file and PostgreSQL) with the usual cast of users."""
     engine = make_engine(database_url)
     upgrade(engine)
-    maker = make_sessionmaker(engine)
+    maker = make_sessionmaker(engine, audit_keys=TEST_AUDIT_KEYS)
     with maker.begin() as s:
         add_user(s, None, "admin", ["admin"])
         add_user(s, "admin", "maria", ["requester"])

@@ -199,9 +199,10 @@ def build_world(sessions: sessionmaker[Session], tmp_path: Path) -> World:
             s, "nina", write_csv(tmp_path / "b.csv", ROWS_B), "marketing", use_category="marketing-campaign"
         )
         world.batch_a, world.batch_b = a.id, b.id
+        contents = {a.id: a.content_sha256, b.id: b.content_sha256}
     with sessions.begin() as s:
-        approve_batch(s, "omar", world.batch_a).decided_at = T_A - timedelta(hours=1)
-        approve_batch(s, "omar", world.batch_b).decided_at = T_B - timedelta(hours=1)
+        approve_batch(s, "omar", world.batch_a, contents[world.batch_a]).decided_at = T_A - timedelta(hours=1)
+        approve_batch(s, "omar", world.batch_b, contents[world.batch_b]).decided_at = T_B - timedelta(hours=1)
     with sessions.begin() as s:
         world.run_a = _run(s, world, world.batch_a, "gen1", GEN1, T_A, quarantine={("sku-1", 1)})
     with sessions.begin() as s:

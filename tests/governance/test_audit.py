@@ -1,12 +1,15 @@
-"""The audit chain: every change is recorded, and any edit, deletion or reordering is caught."""
+"""The audit chain: every change is recorded, authenticated and bound to the records it changed, and any
+edit, deletion or reordering is caught. (What a database writer can do to records and events without the
+keys, and how `audit verify` names it: test_tamper.py.)"""
 
 from __future__ import annotations
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from governance.audit import record_event, verify_chain
+from governance.audit import event_hash, record_event, verify_chain
 from governance.records import AuditEvent
+from tests.conftest import TEST_AUDIT_KEYS
 
 
 def _as_attacker(s: Session) -> None:
@@ -117,7 +120,9 @@ def test_two_writers_from_the_same_head_cannot_fork_the_chain(sessions: sessionm
 
     with sessions.begin() as s:
         e = record_event(s, "maria", "test.event", "thing", "a")
-        seq, prev = e.seq, e.prev_hash
+        assert e.seq is None  # an event gets its place in the chain when its transaction commits
+    seq, prev = e.seq, e.prev_hash
+    assert seq is not None and prev is not None
     with pytest.raises(IntegrityError), sessions.begin() as s:
         s.add(
             AuditEvent(
@@ -150,3 +155,88 @@ def test_postgresql_refuses_update_and_delete_on_the_audit_table(sessions: sessi
             s.execute(text(statement))
     with sessions() as s:
         assert verify_chain(s).ok
+
+
+def test_every_event_is_authenticated_and_binds_what_its_transaction_changed(sessions: sessionmaker[Session]) -> None:
+    from governance.bindings import kind_named, row_digests
+    from governance.users import add_user
+
+    with sessions.begin() as s:
+        add_user(s, "admin", "lee", ["auditor"])
+        record_event(s, "admin", "test.note", "thing", "x")  # a second event: the user's binding stays on its own
+    with sessions() as s:
+        created, note = s.scalars(select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(2)).all()[::-1]
+        user_id = s.scalar(text("SELECT id FROM users WHERE name = 'lee'"))
+        digest = row_digests(s, kind_named("user"), [str(user_id)])[str(user_id)][0]
+    assert created.action == "user.created" and created.records == [["user", str(user_id), digest]]
+    assert note.records is None
+    for e in (created, note):
+        assert e.key_id == TEST_AUDIT_KEYS.current.key_id and e.mac == TEST_AUDIT_KEYS.current.mac(e.hash)
+    with sessions() as s:
+        report = verify_chain(s)
+    assert report.ok and report.authenticated == report.events and report.legacy == 0
+
+
+def test_events_written_before_macs_verify_only_as_far_as_they_are_vouched_for(sessions: sessionmaker[Session]) -> None:
+    """A legacy (pre-0007) event has no MAC: accepted up to `legacy_until`, an attacker's after it."""
+    with sessions() as s:
+        head = s.scalar(select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(1))
+    body = {
+        "seq": head.seq + 1,
+        "at": head.at,
+        "actor": "x",
+        "action": "old.event",
+        "subject_type": "t",
+        "subject_id": "1",
+        "payload": {},
+    }
+    with sessions.begin() as s:
+        _as_attacker(s)
+        s.execute(
+            text(
+                "INSERT INTO audit_events (seq, at, actor, action, subject_type, subject_id, payload, prev_hash, hash) "
+                "VALUES (:seq, :at, 'x', 'old.event', 't', '1', '{}', :prev, :hash)"
+            ),
+            {"seq": body["seq"], "at": body["at"], "prev": head.hash, "hash": event_hash(head.hash, body)},
+        )
+    with sessions() as s:
+        refused = verify_chain(s)
+        accepted = verify_chain(s, legacy_until=head.seq + 1)
+    assert not refused.ok and "is not authenticated" in refused.problem and refused.first_bad_seq == head.seq + 1
+    assert accepted.ok and accepted.legacy == 1
+
+
+def test_a_partial_verification_starts_from_a_trusted_point(sessions: sessionmaker[Session]) -> None:
+    from governance.audit import ChainStart
+
+    with sessions() as s:
+        mid = s.scalar(select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(1))
+    _fill(sessions, 3)
+    with sessions() as s:
+        tail = verify_chain(s, start=ChainStart(mid.seq, mid.hash))
+        wrong = verify_chain(s, start=ChainStart(mid.seq, "f" * 64))
+        ranged = verify_chain(s, start=ChainStart(mid.seq, mid.hash), until=mid.seq + 2)
+    assert tail.ok and tail.events == 3 and tail.head_seq == mid.seq + 3
+    assert not wrong.ok and wrong.first_bad_seq == mid.seq + 1
+    assert ranged.ok and ranged.events == 2
+
+
+def test_development_audit_key_ring_is_made_marked_and_rotated(tmp_path) -> None:
+    import pytest
+
+    from governance.audit import DEV_KEY_HEADER, ensure_development_audit_key, load_audit_key_ring
+    from governance.errors import GovernanceCheckFailed
+
+    path = tmp_path / "keys" / "audit-key.txt"
+    with pytest.raises(GovernanceCheckFailed, match="atelier keys init"):
+        load_audit_key_ring(path)
+    ring = ensure_development_audit_key(path)
+    assert DEV_KEY_HEADER in path.read_text() and "NOT FOR PRODUCTION" in DEV_KEY_HEADER
+    assert path.stat().st_mode & 0o777 == 0o600 and ring.current.development
+    assert ensure_development_audit_key(path) == ring  # made once
+    rotated = ensure_development_audit_key(path, rotate=True)
+    assert rotated.current != ring.current and rotated.keys[1:] == ring.keys  # the old key still verifies
+    assert ring.current.secret.hex() not in repr(ring.current) and ring.current.key_id in repr(ring.current)
+    path.write_text(rotated.current.secret.hex() + "\n")  # an organisation's ring is never rotated here
+    with pytest.raises(GovernanceCheckFailed, match="not a development key ring"):
+        ensure_development_audit_key(path, rotate=True)

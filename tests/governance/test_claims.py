@@ -22,6 +22,7 @@ from governance.claims import (
 )
 from governance.db import make_engine, make_sessionmaker
 from governance.records import AuditEvent, WorkChunk
+from tests.conftest import TEST_AUDIT_KEYS
 from tests.governance.conftest import good_rows, write_csv
 
 
@@ -31,7 +32,7 @@ def batch_id(sessions: sessionmaker[Session], tmp_path: Path) -> str:
     rows[0]["num_images"] = 3  # 12 images
     with sessions.begin() as s:
         b = submit_batch(s, "maria", write_csv(tmp_path / "b.csv", rows), "catalogue")
-        approve_batch(s, "omar", b.id)
+        approve_batch(s, "omar", b.id, b.content_sha256)
         return b.id
 
 
@@ -98,7 +99,7 @@ def test_expired_lease_returns_the_chunk_and_it_finishes_once(sessions, batch_id
 
 
 def _drain(url: str, batch_id: str, worker: str) -> None:
-    sessions = make_sessionmaker(make_engine(url))
+    sessions = make_sessionmaker(make_engine(url), audit_keys=TEST_AUDIT_KEYS)
     while True:
         with sessions.begin() as s:
             chunk = claim_chunk(s, batch_id, worker, lease_seconds=300)

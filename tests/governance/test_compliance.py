@@ -6,13 +6,11 @@ real run with the tiny models through the CLI (module-scoped) and asks every que
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pyarrow.parquet as pq
 import pytest
@@ -272,6 +270,54 @@ def test_period_report_is_self_contained(sessions, world, tmp_path) -> None:
     assert (early.images, early.published, early.approvals, early.thumbnails) == (3, 2, 1, 1)
 
 
+def test_period_report_names_who_was_given_power_and_shows_hidden_characters(sessions, world, tmp_path) -> None:
+    from sqlalchemy import text
+
+    from governance.users import grant_roles
+
+    with sessions.begin() as s:
+        grant_roles(s, "admin", "lee", ["admin"])
+        s.execute(text("UPDATE prompts SET ref = :r"), {"r": "SKU\u202egnp.exe"})  # written behind Atelier's back
+    now = datetime.now(UTC)
+    out = tmp_path / "today.html"
+    with sessions() as s:
+        period_report(s, world.store, now - timedelta(days=1), now + timedelta(days=1), out)
+    page = out.read_text()
+    grants = page.split("Grants of the approver and admin roles", 1)[1].split("Quarantined images", 1)[0]
+    for user, roles, by in [("omar", "approver", "admin"), ("nina", "approver", "admin"), ("lee", "admin", "admin")]:
+        assert re.search(rf"<td>{user}</td><td>{roles}</td><td>{by}</td>", grants), user
+    assert "<td>maria</td>" not in grants.split("Holding them now")[0]  # a requester was given no power
+    with sessions() as s:
+        march = period_report(s, world.store, datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC), out)
+    page = out.read_text()
+    assert march.quarantined == 1 and "\u202e" not in page and "SKU\\u202egnp.exe" in page
+
+
+def test_csv_export_shows_hidden_characters_and_parquet_keeps_the_value(sessions, world, tmp_path) -> None:
+    import pyarrow.parquet as pq
+    from sqlalchemy import text
+
+    with sessions.begin() as s:
+        s.execute(text("UPDATE prompts SET prompt = :p"), {"p": "lamp \u202eevil\u202c \x1b[8mhidden"})
+    with sessions() as s:
+        export_lineage(s, tmp_path / "x.csv", "csv")
+        export_lineage(s, tmp_path / "x.parquet", "parquet")
+    csv_text = (tmp_path / "x.csv").read_text(encoding="utf-8")
+    assert "\u202e" not in csv_text and "\x1b" not in csv_text and "lamp \ufffdevil\ufffd \ufffd[8mhidden" in csv_text
+    assert "lamp \u202eevil" in pq.read_table(tmp_path / "x.parquet").column("prompt")[0].as_py()  # exact data
+
+
+def test_the_re2_class_and_the_python_class_agree_on_every_character() -> None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from governance.text import UNSAFE, UNSAFE_RE2
+
+    chars = [chr(c) for c in range(0x10000) if not 0xD800 <= c <= 0xDFFF]
+    arrow = pc.match_substring_regex(pa.array(chars), pattern=UNSAFE_RE2).to_pylist()
+    assert [c for c, hit in zip(chars, arrow, strict=True) if hit != bool(UNSAFE.search(c))] == []
+
+
 def test_compliance_needs_auditor_or_admin(sessions, world) -> None:
     with sessions() as s:
         assert require_compliance_access(s, "lee", "search").name == "lee"
@@ -285,6 +331,7 @@ def test_compliance_needs_auditor_or_admin(sessions, world) -> None:
 
 def test_cli_bad_flags_give_one_line_errors(capsys, tmp_path) -> None:
     cli = CLI(capsys, ["--data-dir", str(tmp_path / "data")])
+    cli("keys", "init")
     cli("users", "add", "admin", "--role", "admin")
     cli("users", "add", "lee", "--role", "auditor", actor="admin")
     cli("users", "add", "maria", "--role", "requester", actor="admin")
@@ -345,13 +392,7 @@ def produced(tmp_path_factory, tiny_models, prefect_server, s3_server):
             str(refiner),
         ]
 
-        def cli(*argv: str, actor: str | None = None) -> tuple[int, str, str]:
-            from flows.cli import main
-
-            out, err = io.StringIO(), io.StringIO()
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                code = main([*argv, *flags, *(["--as", actor] if actor else [])])
-            return code, out.getvalue(), err.getvalue()
+        cli = CLI(None, flags)  # each actor acts with its own API token
 
         def ok(*argv: str, actor: str | None = None) -> str:
             code, out, err = cli(*argv, actor=actor)
@@ -359,11 +400,11 @@ def produced(tmp_path_factory, tiny_models, prefect_server, s3_server):
             return out
 
         ok("db", "upgrade")
+        ok("keys", "init")
         ok("users", "add", "admin", "--role", "admin")
         for name, role in [("maria", "requester"), ("omar", "approver"), ("ops", "operator"), ("lee", "auditor")]:
             ok("users", "add", name, "--role", role, actor="admin")
         ok("licences", "register", "creativeml-openrail++-m", actor="admin")
-        ok("keys", "init")
         rows = [
             {
                 "row_id": "sku-1",
@@ -397,8 +438,8 @@ def produced(tmp_path_factory, tiny_models, prefect_server, s3_server):
             "--json",
             actor="maria",
         )
-        batch_id = json.loads(submitted)["batch_id"]
-        ok("batch", "approve", batch_id, actor="omar")
+        batch_id, content = json.loads(submitted)["batch_id"], json.loads(submitted)["content_sha256"]
+        ok("batch", "approve", batch_id, "--content-sha256", content, actor="omar")
         [result] = json.loads(ok("run", "--batch", batch_id, "--json", actor="ops"))
         yield {
             "cli": cli,

@@ -464,3 +464,97 @@ def test_validation_writes_nothing_to_the_working_directory(tmp_path, monkeypatc
     assert load_prompts(path).ok
 
     assert [p.name for p in tmp_path.iterdir()] == ["batch.csv"]
+
+
+# --- what an attacker would try (issue 12) ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "column, value, named",
+    [
+        ("prompt", "\x1b[8mnude portrait\x1b[0m studio photo of a lamp", "U+001B (ESC)"),
+        ("prompt", "text \x1b[2K\r studio photo of a vase", "U+001B (ESC)"),
+        ("prompt", "studio photo of a \u202eesav\u202c", "U+202E (RIGHT-TO-LEFT OVERRIDE)"),
+        ("negative_prompt", "blurry, wa\u200btermark", "U+200B (ZERO WIDTH SPACE)"),
+        ("prompt", "lamp \u2066hidden\u2069", "U+2066 (LEFT-TO-RIGHT ISOLATE)"),
+        ("prompt", "bell \x07 lamp", "U+0007"),
+        ("prompt", "c1 \x9b31m lamp", "U+009B"),
+        ("row_id", "sku\u202e1", "U+202E (RIGHT-TO-LEFT OVERRIDE)"),
+        ("ref", "camp\u200d9", "U+200D (ZERO WIDTH JOINER)"),
+    ],
+)
+def test_characters_that_hide_or_reorder_text_are_refused_naming_row_and_column(tmp_path, column, value, named):
+    rows = [list(r) for r in GOOD[:2]]
+    rows[1][HEADER.index(column)] = value
+    quoted = io.StringIO()
+    csv.writer(quoted, quoting=csv.QUOTE_ALL, lineterminator="\n").writerows([HEADER, *rows])
+    (tmp_path / "b.csv").write_text(quoted.getvalue(), encoding="utf-8")
+    for path in (tmp_path / "b.csv", write_jsonl(tmp_path / "b.jsonl", HEADER, rows)):
+        report = load_prompts(path)
+        assert not report.ok and report.rows == []
+        [failure] = report.failures
+        assert (failure.row, failure.column) == (2, column), failure
+        assert named in failure.message and "\x1b" not in failure.format() and "\u202e" not in failure.format()
+
+
+def test_ordinary_unicode_text_is_not_refused(tmp_path):
+    rows = [list(r) for r in GOOD[:1]]
+    rows[0][HEADER.index("prompt")] = "café crème, Müsli-Schale, 日本の茶碗, שולחן, emoji 🙂, tab\there"
+    assert load_prompts(write_csv(tmp_path / "b.csv", HEADER, rows)).ok
+
+
+def test_a_row_with_more_fields_than_the_header_is_refused_naming_the_line(tmp_path):
+    # The attack as filed: an unquoted comma in a prompt, which pandas took as the index column,
+    # shifting every value one column to the left. Now the whole file is refused, by line.
+    good = ",".join(HEADER[:7])
+    lines = [good, "a,studio photo,,1,256,256,4", "b,studio photo, soft light,,2,256,256,4", "c,mug,,3,256,256,4"]
+    path = tmp_path / "shifted.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(IntakeError, match=r"line 3 has 8 fields but the header has 7.*double quotes"):
+        load_prompts(path)
+    lines.append("d,short")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(IntakeError, match=r"line 3 has 8 fields .*\(and 1 more line: 5\)"):
+        load_prompts(path)
+    quoted = [good, 'b,"studio photo, soft light",,2,256,256,4']  # quoted: fine
+    path.write_text("\n".join(quoted) + "\n", encoding="utf-8")
+    [row] = load_prompts(path).rows
+    assert row.prompt == "studio photo, soft light" and row.seed == 2
+
+
+def test_size_and_row_limits_refuse_before_parsing(tmp_path):
+    from governance.intake import IntakeLimits
+
+    rows = [[f"r{i}", "studio photo of a lamp", "", str(i), "256", "256", "4", "5", "0.8", "1", ""] for i in range(50)]
+    path = write_csv(tmp_path / "b.csv", HEADER, rows)
+    assert load_prompts(path, IntakeLimits(max_file_bytes=path.stat().st_size, max_rows=50)).ok  # edges accepted
+    with pytest.raises(IntakeError, match=r"over the limit of 1,000 \(ATELIER_INTAKE_MAX_FILE_BYTES\)"):
+        load_prompts(path, IntakeLimits(max_file_bytes=1000, max_rows=50))
+    with pytest.raises(IntakeError, match=r"50 rows, over the limit of 49 \(ATELIER_INTAKE_MAX_ROWS\)"):
+        load_prompts(path, IntakeLimits(max_rows=49))
+    parquet = write_parquet(tmp_path / "b.parquet", HEADER, rows)
+    with pytest.raises(IntakeError, match=r"50 rows, over the limit of 10"):
+        load_prompts(parquet, IntakeLimits(max_rows=10))  # from the footer, before decoding
+
+
+def test_great_expectations_is_imported_without_the_modules_it_never_uses_here(tmp_path):
+    """`batch submit` imports GX with scipy.stats, altair, jsonschema and boto3 deferred (a third of
+    GX's import time); an expectation that needs one still gets the real module on first use."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from governance.intake import load_prompts\n"
+        f"assert load_prompts({str(REPO / 'examples' / 'catalogue.csv')!r}).ok\n"
+        "import great_expectations\n"
+        "print(sorted(m for m in ('scipy.stats', 'altair', 'jsonschema') if m in sys.modules))\n"
+        "from great_expectations.expectations.metrics.column_aggregate_metrics import "
+        "column_bootstrapped_ks_test_p_value as m\n"
+        "import scipy.stats\n"
+        "print(m.stats.kstest is scipy.stats.kstest, type(scipy.stats).__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+    unloaded, forwarded = done.stdout.splitlines()
+    assert unloaded == "[]" and forwarded == "True module", done.stdout

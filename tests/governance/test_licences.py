@@ -8,6 +8,7 @@ import re
 import pytest
 from sqlalchemy import func, select
 
+from governance.audit import record_event
 from governance.batches import submit_batch
 from governance.errors import InvalidInput
 from governance.licences import (
@@ -125,6 +126,7 @@ def test_registered_licence_is_what_intake_checks(sessions, tmp_path) -> None:
 def test_older_rows_with_bare_category_ids_still_name_the_clause(sessions) -> None:
     with sessions.begin() as s:  # a row registered before restrictions carried their clause
         s.get(Licence, LICENCE_ID).restrictions = ["medical-advice"]
+        record_event(s, "admin", "test.fixture", "licence", LICENCE_ID)  # every write is audited (invariant 3)
     with sessions() as s, pytest.raises(InvalidInput, match=r"Attachment A \(10\)"):
         check_use_category(s, "medical-advice", [LICENCE_ID])
 
@@ -190,6 +192,7 @@ def test_obligations_for_model_versions(sessions) -> None:
 
 def test_cli_refuses_prohibited_use_in_one_line(capsys, tmp_path) -> None:
     cli = CLI(capsys, ["--data-dir", str(tmp_path / "data")])
+    cli("keys", "init")
     cli("users", "add", "admin", "--role", "admin")
     cli("users", "add", "maria", "--role", "requester", actor="admin")
     csv = str(write_csv(tmp_path / "p.csv", good_rows()))

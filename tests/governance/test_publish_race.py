@@ -27,6 +27,7 @@ from governance.safety import SafetyResult
 from governance.store import LocalStore
 from governance.users import add_user
 from governance.watermark import ensure_development_key
+from tests.conftest import TEST_AUDIT_KEYS
 from tests.governance.conftest import good_rows, write_csv
 
 
@@ -46,7 +47,7 @@ class GatedStore(LocalStore):
 def test_the_second_worker_fails_before_uploading_and_the_first_record_stands(pg_url, tmp_path) -> None:
     engine = make_engine(pg_url)
     upgrade(engine)
-    sessions = make_sessionmaker(engine)
+    sessions = make_sessionmaker(engine, audit_keys=TEST_AUDIT_KEYS)
     with sessions.begin() as s:
         for name, roles in [
             ("admin", ["admin"]),
@@ -57,7 +58,7 @@ def test_the_second_worker_fails_before_uploading_and_the_first_record_stands(pg
             add_user(s, None if name == "admin" else "admin", name, roles)
         register_licence(s, "admin", CREATIVEML_OPENRAIL_PP_M)
         batch = submit_batch(s, "maria", write_csv(tmp_path / "b.csv", good_rows(1)), "catalogue")
-        approve_batch(s, "omar", batch.id)
+        approve_batch(s, "omar", batch.id, batch.content_sha256)
         mv = record_model_version(s, "ops", "base_unet", "tiny", "/m", "ab" * 32, {}, CREATIVEML_OPENRAIL_PP_M.id)
         run = start_run(s, "ops", batch.id, [mv], engine={"device": "cpu"})
         batch_id, run_id, prompt_id = batch.id, run.id, batch.prompts[0].id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from governance.audit import record_event
 from governance.errors import InvalidInput, NotFound
 from governance.records import ModelVersion
 from governance.refs import resolve_id
@@ -28,6 +29,7 @@ def records(sessions):
                     licence_id="creativeml-openrail++-m",
                 )
             )
+        record_event(s, "admin", "test.fixture", "model_version", "three")  # every write is audited (invariant 3)
     return sessions
 
 

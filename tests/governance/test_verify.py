@@ -15,6 +15,7 @@ import pytest
 from PIL import Image as PILImage
 
 from governance import watermark
+from governance.audit import record_event
 from governance.credentials import ContentCredentials, init_test_ca, manifest_for
 from governance.errors import InvalidInput
 from governance.publish import encode_png, with_soft_binding
@@ -106,6 +107,7 @@ def world(sessions, tmp_path):
                 )
             )
             files[name] = (path, marked)
+        record_event(s, "ops", "test.fixture", "image", "three")  # every write is audited (invariant 3)
     return w, files, keys.trust_anchors.read_bytes()
 
 

@@ -1,0 +1,68 @@
+"""Characters that make text show something other than what it holds.
+
+A prompt is approved by a person reading it. C0 and C1 control characters (ESC starts terminal
+escape sequences that hide, recolour or erase text; CR returns to the start of the line), the
+Unicode bidirectional overrides and isolates (they reorder what is displayed) and zero-width
+characters (invisible, they split words a reader or a policy sees as one) let a requester show an
+approver one prompt and generate another. Intake refuses them (naming row and column); every face
+escapes them anyway when it shows stored text, so that a record written before that check, or by
+someone with database access, still displays as what it is.
+"""
+
+from __future__ import annotations
+
+import re
+
+# C0 controls except TAB and LF (shown as themselves by terminals and tables), DEL, C1 controls;
+# bidi embeddings/overrides U+202A-202E, isolates U+2066-2069, marks U+200E/U+200F and U+061C;
+# zero-width space/non-joiner/joiner U+200B-200D, word joiner U+2060, BOM U+FEFF, soft hyphen U+00AD.
+_UNSAFE = "\x00-\x08\x0b-\x1f\x7f-\x9f\u00ad\u061c\u200b-\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff"
+UNSAFE_CLASS = _UNSAFE  # for a regex character class: `[...]`
+UNSAFE = re.compile(f"[{_UNSAFE}]")
+# The same class for RE2 (pyarrow.compute's regexes), kept equal by a test over every BMP code point.
+UNSAFE_RE2 = (
+    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\x{ad}\x{61c}\x{200b}-\x{200f}\x{202a}-\x{202e}\x{2060}"
+    r"\x{2066}-\x{2069}\x{feff}]"
+)
+UNSAFE_IN_LINE = re.compile(f"[{_UNSAFE}\t\n]")  # in one table cell or line, TAB and LF too
+
+_NAMES = {
+    "\x1b": "ESC",
+    "\r": "CR",
+    "\x00": "NUL",
+    "\x7f": "DEL",
+    "\u202e": "RIGHT-TO-LEFT OVERRIDE",
+    "\u202d": "LEFT-TO-RIGHT OVERRIDE",
+    "\u200b": "ZERO WIDTH SPACE",
+    "\u200d": "ZERO WIDTH JOINER",
+    "\u200c": "ZERO WIDTH NON-JOINER",
+    "\u2066": "LEFT-TO-RIGHT ISOLATE",
+    "\u2067": "RIGHT-TO-LEFT ISOLATE",
+    "\u2068": "FIRST STRONG ISOLATE",
+    "\u2069": "POP DIRECTIONAL ISOLATE",
+    "\ufeff": "ZERO WIDTH NO-BREAK SPACE",
+}
+
+
+def describe(char: str) -> str:
+    """`U+001B (ESC)`: how a refusal names an unsafe character."""
+    name = _NAMES.get(char)
+    return f"U+{ord(char):04X}" + (f" ({name})" if name else "")
+
+
+def first_unsafe(text: str) -> tuple[int, str] | None:
+    """(position, character) of the first unsafe character in ``text``, or None."""
+    m = UNSAFE.search(text)
+    return (m.start(), m.group()) if m else None
+
+
+def escape_unsafe(text: str, *, one_line: bool = False) -> str:
+    """``text`` with every unsafe character written out as a visible escape (``\\x1b``, ``\\u202e``);
+    with ``one_line``, TAB and LF too (a table cell)."""
+    pattern = UNSAFE_IN_LINE if one_line else UNSAFE
+    return pattern.sub(_escape, text)
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = m.group()
+    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
