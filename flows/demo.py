@@ -85,6 +85,7 @@ def run_demo(
     with admin_rt.sessions.begin() as session:
         print(f"3. licence {CREATIVEML_OPENRAIL_PP_M.name} registered for the SDXL models")
         register_licence(session, admin, CREATIVEML_OPENRAIL_PP_M)
+    admin_rt.anchor(admin)  # as every face does after a governance decision (users, tokens, licence)
     maria_rt, maria = act("maria")
     with maria_rt.sessions.begin() as session:
         batch = submit_batch(session, maria, csv, "catalogue")
@@ -93,6 +94,7 @@ def run_demo(
     omar_rt, omar = act("omar")
     with omar_rt.sessions.begin() as session:
         approve_batch(session, omar, batch_id, content)
+    omar_rt.anchor(omar)
     print("5. omar approved it (pinned to that content hash)")
     print("6. ops runs it: SDXL base -> refiner, safety, watermark, publish (Prefect flow)")
     ops_rt, ops = act("ops")
