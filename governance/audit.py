@@ -38,6 +38,7 @@ from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, UOWTran
 
 from governance import bindings
 from governance.errors import GovernanceCheckFailed, InvalidInput
+from governance.keyring import read_ring, write_development_ring
 from governance.records import AuditEvent
 
 GENESIS_HASH = "0" * 64
@@ -107,28 +108,11 @@ class AuditKeyRing:
 
 
 def load_audit_key_ring(path: Path) -> AuditKeyRing:
-    """A key file: one hex secret per line, the current key first, earlier keys after it (verify only);
-    ``#`` lines are comments. A file with the development header gives development keys."""
-    try:
-        content = path.read_text()
-    except OSError as exc:
-        raise GovernanceCheckFailed(
-            f"audit key file {path} cannot be read ({exc.strerror}): run `atelier keys init` for a development "
-            "key, or set ATELIER_AUDIT_KEY_FILE / ATELIER_AUDIT_KEY_CALLBACK to your organisation's"
-        ) from None
-    development = DEV_KEY_HEADER in content
-    keys = []
-    for n, line in enumerate(content.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        try:
-            keys.append(AuditKey(bytes.fromhex(line), development=development))
-        except ValueError:
-            raise GovernanceCheckFailed(f"audit key file {path}, line {n}: not a hex key") from None
-    if not keys:
-        raise GovernanceCheckFailed(f"audit key file {path} holds no key")
-    return AuditKeyRing(tuple(keys))
+    """The audit key ring at `path` (governance.keyring: the current key first, earlier keys after it)."""
+    keys, development = read_ring(
+        path, "audit key", "ATELIER_AUDIT_KEY_FILE / ATELIER_AUDIT_KEY_CALLBACK", DEV_KEY_HEADER
+    )
+    return AuditKeyRing(tuple(AuditKey(k, development=development) for k in keys))
 
 
 def ensure_development_audit_key(path: Path, rotate: bool = False) -> AuditKeyRing:
@@ -136,27 +120,16 @@ def ensure_development_audit_key(path: Path, rotate: bool = False) -> AuditKeyRi
 
     `rotate` puts a new current key first and keeps the earlier ones after it, so events they
     authenticated keep verifying. A ring that is not a development ring is never touched."""
+    earlier: list[bytes] = []
     if path.exists():
         ring = load_audit_key_ring(path)
         if not rotate:
             return ring
         if not ring.current.development:
             raise GovernanceCheckFailed(f"{path} is not a development key ring: rotate production keys in your KMS")
-        earlier = list(ring.keys)
-    else:
-        earlier = []
-    key = AuditKey(secrets.token_bytes(32), development=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [
-        DEV_KEY_HEADER,
-        "# the current key first; earlier keys after it verify the events they authenticated",
-        key.secret.hex(),
-        *(k.secret.hex() for k in earlier),
-    ]
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.chmod(0o600)
-    tmp.replace(path)
+        earlier = [k.secret for k in ring.keys]
+    comment = "the current key first; earlier keys after it verify the events they authenticated"
+    write_development_ring(path, DEV_KEY_HEADER, comment, earlier)
     return load_audit_key_ring(path)
 
 

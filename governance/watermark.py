@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +63,7 @@ import numpy as np
 from governance import watermark_dwtdct as legacy
 from governance import watermark_spread as spread
 from governance.errors import GovernanceCheckFailed, InvalidInput
+from governance.keyring import read_ring, write_development_ring
 
 WATERMARK_BITS = 48  # payload bits
 MIN_SIDE_PX = 256
@@ -116,50 +116,26 @@ def ensure_development_key(path: Path, rotate: bool = False) -> list[WatermarkKe
 
     ``rotate`` puts a new current key first and keeps the earlier ones after it, so images marked before
     stay verifiable. A ring that is not a development ring is never touched."""
+    earlier: list[bytes] = []
     if path.exists():
         ring = load_key_ring(path)
         if not rotate:
             return ring
         if not ring[0].development:
             raise GovernanceCheckFailed(f"{path} is not a development key ring: rotate production keys in your KMS")
-    else:
-        ring = []
-    key = WatermarkKey(secrets.token_bytes(32), development=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [
-        DEV_KEY_HEADER,
-        "# the current key first; earlier keys after it verify older images",
-        key.secret.hex(),
-        *(k.secret.hex() for k in ring),
-    ]
-    path.write_text("\n".join(lines) + "\n")
-    path.chmod(0o600)
+        earlier = [k.secret for k in ring]
+    write_development_ring(
+        path, DEV_KEY_HEADER, "the current key first; earlier keys after it verify older images", earlier
+    )
     return load_key_ring(path)
 
 
 def load_key_ring(path: Path) -> list[WatermarkKey]:
-    """A key file: one hex secret per line, the current key first, earlier keys after it (read only);
-    ``#`` lines are comments. A file with the development header gives development keys."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise GovernanceCheckFailed(
-            f"watermark key file {path} cannot be read ({exc.strerror}): run `atelier keys init` for a development "
-            "key, or set ATELIER_WATERMARK_KEY_FILE / ATELIER_WATERMARK_KEY_CALLBACK to your organisation's"
-        ) from None
-    development = DEV_KEY_HEADER in text
-    keys = []
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        try:
-            keys.append(WatermarkKey(bytes.fromhex(line), development=development))
-        except ValueError:
-            raise GovernanceCheckFailed(f"watermark key file {path}, line {n}: not a hex key") from None
-    if not keys:
-        raise GovernanceCheckFailed(f"watermark key file {path} holds no key")
-    return keys
+    """The watermark key ring at ``path`` (governance.keyring: the current key first, earlier keys after it)."""
+    keys, development = read_ring(
+        path, "watermark key", "ATELIER_WATERMARK_KEY_FILE / ATELIER_WATERMARK_KEY_CALLBACK", DEV_KEY_HEADER
+    )
+    return [WatermarkKey(k, development=development) for k in keys]
 
 
 def key_from_callback(spec: str) -> WatermarkKey:
