@@ -261,28 +261,26 @@ def users_revoke(name: str, /, *, role: Roles, me: Me, rt: Runtime_) -> int:
     return ExitCode.OK
 
 
-@_sub("users").command(name="disable")
-def users_disable(name: str, /, *, me: Me, rt: Runtime_) -> int:
-    """Disable a user: every token of theirs stops working at once (admins)."""
+def _set_disabled(rt: Runtime, me: Identity, name: str, disabled: bool) -> int:
     from governance.users import set_disabled
 
     with rt.sessions.begin() as session:
-        set_disabled(session, me.user, name, True)
+        set_disabled(session, me.user, name, disabled)
     _anchor(rt, me)
-    print(f"user {name} disabled")
+    print(f"user {name} {'disabled' if disabled else 'enabled'}")
     return ExitCode.OK
+
+
+@_sub("users").command(name="disable")
+def users_disable(name: str, /, *, me: Me, rt: Runtime_) -> int:
+    """Disable a user: every token of theirs stops working at once (admins)."""
+    return _set_disabled(rt, me, name, True)
 
 
 @_sub("users").command(name="enable")
 def users_enable(name: str, /, *, me: Me, rt: Runtime_) -> int:
     """Enable a disabled user again (admins)."""
-    from governance.users import set_disabled
-
-    with rt.sessions.begin() as session:
-        set_disabled(session, me.user, name, False)
-    _anchor(rt, me)
-    print(f"user {name} enabled")
-    return ExitCode.OK
+    return _set_disabled(rt, me, name, False)
 
 
 @_sub("users").command(name="list")
