@@ -25,8 +25,8 @@ test: $(VENV)/.stamp-dev
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.stamp-dev
-	$(BIN)/ruff check flows sdxl_core governance migrations tests bench
-	$(BIN)/ruff format --check flows sdxl_core governance migrations tests bench
+	$(BIN)/ruff check flows server sdxl_core governance migrations tests bench
+	$(BIN)/ruff format --check flows server sdxl_core governance migrations tests bench
 	$(BIN)/mypy
 
 bench-generate: $(VENV)/.stamp-runtime

@@ -233,7 +233,7 @@ def users_add(name: str, /, *, role: Roles, json: Json = False, maybe_me: MaybeM
         else:
             print(f"next: an admin issues its token with `atelier tokens issue {name}`")
     sys.stdout.flush()  # the token is shown even if anchoring fails below
-    _anchor(rt, maybe_me or name)
+    anchor_decision(rt, maybe_me or name)
     return ExitCode.OK
 
 
@@ -244,7 +244,7 @@ def users_grant(name: str, /, *, role: Roles, me: Me, rt: Runtime_) -> int:
 
     with rt.sessions.begin() as session:
         roles = sorted(grant_roles(session, me.user, name, role, _policy(rt)).role_names)
-    _anchor(rt, me)
+    anchor_decision(rt, me)
     print(f"user {name}: roles {', '.join(roles)}")
     return ExitCode.OK
 
@@ -256,7 +256,7 @@ def users_revoke(name: str, /, *, role: Roles, me: Me, rt: Runtime_) -> int:
 
     with rt.sessions.begin() as session:
         roles = sorted(revoke_roles(session, me.user, name, role).role_names)
-    _anchor(rt, me)
+    anchor_decision(rt, me)
     print(f"user {name}: roles {', '.join(roles) or 'none'}")
     return ExitCode.OK
 
@@ -266,7 +266,7 @@ def _set_disabled(rt: Runtime, me: Identity, name: str, disabled: bool) -> int:
 
     with rt.sessions.begin() as session:
         set_disabled(session, me.user, name, disabled)
-    _anchor(rt, me)
+    anchor_decision(rt, me)
     print(f"user {name} {'disabled' if disabled else 'enabled'}")
     return ExitCode.OK
 
@@ -316,7 +316,7 @@ def users_password(name: str | None = None, /, *, me: Me, rt: Runtime_) -> int:
     target = name or me.user
     with rt.sessions.begin() as session:
         set_password(session, me.user, target, password)
-    _anchor(rt, me)
+    anchor_decision(rt, me)
     print(f"password of {target} set")
     return ExitCode.OK
 
@@ -342,7 +342,7 @@ def tokens_issue(
         issued = issue_token(session, me.user, user, name, days)
     print_json(issued) if json else _print_secret(issued)
     sys.stdout.flush()  # the token is shown even if anchoring fails below
-    _anchor(rt, me)
+    anchor_decision(rt, me)
     return ExitCode.OK
 
 
@@ -374,7 +374,7 @@ def tokens_revoke(token_id: str, /, *, me: Me, rt: Runtime_) -> int:
     with rt.sessions.begin() as session:
         token = revoke_token(session, me.user, token_id)
         print(f"token {token.id} ({token.name}) of {token.user.name} revoked")
-    _anchor(rt, me)
+    anchor_decision(rt, me)
     return ExitCode.OK
 
 
@@ -498,7 +498,7 @@ def keys_rotate(
         )
     if audit_key:
         ensure_development_audit_key(rt.settings.audit_key_path(), rotate=True)
-    _anchor(rt, me)
+    anchor_decision(rt, me)
     print(f"checkpoint signer rotated: {rotated.ring_size} certificates in the ring, earlier anchors still verify")
     return ExitCode.OK
 
@@ -569,7 +569,7 @@ def batch_edit(batch_id: str, file: Path, /, *, me: Me, rt: Runtime_) -> int:
     except IntakeRejected as exc:
         _print_intake_failures(exc, json=False)
         return exc.exit_code
-    _anchor(rt, me)
+    anchor_decision(rt, me)
     return ExitCode.OK
 
 
@@ -601,7 +601,7 @@ def batch_approve(
     with rt.sessions.begin() as session:
         a = approve_batch(session, me.user, batch_id, content_sha256, acknowledge_rejections)
         out = {"batch_id": a.batch_id, "approval_id": a.id, "content_sha256": a.content_sha256}
-    _anchor(rt, me)
+    anchor_decision(rt, me)
     print_json(out) if json else print(f"batch {out['batch_id']} approved for content {out['content_sha256']}")
     return ExitCode.OK
 
@@ -614,7 +614,7 @@ def batch_reject(batch_id: str, /, *, reason: str, content_sha256: ContentHash, 
     with rt.sessions.begin() as session:
         a = reject_batch(session, me.user, batch_id, reason, content_sha256)
         print(f"batch {a.batch_id} rejected: {shown(a.reason)}")
-    _anchor(rt, me)
+    anchor_decision(rt, me)
     return ExitCode.OK
 
 
@@ -901,12 +901,12 @@ def audit_baseline(*, me: Me, rt: Runtime_) -> int:
 
     with rt.sessions.begin() as session:
         done = baseline_records(session, me.user)
-    _anchor(rt, me)
+    anchor_decision(rt, me)
     print(f"baseline: {done.total} records bound; events up to {done.legacy_until} predate authentication")
     return ExitCode.OK
 
 
-def _anchor(rt: Runtime, me: Identity | str) -> None:
+def anchor_decision(rt: Runtime, me: Identity | str) -> None:
     """After a governance decision: anchor the chain head to WORM storage, so that removing the decision
     from the database (with everything it bound) cannot go unnoticed (docs/security.md, T2). The
     decision is committed already: a failure here says so, and how to anchor it later."""
@@ -1140,6 +1140,39 @@ def workers(
     with rt.sessions() as session:
         require_role(session, me.user, "operator", "start workers")
     return run_workers(parse_gpus(gpus), pool, gpu_device, settings_env(rt.settings))
+
+
+@app.command(name="serve")
+def serve(
+    *,
+    host: Annotated[str, Parameter(help="address to listen on (behind a TLS proxy: keep 127.0.0.1)")] = "127.0.0.1",
+    port: Annotated[int, Parameter(validator=validators.Number(gte=1, lte=65535))] = 8080,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        Parameter(help="addresses of the reverse proxy whose X-Forwarded-Proto/For are believed (e.g. 127.0.0.1)"),
+    ] = None,
+    rt: Runtime_,
+) -> int:
+    """Run the HTTP API (/api/v1, schema at /openapi.json) and the web console on uvicorn; Ctrl-C stops.
+    Several processes: `uvicorn --factory server.app:create_app --workers N` with the same ATELIER_* settings."""
+    import uvicorn
+
+    from server.app import create_app
+
+    rt.sessions  # noqa: B018 - an unreachable or unmigrated database is one line, before the server starts
+    application = create_app(rt.settings)
+    print(f"Atelier console at http://{host}:{port}/ (API /api/v1, schema /openapi.json); Ctrl-C stops")
+    sys.stdout.flush()
+    uvicorn.run(
+        application,
+        host=host,
+        port=port,
+        proxy_headers=forwarded_allow_ips is not None,
+        forwarded_allow_ips=forwarded_allow_ips,
+        server_header=False,
+        log_level="info" if logging.getLogger().isEnabledFor(logging.INFO) else "warning",
+    )
+    return ExitCode.OK
 
 
 EXAMPLE_CATALOGUE = Path(__file__).resolve().parent.parent / "examples" / "catalogue.csv"

@@ -89,6 +89,25 @@ class Settings(BaseSettings):
     forbid_requester_approver: bool = Field(
         False, description="separation of duties: nobody may hold both the requester and the approver role"
     )
+    # The server (`atelier serve`): console sessions and what a browser may do.
+    session_key_file: Path | None = Field(
+        None, description="the console's session key (hex, 0600; made on first start); default: in keys/"
+    )
+    session_idle_minutes: float = Field(30, gt=0, description="a console session ends after this long unused")
+    session_max_hours: float = Field(12, gt=0, description="and at the latest this long after signing in")
+    cookie_secure: bool | None = Field(
+        None, description="Secure cookies: true, false, or unset (when the request came over HTTPS)"
+    )
+    login_max_failures: int = Field(
+        5, ge=1, description="wrong passwords per user name (and per address) in 15 minutes before login waits"
+    )
+    server_upload_max_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="the largest file the server accepts (prompt files, images to verify)"
+    )
+    prefect_deployment: str = Field(
+        "produce-batch/marketing-on-demand",
+        description="the deployment the server starts a run with when PREFECT_API_URL is set (else: in-process)",
+    )
     chunk_size: int = Field(4, ge=1, le=256, description="images generated per engine call")
     lease_seconds: float = Field(
         120, gt=0, description="how long a claimed chunk stays a worker's without news before others may take it"
@@ -165,6 +184,9 @@ class Settings(BaseSettings):
         from governance.intake import IntakeLimits
 
         return IntakeLimits(self.intake_max_file_bytes, self.intake_max_rows)
+
+    def session_key_path(self) -> Path:
+        return self.session_key_file or self.keys_dir / "session.key"
 
     def token_path(self) -> Path:
         return self.token_file or Path.home() / ".config" / "atelier" / "token"

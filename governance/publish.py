@@ -29,7 +29,7 @@ from governance.errors import GovernanceCheckFailed
 from governance.licences import obligations_for
 from governance.records import Approval, Batch, Image, ModelVersion, Prompt, Run, image_id_for, utcnow
 from governance.safety import SafetyResult
-from governance.store import ObjectStore, image_key, provenance_key
+from governance.store import ObjectStore, image_key, provenance_key, thumbnail_key
 
 PROVENANCE_SCHEMA = "atelier.provenance/1"
 SOFT_BINDING_ALG = "com.atelier.dctss.1"  # not in the C2PA soft-binding algorithm list: Atelier's namespace
@@ -210,6 +210,7 @@ class MarkedImage:
     credentials: CredentialReport
     phash: str
     pixels_sha256: str
+    thumbnail: bytes = b""  # JPEG, at most THUMBNAIL_PX a side: the console's galleries (not a governed file)
 
 
 def with_soft_binding(manifest: dict[str, Any], payload: int, key: watermark.WatermarkKey) -> dict[str, Any]:
@@ -264,7 +265,21 @@ def mark_and_encode(
         credentials=signer.read(signed, "image/png"),
         phash=fingerprint.phash(marked),
         pixels_sha256=pixels_sha256(marked),
+        thumbnail=thumbnail_jpeg(marked),
     )
+
+
+THUMBNAIL_PX = 256
+
+
+def thumbnail_jpeg(pixels: np.ndarray, size: int = THUMBNAIL_PX) -> bytes:
+    """A gallery thumbnail of the published (watermarked) pixels, made once at publish time and stored
+    beside the image, so that a gallery page never decodes full images."""
+    img = PILImage.fromarray(pixels).convert("RGB")
+    img.thumbnail((size, size), PILImage.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85, optimize=True)
+    return buf.getvalue()
 
 
 def pixels_sha256(pixels: np.ndarray) -> str:
@@ -404,6 +419,12 @@ def finalize_image(
     session.flush()
     store.put(prov_key, json.dumps(doc, indent=2, sort_keys=True).encode(), "application/json", metadata)
     stored = store.put(key, marked.png, "image/png", metadata)
+    store.put(
+        thumbnail_key(image_id, marked.pixels_sha256),
+        marked.thumbnail or thumbnail_jpeg(decode_png(marked.png)),
+        "image/jpeg",
+        metadata,
+    )
     record.store_version_id = stored.version_id
     session.flush()
     record_event(

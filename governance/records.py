@@ -180,6 +180,21 @@ class ApiToken(Base):
     user: Mapped[User] = relationship(lazy="joined")
 
 
+class ConsoleSession(Base):
+    """A signed-in browser (the web console). The cookie holds a random secret; this row holds only its
+    HMAC under the server's session key, which the database does not hold (server.sessions)."""
+
+    __tablename__ = "console_sessions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # "web-" + hex: recorded on its events
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    secret_mac: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)  # logout
+    user: Mapped[User] = relationship(lazy="joined")
+
+
 class UserRole(Base):
     __tablename__ = "user_roles"
     __table_args__ = (CheckConstraint(one_of("role", Role), name="role_known"),)

@@ -55,6 +55,11 @@ def provenance_key(image_id: str, pixels_sha256: str) -> str:
     return f"images/{image_id}/{pixels_sha256}.provenance.json"
 
 
+def thumbnail_key(image_id: str, pixels_sha256: str) -> str:
+    """The gallery thumbnail beside the image (governance.publish.thumbnail_jpeg)."""
+    return f"images/{image_id}/{pixels_sha256}.thumb.jpg"
+
+
 class LocalStore:
     """A folder; metadata goes to a `.meta.json` sidecar next to each object."""
 

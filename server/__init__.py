@@ -1,0 +1,1 @@
+"""The Atelier server: HTTP API and web console (`atelier serve`); see server.app."""

@@ -1,0 +1,399 @@
+"""The HTTP API, `/api/v1`: JSON in and out, `Authorization: Bearer <token>` (the CLI's tokens).
+
+Every route answers with the `to_dict()` of the same typed result the CLI renders; errors are
+`{code, message}` (intake adds `failures`: every failing row and rule). Each route's roles are in
+its `x-roles` in /openapi.json.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import FileResponse
+
+from governance.errors import InvalidInput
+from governance.records import BatchStatus, ImageStatus, Purpose, Role, SafetyVerdict
+from server import actions
+from server.app import Caller, caller, roles, server_of
+
+router = APIRouter(prefix="/api/v1", tags=["api"])
+Who = Annotated[Caller, Depends(caller)]
+SHA256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="the content hash the approver reviewed")]
+Id = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+def out(value: Any, status: int = 200) -> JSONResponse:
+    from fastapi.encoders import jsonable_encoder
+
+    if isinstance(value, list):
+        value = [v.to_dict() if hasattr(v, "to_dict") else v for v in value]
+    elif hasattr(value, "to_dict"):
+        value = value.to_dict()
+    return JSONResponse(jsonable_encoder(value), status_code=status)
+
+
+async def read_upload(request: Request, file: UploadFile, limit: int) -> bytes:
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise InvalidInput(f"the uploaded file is larger than {limit} bytes")
+    return data
+
+
+# ---------------------------------------------------------------- who am I
+
+
+@router.get("/me", openapi_extra=roles())
+def me(who: Who) -> JSONResponse:
+    """The caller's identity: user, roles and the credential used."""
+    return out(who.identity)
+
+
+# ---------------------------------------------------------------- batches
+
+
+@router.get("/batches", openapi_extra=roles())
+def list_batches(
+    who: Who, status: BatchStatus | None = None, mine: Annotated[bool, Query(description="only mine")] = False
+) -> JSONResponse:
+    """Batches, oldest first (a requester sees their own)."""
+    return out(actions.list_visible_batches(who, status, mine))
+
+
+@router.get("/queue", openapi_extra=roles("approver"))
+def queue(who: Who) -> JSONResponse:
+    """Batches awaiting a decision, never the caller's own."""
+    return out(actions.approval_queue(who))
+
+
+@router.post("/batches", status_code=201, openapi_extra=roles("requester"))
+async def submit_batch(
+    request: Request,
+    who: Who,
+    file: Annotated[UploadFile, File(description="CSV, JSON lines (.jsonl) or Parquet")],
+    purpose: Annotated[Purpose, Form()],
+    use_category: Annotated[str, Form(max_length=60)] = "general",
+) -> JSONResponse:
+    """Validate a prompt file and submit it; 422 lists every failing row and rule, nothing is stored."""
+    data = await read_upload(request, file, who.rt.settings.intake_max_file_bytes)
+    done = await run_in_threadpool(actions.submit, who, file.filename, data, purpose, use_category)
+    return out(done, 201)
+
+
+@router.get("/batches/{batch_id}", openapi_extra=roles())
+def show_batch(who: Who, batch_id: str) -> JSONResponse:
+    """One batch: status, decisions on its content, progress and every row with every field."""
+    return out(actions.batch_detail(who, batch_id))
+
+
+@router.put("/batches/{batch_id}", openapi_extra=roles("requester"))
+async def edit_batch(
+    request: Request, who: Who, batch_id: str, file: Annotated[UploadFile, File()]
+) -> JSONResponse:
+    """Replace the batch's prompts (its requester); voids its approval."""
+    data = await read_upload(request, file, who.rt.settings.intake_max_file_bytes)
+    return out(await run_in_threadpool(actions.edit, who, batch_id, file.filename, data))
+
+
+class ApproveBody(BaseModel):
+    content_sha256: SHA256
+    acknowledge_rejections: bool = False
+
+
+class RejectBody(BaseModel):
+    content_sha256: SHA256
+    reason: Annotated[str, Field(min_length=1, max_length=2000)]
+
+
+@router.post("/batches/{batch_id}/approve", openapi_extra=roles("approver"))
+def approve(who: Who, batch_id: str, body: ApproveBody) -> JSONResponse:
+    """Approve exactly the content with this hash (never the requester's own batch)."""
+    return out(actions.approve(who, batch_id, body.content_sha256, body.acknowledge_rejections))
+
+
+@router.post("/batches/{batch_id}/reject", openapi_extra=roles("approver"))
+def reject(who: Who, batch_id: str, body: RejectBody) -> JSONResponse:
+    """Reject with a reason; the rejection sticks to the content."""
+    return out(actions.reject(who, batch_id, body.content_sha256, body.reason))
+
+
+@router.get("/batches/{batch_id}/images", openapi_extra=roles())
+def batch_images(
+    who: Who,
+    batch_id: str,
+    status: ImageStatus | None = None,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> JSONResponse:
+    """The batch's images (published and quarantined, with reasons)."""
+    return out(actions.batch_images(who, batch_id, status, offset, limit))
+
+
+@router.get("/batches/{batch_id}/download", openapi_extra=roles())
+def batch_download(who: Who, batch_id: str) -> Response:
+    """A zip of the batch's published images (named by row and reference) and manifest.json."""
+    data, name = actions.batch_archive(who, batch_id)
+    return Response(data, media_type="application/zip", headers=_attachment(name))
+
+
+# ---------------------------------------------------------------- runs
+
+
+class RunBody(BaseModel):
+    batch_id: Id
+
+
+@router.post("/runs", status_code=202, openapi_extra=roles("operator"))
+def start_run(request: Request, who: Who, body: RunBody) -> JSONResponse:
+    """Start an approved batch: a flow run of the deployment with a Prefect server, else in this process."""
+    return out(actions.start_run(who, server_of(request).launcher, body.batch_id), 202)
+
+
+@router.get("/runs", openapi_extra=roles("operator", "auditor", "admin"))
+def list_runs(who: Who) -> JSONResponse:
+    """Runs, newest first."""
+    return out(actions.runs(who))
+
+
+@router.get("/batches/{batch_id}/progress", openapi_extra=roles())
+def progress(request: Request, who: Who, batch_id: str) -> JSONResponse:
+    """Images done of planned, published, quarantined; the run this server started, if any."""
+    detail = actions.batch_detail(who, batch_id)
+    started = server_of(request).launcher.state(detail.summary.batch_id)
+    body = {
+        "batch_id": detail.summary.batch_id,
+        "status": detail.summary.status,
+        "progress": detail.summary.full_progress().to_dict(),
+        "run": started.to_dict() if started else None,
+    }
+    return out(body)
+
+
+@router.get("/workers", openapi_extra=roles("operator", "admin"))
+def workers(who: Who) -> JSONResponse:
+    """Workers holding work now: each claimed chunk and its lease."""
+    return out(actions.workers(who))
+
+
+@router.get("/quarantine", openapi_extra=roles("operator", "auditor", "admin"))
+def quarantine(who: Who) -> JSONResponse:
+    """Quarantined images with their reasons, newest first."""
+    return out(actions.quarantined(who))
+
+
+# ---------------------------------------------------------------- images and verify
+
+
+@router.get("/images/{image_id}", openapi_extra=roles())
+def trace(who: Who, image_id: str) -> JSONResponse:
+    """Everything known about one image (as `atelier trace`)."""
+    return out(actions.image_trace(who, image_id))
+
+
+@router.get("/images/{image_id}/thumbnail", openapi_extra=roles())
+def thumbnail(who: Who, image_id: str) -> Response:
+    """The gallery thumbnail (JPEG, made at publish time)."""
+    data, media = actions.image_bytes(who, image_id, thumbnail=True)
+    return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/images/{image_id}/file", openapi_extra=roles())
+def image_file(who: Who, image_id: str) -> Response:
+    """The published PNG with its C2PA manifest, streamed from the store."""
+    data, media = actions.image_bytes(who, image_id)
+    return Response(data, media_type=media, headers=_attachment(f"{image_id}.png"))
+
+
+@router.post("/verify", openapi_extra=roles())
+async def verify(request: Request, who: Who, file: Annotated[UploadFile, File()]) -> JSONResponse:
+    """Did Atelier make this file, was it altered? The verdict and every signal."""
+    data = await read_upload(request, file, who.rt.settings.server_upload_max_bytes)
+    return out(await run_in_threadpool(actions.verify_upload, who, file.filename, data))
+
+
+# ---------------------------------------------------------------- compliance
+
+
+class Filters(BaseModel):
+    prompt: Annotated[str | None, Field(max_length=500)] = None
+    requester: Annotated[str | None, Field(max_length=100)] = None
+    approver: Annotated[str | None, Field(max_length=100)] = None
+    purpose: Purpose | None = None
+    use_category: Annotated[str | None, Field(max_length=60)] = None
+    model_version: Annotated[str | None, Field(max_length=200)] = None
+    licence: Annotated[str | None, Field(max_length=100)] = None
+    verdict: SafetyVerdict | None = None
+    status: ImageStatus | None = None
+    since: Annotated[str | None, Field(max_length=40)] = None
+    until: Annotated[str | None, Field(max_length=40)] = None
+    ref: Annotated[str | None, Field(max_length=200)] = None
+
+    def filters(self) -> Any:
+        from governance.compliance import SearchFilters, parse_when
+
+        given = self.model_dump()
+        since, until = given.pop("since"), given.pop("until")
+        return SearchFilters(
+            **{k: (str(v) if v is not None else None) for k, v in given.items()},
+            since=parse_when(since, field="since") if since else None,
+            until=parse_when(until, end=True, field="until") if until else None,
+        )
+
+
+@router.get("/compliance/search", openapi_extra=roles("auditor", "admin"))
+def search(
+    who: Who, filters: Annotated[Filters, Query()], limit: Annotated[int, Query(ge=1, le=10_000)] = 100
+) -> JSONResponse:
+    """Images matching every filter given, newest first."""
+    result = actions.search(who, filters.filters(), limit)
+    return out({"images": result.images, "truncated": result.truncated})
+
+
+@router.get("/compliance/impact", openapi_extra=roles("auditor", "admin"))
+def impact(
+    who: Who,
+    model_version: Annotated[str | None, Query(max_length=200)] = None,
+    licence: Annotated[str | None, Query(max_length=100)] = None,
+) -> JSONResponse:
+    """Every published image depending on a model version or a licence (exactly one)."""
+    return out(actions.impact_of(who, model_version, licence))
+
+
+@router.get("/compliance/export", openapi_extra=roles("auditor", "admin"))
+def export(who: Who, filters: Annotated[Filters, Query()], format: Literal["csv", "parquet"] = "csv") -> Response:
+    """The full lineage of every matching image, as a CSV (formula-safe) or Parquet download."""
+    folder = tempfile.TemporaryDirectory(prefix="atelier-export-")
+    path = Path(folder.name) / f"atelier-lineage.{format}"
+    try:
+        actions.export(who, format, filters.filters(), path)
+    except BaseException:
+        folder.cleanup()
+        raise
+    media = "text/csv" if format == "csv" else "application/vnd.apache.parquet"
+    return FileResponse(path, media_type=media, filename=path.name, background=BackgroundTask(folder.cleanup))
+
+
+@router.get("/compliance/report", openapi_extra=roles("auditor", "admin"))
+def report(
+    who: Who,
+    since: Annotated[str, Query(alias="from", max_length=40)],
+    until: Annotated[str, Query(alias="to", max_length=40)],
+) -> Response:
+    """A self-contained HTML report of a period, as a download."""
+    folder = tempfile.TemporaryDirectory(prefix="atelier-report-")
+    path = Path(folder.name) / "atelier-report.html"
+    try:
+        actions.report(who, since, until, path)
+    except BaseException:
+        folder.cleanup()
+        raise
+    return FileResponse(
+        path, media_type="text/html", filename=path.name, background=BackgroundTask(folder.cleanup)
+    )
+
+
+# ---------------------------------------------------------------- audit
+
+
+@router.get("/audit/verify", openapi_extra=roles("auditor", "admin", "operator"))
+def audit_verify(who: Who) -> JSONResponse:
+    """Check the chain, every record against its events, every anchor and published object (`audit verify`)."""
+    return out(actions.ledger_status(who))
+
+
+@router.get("/audit/anchors", openapi_extra=roles("auditor", "admin", "operator"))
+def audit_anchors(who: Who) -> JSONResponse:
+    """The newest signed checkpoints of the chain (WORM storage)."""
+    return out(actions.anchors(who))
+
+
+# ---------------------------------------------------------------- users and tokens
+
+
+class NewUser(BaseModel):
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    roles: Annotated[list[Role], Field(min_length=1, max_length=len(Role))]
+
+
+class RoleChange(BaseModel):
+    grant: Annotated[list[Role], Field(max_length=len(Role))] = []
+    revoke: Annotated[list[Role], Field(max_length=len(Role))] = []
+
+
+class NewToken(BaseModel):
+    user: Annotated[str, Field(min_length=1, max_length=64)]
+    name: Annotated[str, Field(min_length=1, max_length=100)] = "api"
+    days: Annotated[int, Field(ge=1, le=366)] = 90
+
+
+class NewPassword(BaseModel):
+    password: Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+@router.get("/users", openapi_extra=roles("admin"))
+def users(who: Who) -> JSONResponse:
+    """Users, their roles, whether they can act."""
+    return out(actions.users(who))
+
+
+@router.post("/users", status_code=201, openapi_extra=roles("admin"))
+def add_user(who: Who, body: NewUser) -> JSONResponse:
+    """Add a user with roles."""
+    return out({"name": body.name, "roles": actions.add_user(who, body.name, [str(r) for r in body.roles])}, 201)
+
+
+@router.post("/users/{name}/roles", openapi_extra=roles("admin"))
+def change_roles(who: Who, name: str, body: RoleChange) -> JSONResponse:
+    """Grant and revoke roles."""
+    roles_now = actions.change_roles(who, name, [str(r) for r in body.grant], [str(r) for r in body.revoke])
+    return out({"name": name, "roles": roles_now})
+
+
+@router.post("/users/{name}/disable", openapi_extra=roles("admin"))
+def disable(who: Who, name: str) -> JSONResponse:
+    """Disable a user: their tokens and sessions stop working at once."""
+    actions.set_disabled(who, name, True)
+    return out({"name": name, "disabled": True})
+
+
+@router.post("/users/{name}/enable", openapi_extra=roles("admin"))
+def enable(who: Who, name: str) -> JSONResponse:
+    """Enable a disabled user."""
+    actions.set_disabled(who, name, False)
+    return out({"name": name, "disabled": False})
+
+
+@router.post("/users/{name}/password", openapi_extra=roles())
+def password(who: Who, name: str, body: NewPassword) -> JSONResponse:
+    """Set a console password (your own; admins: anyone's)."""
+    actions.set_password(who, name, body.password)
+    return out({"name": name, "password": "set"})
+
+
+@router.get("/tokens", openapi_extra=roles())
+def tokens(who: Who, user: Annotated[str | None, Query(max_length=64)] = None) -> JSONResponse:
+    """Tokens (never their secrets): yours; admins: anyone's."""
+    return out(actions.tokens(who, user))
+
+
+@router.post("/tokens", status_code=201, openapi_extra=roles("admin"))
+def issue_token(who: Who, body: NewToken) -> JSONResponse:
+    """Issue a token; its secret is in this answer only."""
+    return out(actions.issue_token(who, body.user, body.name, body.days), 201)
+
+
+@router.post("/tokens/{token_id}/revoke", openapi_extra=roles())
+def revoke_token(who: Who, token_id: str) -> JSONResponse:
+    """Revoke a token (yours; admins: anyone's)."""
+    actions.revoke_token(who, token_id)
+    return out({"token_id": token_id, "state": "revoked"})
+
+
+def _attachment(name: str) -> dict[str, str]:
+    return {"Content-Disposition": f'attachment; filename="{name}"'}

@@ -1,0 +1,407 @@
+"""The web console: server-rendered pages (Jinja2) over the same acts as the API (server.actions).
+
+Every form works without JavaScript and carries the session's CSRF token; the one script
+(static/console.js, same origin, no inline script: the CSP forbids it) only refreshes progress.
+Each role sees only what it may: the navigation shows a role's pages, and every route checks again.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any
+from urllib.parse import quote, urlencode
+
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from governance.batches import IntakeRejected
+from governance.errors import AtelierError, InvalidInput, Unauthenticated
+from governance.records import ROLES, Purpose
+from server import actions
+from server.app import Caller, caller, roles, server_of
+from server.sessions import COOKIE, PRE_COOKIE
+
+router = APIRouter(include_in_schema=False)
+Who = Annotated[Caller, Depends(caller)]
+
+NAV = [  # (path, label, roles that see it; empty: everyone signed in)
+    ("/", "Home", ()),
+    ("/batches", "Batches", ()),
+    ("/batches/new", "Submit a batch", ("requester",)),
+    ("/queue", "Approval queue", ("approver",)),
+    ("/runs", "Runs", ("operator",)),
+    ("/quarantine", "Quarantine", ("operator", "auditor", "admin")),
+    ("/search", "Search", ("auditor", "admin")),
+    ("/impact", "Impact", ("auditor", "admin")),
+    ("/reports", "Export and reports", ("auditor", "admin")),
+    ("/verify", "Verify a file", ()),
+    ("/ledger", "Ledger", ("auditor", "admin", "operator")),
+    ("/admin/users", "Users", ("admin",)),
+    ("/tokens", "Tokens", ()),
+]
+
+
+def render(request: Request, template: str, who: Caller | None, status: int = 200, **ctx: Any) -> HTMLResponse:
+    from governance.text import escape_unsafe
+
+    server = server_of(request)
+    env = server.templates.env
+    env.filters.setdefault("visible", lambda v: escape_unsafe(str(v)) if v is not None else "")
+    nav = [(p, label) for p, label, r in NAV if who is not None and (not r or who.has(*r))]
+    context = {"who": who, "csrf": who.csrf if who else None, "nav": nav, "path": request.url.path, **ctx}
+    return server.templates.TemplateResponse(request, template, context, status_code=status)
+
+
+def error_page(request: Request, status: int, body: dict[str, Any]) -> HTMLResponse:
+    return render(request, "error.html", None, status=status, code=body["code"], message=body["message"])
+
+
+def back(path: str, note: str | None = None) -> RedirectResponse:
+    return RedirectResponse(path + (f"?{urlencode({'note': note})}" if note else ""), status_code=303)
+
+
+# ---------------------------------------------------------------- sign-in
+
+
+def _login_csrf(request: Request, pre: str) -> str:
+    return server_of(request).sessions.csrf_token("login:" + pre)
+
+
+@router.get("/login")
+def login_form(request: Request, next: Annotated[str, Query(max_length=500)] = "/") -> HTMLResponse:
+    pre = request.cookies.get(PRE_COOKIE) or secrets.token_urlsafe(24)
+    page = render(request, "login.html", None, login_csrf=_login_csrf(request, pre), next=_local(next), error=None)
+    _set_cookie(request, page, PRE_COOKIE, pre, max_age=3600)
+    return page
+
+
+@router.post("/login")
+async def login(
+    request: Request,
+    user: Annotated[str, Form(max_length=100)],
+    password: Annotated[str, Form(max_length=1024)],
+    csrf_token: Annotated[str, Form(max_length=200)] = "",
+    next: Annotated[str, Form(max_length=500)] = "/",
+) -> Response:
+    from governance.users import check_password
+
+    server = server_of(request)
+    pre = request.cookies.get(PRE_COOKIE, "")
+    if not pre or not server.sessions.csrf_ok("login:" + pre, csrf_token):
+        return _login_again(request, "the sign-in form expired: please try again", 403)
+    client = request.client.host if request.client else "?"
+    keys = ("user:" + user.lower(), "addr:" + client)
+    wait = server.throttle.wait_seconds(*keys)
+    if wait:
+        page = _login_again(request, f"too many failed sign-ins: try again in {wait // 60 + 1} minutes", 429)
+        page.headers["Retry-After"] = str(wait)
+        return page
+
+    def attempt() -> str:
+        with server.rt.sessions.begin() as session:
+            identity = check_password(session, user, password)
+            secret, _row = server.sessions.start(session, identity.user)
+            return secret
+
+    try:
+        secret = await run_in_threadpool(attempt)
+    except Unauthenticated as exc:
+        server.throttle.failed(*keys)
+        return _login_again(request, str(exc), 401)
+    server.throttle.succeeded(keys[0])
+    response = RedirectResponse(_local(next), status_code=303)
+    _set_cookie(request, response, COOKIE, secret)
+    response.delete_cookie(PRE_COOKIE, path="/")
+    return response
+
+
+def _login_again(request: Request, error: str, status: int) -> HTMLResponse:
+    pre = secrets.token_urlsafe(24)
+    page = render(request, "login.html", None, login_csrf=_login_csrf(request, pre), next="/", error=error, status=status)
+    _set_cookie(request, page, PRE_COOKIE, pre, max_age=3600)
+    return page
+
+
+@router.post("/logout")
+def logout(request: Request, who: Who) -> Response:
+    server = server_of(request)
+    with server.rt.sessions.begin() as session:
+        server.sessions.end(session, request.cookies.get(COOKIE, ""))
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/")
+    return response
+
+
+def _set_cookie(request: Request, response: Response, name: str, value: str, max_age: int | None = None) -> None:
+    configured = server_of(request).settings.cookie_secure
+    secure = configured if configured is not None else request.url.scheme == "https"
+    response.set_cookie(name, value, max_age=max_age, path="/", httponly=True, samesite="lax", secure=secure)
+
+
+def _local(target: str) -> str:
+    """Only a path on this site (no open redirect to another host)."""
+    return target if target.startswith("/") and not target.startswith(("//", "/\\")) else "/"
+
+
+# ---------------------------------------------------------------- home and batches
+
+
+@router.get("/", openapi_extra=roles())
+def home(request: Request, who: Who) -> HTMLResponse:
+    mine = actions.list_visible_batches(who, mine=True) if who.has("requester") else []
+    queue = actions.approval_queue(who) if who.has("approver") else []
+    return render(request, "home.html", who, mine=mine, queue=queue)
+
+
+@router.get("/batches", openapi_extra=roles())
+def batches(request: Request, who: Who, note: str | None = None) -> HTMLResponse:
+    return render(request, "batches.html", who, batches=actions.list_visible_batches(who), title="Batches", note=note)
+
+
+@router.get("/queue", openapi_extra=roles("approver"))
+def queue(request: Request, who: Who) -> HTMLResponse:
+    return render(request, "batches.html", who, batches=actions.approval_queue(who), title="Approval queue", note=None)
+
+
+@router.get("/batches/new", openapi_extra=roles("requester"))
+def new_batch(request: Request, who: Who) -> HTMLResponse:
+    return render(request, "submit.html", who, purposes=list(Purpose), failures=None, error=None)
+
+
+@router.post("/batches/new", openapi_extra=roles("requester"))
+async def submit_batch(
+    request: Request,
+    who: Who,
+    file: Annotated[UploadFile, File()],
+    purpose: Annotated[Purpose, Form()],
+    use_category: Annotated[str, Form(max_length=60)] = "general",
+) -> Response:
+    from server.api import read_upload
+
+    try:
+        data = await read_upload(request, file, who.rt.settings.intake_max_file_bytes)
+        done = await run_in_threadpool(actions.submit, who, file.filename, data, purpose, use_category)
+    except IntakeRejected as exc:
+        failures = [f.__dict__ for f in exc.report.failures]
+        ctx = {"purposes": list(Purpose), "failures": failures, "error": str(exc)}
+        return render(request, "submit.html", who, status=422, **ctx)
+    except InvalidInput as exc:
+        return render(request, "submit.html", who, status=400, purposes=list(Purpose), failures=None, error=str(exc))
+    return back(f"/batches/{done.batch_id}", "submitted: an approver will review it")
+
+
+@router.get("/batches/{batch_id}", openapi_extra=roles())
+def batch_page(request: Request, who: Who, batch_id: str, note: str | None = None) -> HTMLResponse:
+    detail = actions.batch_detail(who, batch_id)
+    s = detail.summary
+    can_decide = who.has("approver") and s.requested_by != who.user and s.status == "submitted"
+    rejected_before = any(d.decision == "rejected" for d in detail.decisions_on_content)
+    started = server_of(request).launcher.state(s.batch_id)
+    ctx = {"d": detail, "s": s, "can_decide": can_decide, "rejected_before": rejected_before, "started": started}
+    return render(request, "batch.html", who, note=note, **ctx)
+
+
+@router.post("/batches/{batch_id}/approve", openapi_extra=roles("approver"))
+def approve(
+    who: Who,
+    batch_id: str,
+    content_sha256: Annotated[str, Form(max_length=64)],
+    acknowledge_rejections: Annotated[bool, Form()] = False,
+) -> Response:
+    done = actions.approve(who, batch_id, content_sha256, acknowledge_rejections)
+    return back(f"/batches/{done.batch_id}", f"approved for content {done.content_sha256[:12]}")
+
+
+@router.post("/batches/{batch_id}/reject", openapi_extra=roles("approver"))
+def reject(
+    who: Who,
+    batch_id: str,
+    content_sha256: Annotated[str, Form(max_length=64)],
+    reason: Annotated[str, Form(min_length=1, max_length=2000)],
+) -> Response:
+    done = actions.reject(who, batch_id, content_sha256, reason)
+    return back(f"/batches/{done.batch_id}", "rejected")
+
+
+@router.get("/batches/{batch_id}/gallery", openapi_extra=roles())
+def gallery(
+    request: Request,
+    who: Who,
+    batch_id: str,
+    status: Annotated[str | None, Query(pattern="^(published|quarantined)$")] = None,
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+) -> HTMLResponse:
+    detail = actions.batch_detail(who, batch_id)
+    cards = actions.batch_images(who, batch_id, status, (page - 1) * 100, 100)
+    return render(request, "gallery.html", who, s=detail.summary, cards=cards, status=status, page=page)
+
+
+# ---------------------------------------------------------------- images and verify
+
+
+@router.get("/images/{image_id}", openapi_extra=roles())
+def image_page(request: Request, who: Who, image_id: str) -> HTMLResponse:
+    t = actions.image_trace(who, image_id)
+    return render(request, "image.html", who, t=t, d=t.to_dict())
+
+
+@router.get("/images/{image_id}/thumbnail", openapi_extra=roles())
+def thumbnail(who: Who, image_id: str) -> Response:
+    data, media = actions.image_bytes(who, image_id, thumbnail=True)
+    return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/images/{image_id}/file", openapi_extra=roles())
+def image_file(who: Who, image_id: str) -> Response:
+    data, media = actions.image_bytes(who, image_id)
+    return Response(data, media_type=media, headers={"Content-Disposition": f'inline; filename="{image_id}.png"'})
+
+
+@router.get("/verify", openapi_extra=roles())
+def verify_form(request: Request, who: Who) -> HTMLResponse:
+    return render(request, "verify.html", who, result=None, error=None)
+
+
+@router.post("/verify", openapi_extra=roles())
+async def verify(request: Request, who: Who, file: Annotated[UploadFile, File()]) -> HTMLResponse:
+    from server.api import read_upload
+
+    try:
+        data = await read_upload(request, file, who.rt.settings.server_upload_max_bytes)
+        result = await run_in_threadpool(actions.verify_upload, who, file.filename, data)
+    except InvalidInput as exc:
+        return render(request, "verify.html", who, status=400, result=None, error=str(exc))
+    return render(request, "verify.html", who, result=result, r=result.to_dict(), error=None)
+
+
+# ---------------------------------------------------------------- runs, quarantine, ledger
+
+
+@router.get("/runs", openapi_extra=roles("operator"))
+def runs_page(request: Request, who: Who, note: str | None = None) -> HTMLResponse:
+    launcher = server_of(request).launcher
+    approved = actions.list_visible_batches(who, "approved")
+    running = actions.list_visible_batches(who, "running")
+    started = {b.batch_id: launcher.state(b.batch_id) for b in [*approved, *running]}
+    ctx = {"approved": approved, "running": running, "started": started, "mode": launcher.mode}
+    return render(request, "runs.html", who, runs=actions.runs(who), workers=actions.workers(who), note=note, **ctx)
+
+
+@router.post("/runs", openapi_extra=roles("operator"))
+def start_run(request: Request, who: Who, batch_id: Annotated[str, Form(max_length=64)]) -> Response:
+    started = actions.start_run(who, server_of(request).launcher, batch_id)
+    return back(f"/batches/{started.batch_id}", f"run started ({started.mode})")
+
+
+@router.get("/quarantine", openapi_extra=roles("operator", "auditor", "admin"))
+def quarantine(request: Request, who: Who) -> HTMLResponse:
+    return render(request, "quarantine.html", who, cards=actions.quarantined(who))
+
+
+@router.get("/ledger", openapi_extra=roles("auditor", "admin", "operator"))
+def ledger(request: Request, who: Who, check: bool = False) -> HTMLResponse:
+    status = actions.ledger_status(who) if check else None
+    return render(request, "ledger.html", who, status=status, anchors=actions.anchors(who))
+
+
+# ---------------------------------------------------------------- auditors
+
+
+@router.get("/search", openapi_extra=roles("auditor", "admin"))
+def search(request: Request, who: Who) -> HTMLResponse:
+    from server.api import Filters
+
+    params = {k: v for k, v in request.query_params.items() if v and k in Filters.model_fields}
+    result, error = None, None
+    if params:
+        try:
+            result = actions.search(who, Filters(**params).filters(), 200)
+        except AtelierError as exc:
+            error = str(exc)
+        except ValueError as exc:  # pydantic: a value outside its choices
+            error = str(exc).splitlines()[0]
+    return render(request, "search.html", who, params=params, result=result, error=error, query=urlencode(params))
+
+
+@router.get("/impact", openapi_extra=roles("auditor", "admin"))
+def impact(
+    request: Request,
+    who: Who,
+    model_version: Annotated[str | None, Query(max_length=200)] = None,
+    licence: Annotated[str | None, Query(max_length=100)] = None,
+) -> HTMLResponse:
+    result, error = None, None
+    if model_version or licence:
+        try:
+            result = actions.impact_of(who, model_version or None, licence or None)
+        except AtelierError as exc:
+            error = str(exc)
+    return render(request, "impact.html", who, result=result, error=error, mv=model_version, licence=licence)
+
+
+@router.get("/reports", openapi_extra=roles("auditor", "admin"))
+def reports(request: Request, who: Who) -> HTMLResponse:
+    return render(request, "reports.html", who)
+
+
+# ---------------------------------------------------------------- users and tokens
+
+
+@router.get("/admin/users", openapi_extra=roles("admin"))
+def users(request: Request, who: Who, note: str | None = None) -> HTMLResponse:
+    return render(request, "users.html", who, users=actions.users(who), roles_all=ROLES, note=note)
+
+
+@router.post("/admin/users", openapi_extra=roles("admin"))
+async def add_user(request: Request, who: Who) -> Response:
+    form = await request.form()
+    name = str(form.get("name", ""))[:64]
+    wanted = [str(r) for r in form.getlist("roles")][: len(ROLES)]
+    await run_in_threadpool(actions.add_user, who, name, wanted)
+    return back("/admin/users", f"user {name} added: issue a token or set a password for them")
+
+
+@router.post("/admin/users/{name}", openapi_extra=roles("admin"))
+async def change_user(request: Request, who: Who, name: str) -> Response:
+    form = await request.form()
+    act = str(form.get("act", ""))
+    role = str(form.get("role", ""))
+    if act == "grant":
+        await run_in_threadpool(actions.change_roles, who, name, [role], [])
+    elif act == "revoke":
+        await run_in_threadpool(actions.change_roles, who, name, [], [role])
+    elif act in ("disable", "enable"):
+        await run_in_threadpool(actions.set_disabled, who, name, act == "disable")
+    elif act == "password":
+        await run_in_threadpool(actions.set_password, who, name, str(form.get("password", ""))[:1024])
+    else:
+        raise InvalidInput("act must be one of grant, revoke, disable, enable, password")
+    return back("/admin/users", f"user {name}: {act} done")
+
+
+@router.get("/tokens", openapi_extra=roles())
+def tokens(request: Request, who: Who, note: str | None = None) -> HTMLResponse:
+    return render(request, "tokens.html", who, tokens=actions.tokens(who, None), issued=None, note=note)
+
+
+@router.post("/tokens", openapi_extra=roles("admin"))
+def issue_token(
+    request: Request,
+    who: Who,
+    user: Annotated[str, Form(max_length=64)],
+    name: Annotated[str, Form(max_length=100)] = "api",
+    days: Annotated[int, Form(ge=1, le=366)] = 90,
+) -> HTMLResponse:
+    issued = actions.issue_token(who, user, name, days)
+    return render(request, "tokens.html", who, tokens=actions.tokens(who, None), issued=issued, note=None)
+
+
+@router.post("/tokens/{token_id}/revoke", openapi_extra=roles())
+def revoke_token(who: Who, token_id: str) -> Response:
+    actions.revoke_token(who, token_id)
+    return back("/tokens", f"token {token_id[:8]} revoked")
+
+
+def login_path(next_path: str) -> str:
+    return "/login?next=" + quote(next_path, safe="")
