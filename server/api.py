@@ -237,7 +237,7 @@ class Filters(BaseModel):
     def filters(self) -> Any:
         from governance.compliance import SearchFilters, parse_when
 
-        given = self.model_dump()
+        given = self.model_dump(include=set(Filters.model_fields))
         since, until = given.pop("since"), given.pop("until")
         return SearchFilters(
             **{k: (str(v) if v is not None else None) for k, v in given.items()},
@@ -246,12 +246,18 @@ class Filters(BaseModel):
         )
 
 
+class SearchQuery(Filters):
+    limit: Annotated[int, Field(ge=1, le=10_000)] = 100
+
+
+class ExportQuery(Filters):
+    format: Literal["csv", "parquet"] = "csv"
+
+
 @router.get("/compliance/search", openapi_extra=roles("auditor", "admin"))
-def search(
-    who: Who, filters: Annotated[Filters, Query()], limit: Annotated[int, Query(ge=1, le=10_000)] = 100
-) -> JSONResponse:
-    """Images matching every filter given, newest first."""
-    result = actions.search(who, filters.filters(), limit)
+def search(who: Who, query: Annotated[SearchQuery, Query()]) -> JSONResponse:
+    """Images matching every filter given, newest first (at most `limit`)."""
+    result = actions.search(who, query.filters(), query.limit)
     return out({"images": result.images, "truncated": result.truncated})
 
 
@@ -266,8 +272,9 @@ def impact(
 
 
 @router.get("/compliance/export", openapi_extra=roles("auditor", "admin"))
-def export(who: Who, filters: Annotated[Filters, Query()], format: Literal["csv", "parquet"] = "csv") -> Response:
+def export(who: Who, query: Annotated[ExportQuery, Query()]) -> Response:
     """The full lineage of every matching image, as a CSV (formula-safe) or Parquet download."""
+    filters, format = query, query.format
     folder = tempfile.TemporaryDirectory(prefix="atelier-export-")
     path = Path(folder.name) / f"atelier-lineage.{format}"
     try:

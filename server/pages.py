@@ -42,7 +42,7 @@ NAV = [  # (path, label, roles that see it; empty: everyone signed in)
 ]
 
 
-def render(request: Request, template: str, who: Caller | None, status: int = 200, **ctx: Any) -> HTMLResponse:
+def render(request: Request, template: str, who: Caller | None, http_status: int = 200, **ctx: Any) -> HTMLResponse:
     from governance.text import escape_unsafe
 
     server = server_of(request)
@@ -50,11 +50,11 @@ def render(request: Request, template: str, who: Caller | None, status: int = 20
     env.filters.setdefault("visible", lambda v: escape_unsafe(str(v)) if v is not None else "")
     nav = [(p, label) for p, label, r in NAV if who is not None and (not r or who.has(*r))]
     context = {"who": who, "csrf": who.csrf if who else None, "nav": nav, "path": request.url.path, **ctx}
-    return server.templates.TemplateResponse(request, template, context, status_code=status)
+    return server.templates.TemplateResponse(request, template, context, status_code=http_status)
 
 
 def error_page(request: Request, status: int, body: dict[str, Any]) -> HTMLResponse:
-    return render(request, "error.html", None, status=status, code=body["code"], message=body["message"])
+    return render(request, "error.html", None, http_status=status, code=body["code"], message=body["message"])
 
 
 def back(path: str, note: str | None = None) -> RedirectResponse:
@@ -118,7 +118,7 @@ async def login(
 
 def _login_again(request: Request, error: str, status: int) -> HTMLResponse:
     pre = secrets.token_urlsafe(24)
-    page = render(request, "login.html", None, login_csrf=_login_csrf(request, pre), next="/", error=error, status=status)
+    page = render(request, "login.html", None, login_csrf=_login_csrf(request, pre), next="/", error=error, http_status=status)
     _set_cookie(request, page, PRE_COOKIE, pre, max_age=3600)
     return page
 
@@ -185,9 +185,9 @@ async def submit_batch(
     except IntakeRejected as exc:
         failures = [f.__dict__ for f in exc.report.failures]
         ctx = {"purposes": list(Purpose), "failures": failures, "error": str(exc)}
-        return render(request, "submit.html", who, status=422, **ctx)
+        return render(request, "submit.html", who, http_status=422, **ctx)
     except InvalidInput as exc:
-        return render(request, "submit.html", who, status=400, purposes=list(Purpose), failures=None, error=str(exc))
+        return render(request, "submit.html", who, http_status=400, purposes=list(Purpose), failures=None, error=str(exc))
     return back(f"/batches/{done.batch_id}", "submitted: an approver will review it")
 
 
@@ -271,7 +271,7 @@ async def verify(request: Request, who: Who, file: Annotated[UploadFile, File()]
         data = await read_upload(request, file, who.rt.settings.server_upload_max_bytes)
         result = await run_in_threadpool(actions.verify_upload, who, file.filename, data)
     except InvalidInput as exc:
-        return render(request, "verify.html", who, status=400, result=None, error=str(exc))
+        return render(request, "verify.html", who, http_status=400, result=None, error=str(exc))
     return render(request, "verify.html", who, result=result, r=result.to_dict(), error=None)
 
 
