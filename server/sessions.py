@@ -116,8 +116,9 @@ class Sessions:
 
 
 class LoginThrottle:
-    """At most `limit` failed sign-ins per user name and per client address in `window` seconds, in this
-    server process (several processes: each counts its own; put the limit in the proxy as well)."""
+    """At most `limit` failed sign-ins per user name, and 4 x `limit` per client address (an office
+    behind one NAT address is many people), in `window` seconds, in this server process (several
+    processes: each counts its own; put a limit in the proxy as well). Keys: "user:NAME", "addr:IP"."""
 
     def __init__(self, limit: int, window: float = 900.0):
         self.limit = limit
@@ -138,7 +139,7 @@ class LoginThrottle:
             waits = []
             for key in keys:
                 q = self._recent(key, now)
-                if len(q) >= self.limit:
+                if len(q) >= (self.limit * 4 if key.startswith("addr:") else self.limit):
                     waits.append(int(self.window - (now - q[0])) + 1)
             return max(waits, default=0)
 
