@@ -8,7 +8,6 @@ signer, keys, licence and store reachable), so a refusal is an immediate 4xx/503
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,7 +40,10 @@ class RunLauncher:
 
     @property
     def mode(self) -> str:
-        return "deployment" if os.environ.get("PREFECT_API_URL") else "in-process"
+        """"deployment" when a Prefect server is configured (PREFECT_API_URL, environment or profile)."""
+        from prefect.settings import PREFECT_API_URL
+
+        return "deployment" if PREFECT_API_URL.value() else "in-process"
 
     def start(self, rt: Runtime, actor: str, batch_id: str) -> RunStart:
         """Check the batch can run now, then start it; a batch already queued here is not started twice."""
