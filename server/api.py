@@ -93,9 +93,7 @@ def show_batch(who: Who, batch_id: str) -> JSONResponse:
 
 
 @router.put("/batches/{batch_id}", openapi_extra=roles("requester"))
-async def edit_batch(
-    request: Request, who: Who, batch_id: str, file: Annotated[UploadFile, File()]
-) -> JSONResponse:
+async def edit_batch(request: Request, who: Who, batch_id: str, file: Annotated[UploadFile, File()]) -> JSONResponse:
     """Replace the batch's prompts (its requester); voids its approval."""
     data = await read_upload(request, file, who.rt.settings.intake_max_file_bytes)
     return out(await run_in_threadpool(actions.edit, who, batch_id, file.filename, data))
@@ -300,9 +298,7 @@ def report(
     except BaseException:
         folder.cleanup()
         raise
-    return FileResponse(
-        path, media_type="text/html", filename=path.name, background=BackgroundTask(folder.cleanup)
-    )
+    return FileResponse(path, media_type="text/html", filename=path.name, background=BackgroundTask(folder.cleanup))
 
 
 # ---------------------------------------------------------------- audit

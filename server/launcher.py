@@ -40,7 +40,7 @@ class RunLauncher:
 
     @property
     def mode(self) -> str:
-        """"deployment" when a Prefect server is configured (PREFECT_API_URL, environment or profile)."""
+        """ "deployment" when a Prefect server is configured (PREFECT_API_URL, environment or profile)."""
         from prefect.settings import PREFECT_API_URL
 
         return "deployment" if PREFECT_API_URL.value() else "in-process"
@@ -88,7 +88,7 @@ class RunLauncher:
             parameters={"batch_id": batch_id, "actor": actor, "token_id": rt.token_id},
             timeout=0,  # queued on the pool: the GPU workers pick it up
         )
-        return RunStart(batch_id, "deployment", "queued", str(flow_run.id), actor, utcnow())
+        return RunStart(batch_id, "deployment", "queued", str(getattr(flow_run, "id", "")), actor, utcnow())
 
     def state(self, batch_id: str) -> RunStart | None:
         with self._lock:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 from typing import Annotated, Any
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -118,7 +118,9 @@ async def login(
 
 def _login_again(request: Request, error: str, status: int) -> HTMLResponse:
     pre = secrets.token_urlsafe(24)
-    page = render(request, "login.html", None, login_csrf=_login_csrf(request, pre), next="/", error=error, http_status=status)
+    page = render(
+        request, "login.html", None, login_csrf=_login_csrf(request, pre), next="/", error=error, http_status=status
+    )
     _set_cookie(request, page, PRE_COOKIE, pre, max_age=3600)
     return page
 
@@ -184,10 +186,13 @@ async def submit_batch(
         done = await run_in_threadpool(actions.submit, who, file.filename, data, purpose, use_category)
     except IntakeRejected as exc:
         failures = [f.__dict__ for f in exc.report.failures]
-        ctx = {"purposes": list(Purpose), "failures": failures, "error": str(exc)}
-        return render(request, "submit.html", who, http_status=422, **ctx)
+        return render(
+            request, "submit.html", who, http_status=422, purposes=list(Purpose), failures=failures, error=str(exc)
+        )
     except InvalidInput as exc:
-        return render(request, "submit.html", who, http_status=400, purposes=list(Purpose), failures=None, error=str(exc))
+        return render(
+            request, "submit.html", who, http_status=400, purposes=list(Purpose), failures=None, error=str(exc)
+        )
     return back(f"/batches/{done.batch_id}", "submitted: an approver will review it")
 
 
@@ -198,7 +203,13 @@ def batch_page(request: Request, who: Who, batch_id: str, note: str | None = Non
     can_decide = who.has("approver") and s.requested_by != who.user and s.status == "submitted"
     rejected_before = any(d.decision == "rejected" for d in detail.decisions_on_content)
     started = server_of(request).launcher.state(s.batch_id)
-    ctx = {"d": detail, "s": s, "can_decide": can_decide, "rejected_before": rejected_before, "started": started}
+    ctx: dict[str, Any] = {
+        "d": detail,
+        "s": s,
+        "can_decide": can_decide,
+        "rejected_before": rejected_before,
+        "started": started,
+    }
     return render(request, "batch.html", who, note=note, **ctx)
 
 
@@ -284,7 +295,7 @@ def runs_page(request: Request, who: Who, note: str | None = None) -> HTMLRespon
     approved = actions.list_visible_batches(who, "approved")
     running = actions.list_visible_batches(who, "running")
     started = {b.batch_id: launcher.state(b.batch_id) for b in [*approved, *running]}
-    ctx = {"approved": approved, "running": running, "started": started, "mode": launcher.mode}
+    ctx: dict[str, Any] = {"approved": approved, "running": running, "started": started, "mode": launcher.mode}
     return render(request, "runs.html", who, runs=actions.runs(who), workers=actions.workers(who), note=note, **ctx)
 
 
@@ -316,7 +327,7 @@ def search(request: Request, who: Who) -> HTMLResponse:
     result, error = None, None
     if params:
         try:
-            result = actions.search(who, Filters(**params).filters(), 200)
+            result = actions.search(who, Filters.model_validate(params).filters(), 200)
         except AtelierError as exc:
             error = str(exc)
         except ValueError as exc:  # pydantic: a value outside its choices
@@ -402,6 +413,3 @@ def revoke_token(who: Who, token_id: str) -> Response:
     actions.revoke_token(who, token_id)
     return back("/tokens", f"token {token_id[:8]} revoked")
 
-
-def login_path(next_path: str) -> str:
-    return "/login?next=" + quote(next_path, safe="")

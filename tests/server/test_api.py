@@ -9,16 +9,29 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.flows.conftest import write_prompts
 from tests.server.conftest import USERS, Console
 
 ROWS = [
-    {"row_id": "r1", "prompt": "studio photo of a ceramic vase on pure white", "seed": 1, "width": 256, "height": 256,
-     "steps": 2, "num_images": 1},
-    {"row_id": "r2", "prompt": "studio photo of a leather bag on pure white", "seed": 2, "width": 256, "height": 256,
-     "steps": 2, "num_images": 1},
+    {
+        "row_id": "r1",
+        "prompt": "studio photo of a ceramic vase on pure white",
+        "seed": 1,
+        "width": 256,
+        "height": 256,
+        "steps": 2,
+        "num_images": 1,
+    },
+    {
+        "row_id": "r2",
+        "prompt": "studio photo of a leather bag on pure white",
+        "seed": 2,
+        "width": 256,
+        "height": 256,
+        "steps": 2,
+        "num_images": 1,
+    },
 ]
 
 

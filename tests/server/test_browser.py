@@ -29,7 +29,9 @@ def chromium_path() -> str | None:
 def browser() -> Iterator[Any]:
     path = chromium_path()
     if path is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium, or set ATELIER_CHROMIUM): browser tests skipped")
+        pytest.skip(
+            "Chromium is not installed (apt-get install chromium, or set ATELIER_CHROMIUM): browser tests skipped"
+        )
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -76,10 +78,26 @@ def sign_in(browser: Any, console: Console, user: str, errors: list[str]) -> Any
 
 
 GOOD = [
-    {"row_id": "vase", "prompt": "studio photo of a ceramic vase on pure white", "seed": 11, "width": 256,
-     "height": 256, "steps": 2, "num_images": 1, "ref": "SKU-1"},
-    {"row_id": "bag", "prompt": "studio photo of a leather bag on pure white", "seed": 12, "width": 256,
-     "height": 256, "steps": 2, "num_images": 1, "ref": "SKU-2"},
+    {
+        "row_id": "vase",
+        "prompt": "studio photo of a ceramic vase on pure white",
+        "seed": 11,
+        "width": 256,
+        "height": 256,
+        "steps": 2,
+        "num_images": 1,
+        "ref": "SKU-1",
+    },
+    {
+        "row_id": "bag",
+        "prompt": "studio photo of a leather bag on pure white",
+        "seed": 12,
+        "width": 256,
+        "height": 256,
+        "steps": 2,
+        "num_images": 1,
+        "ref": "SKU-2",
+    },
 ]
 
 

@@ -38,7 +38,9 @@ def test_no_input_makes_the_api_fail_with_a_server_error(fuzzed: Console) -> Non
         operations += 1
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
+        @settings(
+            max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None
+        )
         def fuzz(case: Any) -> None:
             response = case.call(base_url=fuzzed.base, headers=headers, timeout=60)
             calls.append(response.status_code)

@@ -35,7 +35,9 @@ def test_a_form_without_its_csrf_token_changes_nothing(console: Console) -> None
     assert r.status_code == 403
     other = console.browser_session("ann")  # another session's token is no good either
     token = csrf_of(other.get("/").text)
-    assert client.post("/admin/users", data={"name": "mallory", "roles": "admin", "csrf_token": token}).status_code == 403
+    assert (
+        client.post("/admin/users", data={"name": "mallory", "roles": "admin", "csrf_token": token}).status_code == 403
+    )
     assert client.get("/api/v1/users").json() == before
 
 
