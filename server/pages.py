@@ -412,4 +412,3 @@ def issue_token(
 def revoke_token(who: Who, token_id: str) -> Response:
     actions.revoke_token(who, token_id)
     return back("/tokens", f"token {token_id[:8]} revoked")
-
