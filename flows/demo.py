@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from governance.ledger import verify_ledger
 from governance.licences import CREATIVEML_OPENRAIL_PP_M, register_licence
 from governance.records import Image
 from governance.runs import RunSummary
-from governance.users import add_user, authenticate, is_empty, issue_token
+from governance.users import add_user, authenticate, is_empty, issue_token, set_password
 from governance.watermark import ensure_development_key
 
 DEMO_USERS = {
@@ -32,6 +33,7 @@ DEMO_USERS = {
 
 
 TOKENS_FILE = "demo-tokens.json"
+PASSWORDS_FILE = "demo-passwords.json"  # console sign-in (`atelier serve`), one random password per demo user
 
 
 def _demo_tokens(rt: Runtime) -> dict[str, str]:
@@ -47,13 +49,16 @@ def _demo_tokens(rt: Runtime) -> dict[str, str]:
                 )
             tokens: dict[str, str] = json.loads(path.read_text(encoding="utf-8"))
             return tokens
-        tokens = {}
+        tokens, passwords = {}, {}
         for name, roles in DEMO_USERS.items():
             add_user(session, None if name == "admin" else "admin", name, roles)
             tokens[name] = issue_token(session, "admin", name, "demo", bootstrap=name == "admin").secret
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(tokens, fh, indent=2)
+            passwords[name] = secrets.token_urlsafe(12)
+            set_password(session, "admin", name, passwords[name])
+    for where, what in ((path, tokens), (rt.settings.data_dir / PASSWORDS_FILE, passwords)):
+        fd = os.open(where, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(what, fh, indent=2)
     return tokens
 
 
@@ -125,4 +130,8 @@ def run_demo(
     print(f"store:    {rt.store.url}")
     print(f"database: {rt.settings.redacted()['database_url']}")
     print(f"try:      atelier trace {rows[0]['image_id']}   |   atelier batch show {batch_id}")
+    print(
+        f"console:  atelier serve, then http://127.0.0.1:8080/ as any demo user, passwords in "
+        f"{rt.settings.data_dir / PASSWORDS_FILE}"
+    )
     return 0 if report.ok and result.completed else 1
