@@ -418,13 +418,15 @@ def finalize_image(
     session.add(record)
     session.flush()
     store.put(prov_key, json.dumps(doc, indent=2, sort_keys=True).encode(), "application/json", metadata)
-    stored = store.put(key, marked.png, "image/png", metadata)
+    # the gallery thumbnail before the image: a crash between the two leaves no published image without
+    # one (a re-run finds the record and uploads nothing more; the thumbnail's key is as deterministic)
     store.put(
         thumbnail_key(image_id, marked.pixels_sha256),
         marked.thumbnail or thumbnail_jpeg(decode_png(marked.png)),
         "image/jpeg",
         metadata,
     )
+    stored = store.put(key, marked.png, "image/png", metadata)
     record.store_version_id = stored.version_id
     session.flush()
     record_event(

@@ -245,16 +245,18 @@ def gallery(
 ) -> HTMLResponse:
     detail = actions.batch_detail(who, batch_id)
     cards = actions.batch_images(who, batch_id, status, (page - 1) * 100, 100)
-    return render(request, "gallery.html", who, s=detail.summary, cards=cards, status=status, page=page)
+    thumbs = actions.gallery_thumbnails(who, cards)
+    return render(request, "gallery.html", who, s=detail.summary, cards=cards, thumbs=thumbs, status=status, page=page)
 
 
 # ---------------------------------------------------------------- images and verify
 
 
 @router.get("/images/{image_id}", openapi_extra=roles())
-def image_page(request: Request, who: Who, image_id: str) -> HTMLResponse:
+def image_page(request: Request, who: Who, image_id: str, check: bool = False) -> HTMLResponse:
     t = actions.image_trace(who, image_id)
-    return render(request, "image.html", who, t=t, d=t.to_dict())
+    checked = actions.check_published(who, t.image_id).to_dict() if check and t.status == "published" else None
+    return render(request, "image.html", who, t=t, checked=checked)
 
 
 @router.get("/images/{image_id}/thumbnail", openapi_extra=roles())

@@ -134,6 +134,7 @@ def test_governed_batch_end_to_end(make_cli, flags, tmp_path, s3_server, s3_env,
     expected_keys = sorted(
         [f"published/{t['store']['key']}" for t in published]
         + [f"published/{t['store']['provenance_key']}" for t in published]
+        + [f"published/images/{t['image_id']}/{t['pixels_sha256']}.thumb.jpg" for t in published]  # the galleries'
     )
     assert listed == expected_keys
     for t in published:
@@ -252,7 +253,7 @@ def test_crash_mid_batch_then_rerun_publishes_everything_once(
     assert shown["images_published"] + shown["images_quarantined"] == sum(r["num_images"] for r in ROWS)
     s3 = boto3.client("s3", endpoint_url=s3_server)
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=s3_env, Prefix="p/images/")["Contents"])
-    assert len(keys) == 2 * shown["images_published"]  # no orphan, no duplicate
+    assert len(keys) == 3 * shown["images_published"]  # image, provenance, thumbnail: no orphan, no duplicate
     assert cli.json("audit", "verify")["ok"]
 
 

@@ -107,7 +107,7 @@ def test_an_object_store_failing_for_a_while_is_ridden_out(
         .get("Contents", [])
     )
     assert [k for k in keys if k.endswith(".png")] == sorted(f"o/{r.store_key}" for r in rows)  # no orphan
-    assert len(keys) == 2 * len(rows)  # each image and its provenance record, nothing else
+    assert len(keys) == 3 * len(rows)  # each image, its provenance record and thumbnail, nothing else
 
 
 @pytest.fixture

@@ -170,7 +170,7 @@ def test_workers_killed_again_and_again_lose_and_duplicate_nothing(
         for o in page.get("Contents", [])
     )
     assert [k for k in keys if k.endswith(".png")] == sorted(f"w/{k}" for k in published), f"seed {seed}"  # no orphan
-    assert len(keys) == 2 * len(published)
+    assert len(keys) == 3 * len(published)  # image, provenance, thumbnail
     assert cli.json("audit", "verify")["ok"]
     # Every worker that began its flow run reported it to the Prefect server (one killed while
     # starting may have none yet; a killed one stays RUNNING there: Prefect never heard it die).

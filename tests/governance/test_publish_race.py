@@ -116,7 +116,7 @@ def test_the_second_worker_fails_before_uploading_and_the_first_record_stands(pg
     first.join(30)
     second.join(30)
     assert outcome == {"first": "recorded", "second": "duplicate refused"}
-    assert [who for who, _ in store.puts] == ["first", "first"]  # provenance and image; none by the second
+    assert [who for who, _ in store.puts] == ["first"] * 3  # provenance, thumbnail, image; none by the second
     with sessions() as s:
         assert s.scalar(select(func.count()).select_from(Image)) == 1
         record = s.get(Image, image_id)

@@ -178,6 +178,11 @@ def test_journey_of_every_role_in_chromium(browser: Any, producing_console: Cons
     assert "ceramic vase" in text or "leather bag" in text
     assert "approved by omar" in text and "Audit events" in text
     shot(ann, "auditor-image")
+    ann.get_by_role("link", name="Validate its C2PA manifest and watermark now").click()
+    assert ann.locator("#file-verdict").inner_text() == "original"  # the stored file, as published
+    checked = ann.locator("main").inner_text()
+    assert "c2pa" in checked and "watermark" in checked
+    shot(ann, "auditor-image-checked")
     png = ann.request.get(f"{console.base}/images/{image_id}/file").body()
     from PIL import Image
 
