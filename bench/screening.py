@@ -192,7 +192,8 @@ SHOTS = ["studio photo of a {c} {m} {p} on pure white background", "{c} {p} in {
 
 
 def grid() -> list[str]:
-    out = []
+    """Colour x material x product prompts (a spread sample), and SKU-style references."""
+    out = [f"SKU-{n:05d}" for n in range(0, 100_000, 97)] + [f"{n:04d}-{n % 997:03d}" for n in range(0, 10_000, 7)]
     for i, (c, m, p) in enumerate(itertools.product(COLOURS, MATERIALS, PRODUCTS)):
         if i % 7 == 0:  # a spread sample of the full product (about 13,000 prompts)
             out.append(SHOTS[i % len(SHOTS)].format(c=c, m=m, p=p))

@@ -544,6 +544,7 @@ def batch_submit(
                 use_category=use_category,
                 licence_ids=[rt.settings.model_licence],
                 limits=rt.settings.intake_limits(),
+                policy=rt.settings.load_prompt_policy(),
             )
             batch_id, content = batch.id, batch.content_sha256
     except IntakeRejected as exc:
@@ -564,7 +565,9 @@ def batch_edit(batch_id: str, file: Path, /, *, me: Me, rt: Runtime_) -> int:
 
     try:
         with rt.sessions.begin() as session:
-            batch = edit_batch(session, me.user, batch_id, file, rt.settings.intake_limits())
+            batch = edit_batch(
+                session, me.user, batch_id, file, rt.settings.intake_limits(), rt.settings.load_prompt_policy()
+            )
             print(f"batch {batch.id} edited (content sha256 {batch.content_sha256}); it needs a new approval")
     except IntakeRejected as exc:
         _print_intake_failures(exc, json=False)
@@ -591,6 +594,9 @@ def batch_approve(
     acknowledge_rejections: Annotated[
         bool, Parameter(help="approve content that was rejected before, having read each rejection in `batch show`")
     ] = False,
+    acknowledge_flags: Annotated[
+        bool, Parameter(help="approve a batch with prompt-policy flags, having read each flag in `batch show`")
+    ] = False,
     json: Json = False,
     me: Me,
     rt: Runtime_,
@@ -599,7 +605,7 @@ def batch_approve(
     from governance.approvals import approve_batch
 
     with rt.sessions.begin() as session:
-        a = approve_batch(session, me.user, batch_id, content_sha256, acknowledge_rejections)
+        a = approve_batch(session, me.user, batch_id, content_sha256, acknowledge_rejections, acknowledge_flags)
         out = {"batch_id": a.batch_id, "approval_id": a.id, "content_sha256": a.content_sha256}
     anchor_decision(rt, me)
     print_json(out) if json else print(f"batch {out['batch_id']} approved for content {out['content_sha256']}")
@@ -652,12 +658,16 @@ def batch_show(batch_id: str, /, *, json: Json = False, me: Me, rt: Runtime_) ->
     columns = ["row_id", "seed", "width", "height", "steps", "guidance_scale", "refiner_split", "num_images", "ref"]
     print_table([p.to_dict() for p in detail.prompts_detail], [*columns, "prompt", "negative_prompt"])
     summary = detail.summary
+    if detail.flags:
+        print(f"\nprompt-policy flags ({detail.screening_policy}): an approver acknowledges each")
+        print_table([f.to_dict() for f in detail.flags], ["row", "row_id", "column", "rule", "category", "matched"])
     if detail.decisions_on_content:
         print("\ndecisions on this exact content (this batch and others):")
         rows = [{**d.to_dict(), "voided": "yes" if d.voided else ""} for d in detail.decisions_on_content]
         print_table(rows, ["decision", "decided_by", "decided_at", "batch_id", "voided", "reason"])
     if summary.status == "submitted":
         ack = " --acknowledge-rejections" if any(d.decision == "rejected" for d in detail.decisions_on_content) else ""
+        ack += " --acknowledge-flags" if detail.flags else ""
         print(
             f"\nto approve exactly this content: atelier batch approve {summary.batch_id} "
             f"--content-sha256 {summary.content_sha256}{ack}"
@@ -697,8 +707,9 @@ def run_batches(rt: Runtime, actor: str, batch_ids: list[str], progress: bool = 
     with rt.sessions() as session:
         require_role(session, actor, "operator", "run batches")
         batch_ids = [get_batch(session, batch_id).id for batch_id in batch_ids]  # prefixes -> full ids
+        policy = rt.settings.load_prompt_policy()
         for batch_id in batch_ids:
-            require_runnable(get_batch(session, batch_id))
+            require_runnable(get_batch(session, batch_id), policy)
     preflight(rt)
     from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED as ANALYTICS
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP

@@ -98,6 +98,7 @@ def start_run_task(rt: Runtime, batch_id: str, actor: str, flow_run_id: str, wor
     rt.credentials  # no signer, no run: fail before any GPU work  # noqa: B018
     rt.watermark_key  # no watermark key, no run either  # noqa: B018
     rt.checkpoint_signer()
+    policy = rt.settings.load_prompt_policy()  # screening runs again, against the policy in force now
     engine = rt.engine
 
     def open_run(session: Session) -> str:
@@ -118,6 +119,7 @@ def start_run_task(rt: Runtime, batch_id: str, actor: str, flow_run_id: str, wor
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             },
             flow_run_id=flow_run_id,
+            prompt_policy=policy,
         )
         return run.id
 

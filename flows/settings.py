@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
     from governance.intake import IntakeLimits
+    from governance.screening import PromptPolicy
     from sdxl_core.engine import EngineConfig
 
 
@@ -52,6 +53,9 @@ class Settings(BaseSettings):
     safety_model: str = Field("atelier-tiny-clip", description="open_clip model name")
     safety_pretrained: str | None = Field(None, description="open_clip checkpoint file or tag; default: random")
     safety_policy: Path | None = Field(None, description="safety policy JSON; default: the packaged policy")
+    prompt_policy: Path | None = Field(
+        None, description="prompt policy JSON (what may not be generated); default: the packaged example policy"
+    )
     c2pa_cert: Path | None = Field(None, description="PEM chain of the C2PA signer; default: keys/ in the data dir")
     c2pa_key: Path | None = Field(None, description="PEM private key of the C2PA signer")
     c2pa_sign_callback: str | None = Field(None, description="module:function signing hook (KMS/HSM) instead of a key")
@@ -184,6 +188,12 @@ class Settings(BaseSettings):
         from governance.intake import IntakeLimits
 
         return IntakeLimits(self.intake_max_file_bytes, self.intake_max_rows)
+
+    def load_prompt_policy(self) -> PromptPolicy:
+        """The prompt policy in force; an unreadable or invalid file is an error, never a skip."""
+        from governance.screening import load_prompt_policy
+
+        return load_prompt_policy(self.prompt_policy)
 
     def session_key_path(self) -> Path:
         return self.session_key_file or self.keys_dir / "session.key"

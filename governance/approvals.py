@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload
@@ -15,6 +16,9 @@ from governance.records import Approval, Batch
 from governance.results import Result
 from governance.text import describe, first_unsafe
 from governance.users import require_role
+
+if TYPE_CHECKING:
+    from governance.screening import PromptPolicy
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,10 @@ def _decide(
     reason: str,
     expected_sha256: str,
     acknowledge_rejections: bool = False,
+    acknowledge_flags: bool = False,
 ) -> Approval:
+    from governance.screening import describe_flag, flags_of
+
     batch = get_batch(session, batch_id)
     user = require_role(session, actor, "approver", "approve or reject batches")
     if user.id == batch.requested_by_id:
@@ -84,9 +91,17 @@ def _decide(
             + (f" (and {len(rejected) - 1} earlier rejection(s))" if len(rejected) > 1 else "")
             + "; approving it needs acknowledge_rejections"
         )
+    flags = flags_of(batch.screening)
+    if decision == "approved" and flags and not acknowledge_flags:
+        raise InvalidState(
+            f"batch {batch.id} has {len(flags)} prompt-policy flag(s), e.g. {describe_flag(flags[0])}: read each "
+            "in `atelier batch show`; approving needs acknowledge_flags"
+        )
     approval = Approval(
         batch=batch, decision=decision, decided_by=user, content_sha256=batch.content_sha256, reason=reason
     )
+    if decision == "approved" and flags:
+        approval.acknowledged_flags = [f.to_dict() for f in flags]
     session.add(approval)
     batch.status = decision
     session.flush()
@@ -97,17 +112,25 @@ def _decide(
     }
     if decision == "approved" and rejected:
         payload["acknowledged_rejections"] = [r.approval_id for r in rejected]
+    if decision == "approved" and flags:
+        payload["acknowledged_flags"] = [f"row {f.row_id} {f.column}: {f.rule} ({f.matched})" for f in flags]
     record_event(session, user.name, f"batch.{decision}", "batch", batch.id, payload)
     return approval
 
 
 def approve_batch(
-    session: Session, actor: str | None, batch_id: str, expected_sha256: str, acknowledge_rejections: bool = False
+    session: Session,
+    actor: str | None,
+    batch_id: str,
+    expected_sha256: str,
+    acknowledge_rejections: bool = False,
+    acknowledge_flags: bool = False,
 ) -> Approval:
     """Approve a batch's exact content (`expected_sha256`: what the approver reviewed). Content that
     was rejected before (in this batch or another) is approved only with `acknowledge_rejections`,
-    after seeing each rejection, its reason and its author; the event records which were acknowledged."""
-    return _decide(session, actor, batch_id, "approved", "", expected_sha256, acknowledge_rejections)
+    after seeing each rejection, its reason and its author; a batch with prompt-policy review flags
+    only with `acknowledge_flags`, after seeing each. The approval and its event record both."""
+    return _decide(session, actor, batch_id, "approved", "", expected_sha256, acknowledge_rejections, acknowledge_flags)
 
 
 def reject_batch(session: Session, actor: str | None, batch_id: str, reason: str, expected_sha256: str) -> Approval:
@@ -118,8 +141,10 @@ def reject_batch(session: Session, actor: str | None, batch_id: str, reason: str
     return _decide(session, actor, batch_id, "rejected", reason.strip(), expected_sha256)
 
 
-def require_runnable(batch: Batch) -> Approval:
-    """Invariant 1: refuse GPU work unless a live approval by another user pins this exact content."""
+def require_runnable(batch: Batch, policy: PromptPolicy | None = None) -> Approval:
+    """Invariant 1: refuse GPU work unless a live approval by another user pins this exact content;
+    with `policy` (the prompt policy in force at run start), also unless the rows still pass it
+    (governance.screening.recheck)."""
     approval = current_approval(batch)
     if approval is None or approval.decision != "approved":
         raise InvalidState(
@@ -136,4 +161,9 @@ def require_runnable(batch: Batch) -> Approval:
         )
     if batch.status not in ("approved", "running", "completed", "failed"):
         raise InvalidState(f"batch {batch.id} is {batch.status}; it cannot run")
+    if policy is not None:
+        from governance.batches import stored_row
+        from governance.screening import recheck
+
+        recheck(policy, batch.screening, approval.acknowledged_flags or [], [stored_row(p) for p in batch.prompts])
     return approval

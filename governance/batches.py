@@ -21,6 +21,7 @@ from governance.users import require_role
 
 if TYPE_CHECKING:
     from governance.approvals import PriorDecision
+    from governance.screening import Flag, PromptPolicy
 
 
 class IntakeRejected(InvalidInput):
@@ -42,6 +43,30 @@ def _read(path: Path, limits: IntakeLimits | None = None) -> list[PromptRow]:
     return report.rows
 
 
+def _screen(path: Path, rows: list[PromptRow], policy: PromptPolicy | None) -> dict[str, Any]:
+    """Screen the rows under the prompt policy (the packaged one when none is given: screening never
+    switches off). A `block` rule refuses the file like any intake failure, naming row, rule and the
+    matched text; `review` flags are kept with the batch for its approver."""
+    from governance.intake import RowFailure
+    from governance.screening import load_prompt_policy, record_of, screen_rows
+
+    policy = policy or load_prompt_policy()
+    screening = screen_rows(policy, rows)
+    if screening.blocked:
+        failures = [
+            RowFailure(
+                f.row,
+                f.row_id,
+                f.column,
+                f"policy:{f.rule}",
+                f"matched {f.matched!r} ({f.category}): blocked by prompt policy {policy.version}",
+            )
+            for f in screening.blocked
+        ]
+        raise IntakeRejected(path, IntakeReport([], failures))
+    return record_of(screening)
+
+
 def _prompt_records(batch_id: str, rows: list[PromptRow]) -> list[Prompt]:
     return [
         Prompt(id=prompt_id_for(batch_id, r.row_id), batch_id=batch_id, position=i, **r.to_dict())
@@ -57,8 +82,10 @@ def submit_batch(
     use_category: str = DEFAULT_USE_CATEGORY,
     licence_ids: Sequence[str] = (DEFAULT_MODEL_LICENCE,),
     limits: IntakeLimits | None = None,
+    policy: PromptPolicy | None = None,
 ) -> Batch:
-    """Validate a prompt file and store it as a SUBMITTED batch (nothing is stored on any failure).
+    """Validate and screen a prompt file and store it as a SUBMITTED batch (nothing is stored on any
+    failure; `policy`: the prompt policy in force, default the packaged one).
 
     `use_category` is the declared use; it is refused when unknown or prohibited by any of
     `licence_ids`, the licences configured for the models (see governance.licences).
@@ -68,12 +95,14 @@ def submit_batch(
         raise InvalidInput(f"unknown purpose {purpose!r}: choose one of {', '.join(PURPOSES)}")
     check_use_category(session, use_category, licence_ids)
     rows = _read(path, limits)
+    screening = _screen(path, rows, policy)
     batch = Batch(
         purpose=purpose,
         use_category=use_category,
         requested_by=user,
         source_name=path.name,
         content_sha256=content_sha256(rows),
+        screening=screening,
     )
     session.add(batch)
     session.flush()
@@ -92,6 +121,7 @@ def submit_batch(
             "content_sha256": batch.content_sha256,
             "prompts": len(rows),
             "images": sum(r.num_images for r in rows),
+            "screening": {"policy": screening["policy"], "sha256": screening["sha256"], "flags": screening["flags"]},
         },
     )
     session.flush()
@@ -99,7 +129,12 @@ def submit_batch(
 
 
 def edit_batch(
-    session: Session, actor: str | None, batch_id: str, path: Path, limits: IntakeLimits | None = None
+    session: Session,
+    actor: str | None,
+    batch_id: str,
+    path: Path,
+    limits: IntakeLimits | None = None,
+    policy: PromptPolicy | None = None,
 ) -> Batch:
     """Replace a batch's prompts with a new file. Any approval is voided: it pinned the old content."""
     batch = get_batch(session, batch_id)
@@ -109,6 +144,7 @@ def edit_batch(
     if batch.status not in ("submitted", "approved", "rejected"):
         raise InvalidState(f"batch {batch.id} is {batch.status}; only a batch that has not run can be edited")
     rows = _read(path, limits)
+    screening = _screen(path, rows, policy)
     old_hash = batch.content_sha256
     from governance.approvals import describe_rejection, rejections_of
 
@@ -124,6 +160,7 @@ def edit_batch(
     batch.prompts = _prompt_records(batch.id, rows)
     batch.content_sha256 = content_sha256(rows)
     batch.source_name = path.name
+    batch.screening = screening
     for approval in batch.approvals:
         if approval.voided_at is None:
             approval.voided_at = utcnow()
@@ -143,7 +180,12 @@ def edit_batch(
         "batch.edited",
         "batch",
         batch.id,
-        {"old_content_sha256": old_hash, "content_sha256": batch.content_sha256, "prompts": len(rows)},
+        {
+            "old_content_sha256": old_hash,
+            "content_sha256": batch.content_sha256,
+            "prompts": len(rows),
+            "screening": {"policy": screening["policy"], "sha256": screening["sha256"], "flags": screening["flags"]},
+        },
     )
     session.flush()
     return batch
@@ -272,12 +314,17 @@ class BatchDetail(Result):
     prompts_detail: tuple[PromptDetail, ...]
     # every decision ever taken on this exact content, in this batch or another (rejections first of all)
     decisions_on_content: tuple[PriorDecision, ...] = ()
+    # the prompt policy it was screened under, and the review flags an approver must acknowledge
+    screening_policy: str | None = None
+    flags: tuple[Flag, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
             **self.summary.to_dict(),
             "prompts_detail": [p.to_dict() for p in self.prompts_detail],
             "decisions_on_content": [d.to_dict() for d in self.decisions_on_content],
+            "screening_policy": self.screening_policy,
+            "flags": [f.to_dict() for f in self.flags],
         }
 
 
@@ -344,11 +391,15 @@ def batch_detail(session: Session, batch: Batch) -> BatchDetail:
     """The summary, every prompt row with every field, and every decision taken on this exact content
     (what `batch show` displays, and what an approver must have seen)."""
     from governance.approvals import prior_decisions
+    from governance.screening import flags_of
 
+    screening = batch.screening or {}
     return BatchDetail(
         decisions_on_content=tuple(prior_decisions(session, batch.content_sha256)),
         summary=batch_summary(session, batch),
         prompts_detail=tuple(PromptDetail(**stored_row(p).to_dict()) for p in batch.prompts),
+        screening_policy=f"{screening['policy']} ({screening['sha256'][:12]})" if screening else None,
+        flags=flags_of(batch.screening),
     )
 
 

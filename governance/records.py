@@ -249,6 +249,9 @@ class Batch(Base):
     use_category: Mapped[str] = mapped_column(String(60), default="general", server_default="general", index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    # the prompt policy it was screened under and the review flags it raised (governance.screening):
+    # {"policy": version, "sha256": ..., "flags": [...]}; None before screening existed (migration 0009)
+    screening: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     requested_by: Mapped[User] = relationship(lazy="joined")
     prompts: Mapped[list[Prompt]] = relationship(
@@ -305,6 +308,8 @@ class Approval(Base):
     decided_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     voided_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     void_reason: Mapped[str] = mapped_column(Text, default="")
+    # the prompt-policy flags the approver acknowledged with this approval (None: there were none)
+    acknowledged_flags: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
 
     batch: Mapped[Batch] = relationship(back_populates="approvals")
     decided_by: Mapped[User] = relationship(lazy="joined")

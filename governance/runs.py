@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -16,6 +16,9 @@ from governance.licences import check_use_category
 from governance.records import Batch, Image, ModelVersion, Prompt, Run, image_id_for, utcnow
 from governance.results import Result
 from governance.users import require_role
+
+if TYPE_CHECKING:
+    from governance.screening import PromptPolicy
 
 
 @dataclass(frozen=True)
@@ -76,11 +79,13 @@ def start_run(
     model_versions: list[ModelVersion],
     engine: dict[str, Any],
     flow_run_id: str = "",
+    prompt_policy: PromptPolicy | None = None,
 ) -> Run:
-    """Open a run for an approved batch. Refused without a valid approval (invariant 1)."""
+    """Open a run for an approved batch. Refused without a valid approval (invariant 1), and when its
+    rows no longer pass `prompt_policy` (the policy in force now: screening runs again at run start)."""
     user = require_role(session, actor, "operator", "run batches")
     batch = get_batch(session, batch_id)
-    approval = require_runnable(batch)
+    approval = require_runnable(batch, prompt_policy)
     # The declared use was checked at intake against the configured licence; check it again against
     # the licences of the weights this run actually loaded.
     check_use_category(session, batch.use_category, {mv.licence_id for mv in model_versions})

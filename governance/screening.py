@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from governance.errors import InvalidInput
+from governance.errors import InvalidInput, InvalidState
 from governance.results import Result
 
 POLICIES_DIR = Path(__file__).resolve().parent / "policies"
@@ -63,8 +63,9 @@ LEET = {"0": "o", "1": "i", "!": "i", "|": "i", "3": "e", "4": "a", "@": "a", "5
 # After leet, "l" and "i" look alike ("1" can be either): both sides are mapped to one skeleton letter.
 SAME = {"l": "i"}
 _WORD = re.compile(r"[a-z0-9]+")
+_TOKEN = re.compile(r"[a-z0-9@$!|+\u20ac\u00a3]+")
 _MARKS = re.compile("[\u2122\u2120\u00ae\u00a9]")  # trade mark, service mark, registered, copyright
-_SPACED = re.compile(r"(?<![a-z0-9])(?:[a-z0-9][^a-z0-9]{1,3}){2,}[a-z0-9](?![a-z0-9])")
+_SPACED = re.compile(r"(?<![a-z0-9@$])(?:[a-z0-9@$][^a-z0-9@$]{1,3}){2,}[a-z0-9@$](?![a-z0-9@$])")
 
 
 _ASCII_CONTROLS = {c: None for c in range(32) if chr(c) not in "\t\n"} | {127: None}
@@ -94,12 +95,18 @@ def normalise(text: str) -> str:
 
 
 def skeleton_words(text: str) -> list[str]:
-    """The words terms are matched against: folded, leetspeak read as letters, spaced-out letters joined."""
+    """The words terms are matched against: folded, letters spaced out joined again, leetspeak read as
+    letters inside words that have letters ("T4yl0r", "p@rn"; a number such as a SKU or a size stays a
+    number), "l" and "i" as one letter."""
     folded = _fold(text)
-    # leetspeak first, so "s3x" and "n 4 k e d" become letters before words are cut
-    mapped = "".join(LEET.get(ch, ch) for ch in folded)
-    mapped = _SPACED.sub(lambda m: re.sub(r"[^a-z0-9]", "", m.group(0)), mapped)
-    return ["".join(SAME.get(c, c) for c in w) for w in _WORD.findall(mapped)]
+    joined = _SPACED.sub(lambda m: re.sub(r"[^a-z0-9@$!|+]", "", m.group(0)), folded)
+    words = []
+    for token in _TOKEN.findall(joined):
+        token = token.rstrip("!|+")  # "wow!" is "wow"; inside a word a "!" or "|" is a letter
+        if any("a" <= c <= "z" for c in token):
+            token = "".join(LEET.get(c, c) for c in token)
+        words += ["".join(SAME.get(c, c) for c in w) for w in _WORD.findall(token)]
+    return words
 
 
 @dataclass(frozen=True)
@@ -299,3 +306,43 @@ def screen_rows(policy: PromptPolicy, rows: Iterable[Any]) -> Screening:
 
 def describe_flag(f: Flag) -> str:
     return f"row {f.row} ({f.row_id}), {f.column}: rule {f.rule} ({f.category}, {f.action}) matched {f.matched!r}"
+
+
+def record_of(s: Screening) -> dict[str, Any]:
+    """What a batch keeps (`batches.screening`): the policy and the review flags (blocks never get in)."""
+    return {"policy": s.policy_version, "sha256": s.policy_sha256, "flags": [f.to_dict() for f in s.to_review]}
+
+
+def flags_of(record: dict[str, Any] | None) -> tuple[Flag, ...]:
+    return tuple(Flag(**f) for f in (record or {}).get("flags", []))
+
+
+def flag_key(f: Flag) -> str:
+    return f"{f.row_id}|{f.column}|{f.rule}|{f.matched}"
+
+
+def recheck(
+    policy: PromptPolicy, record: dict[str, Any] | None, acknowledged: Iterable[Any], rows: Iterable[Any]
+) -> None:
+    """At run start: screen the stored rows again under the policy now in force. A block refuses the
+    run; a review flag that the approval did not acknowledge refuses it too (the approver never saw
+    it): the requester edits the batch, which screens it again and sends it back to the queue."""
+    if record is not None and record.get("sha256") == policy.sha256:
+        return  # screened under this very policy at intake
+    again = screen_rows(policy, rows)
+    if again.blocked:
+        f = again.blocked[0]
+        raise InvalidState(
+            f"the prompt policy now in force ({policy.version}) blocks {describe_flag(f)}"
+            + (f" (and {len(again.blocked) - 1} more)" if len(again.blocked) > 1 else "")
+            + ": this batch cannot run; its requester edits it"
+        )
+    seen = {flag_key(Flag(**a)) if isinstance(a, dict) else str(a) for a in acknowledged}
+    new = [f for f in again.to_review if flag_key(f) not in seen]
+    if new:
+        raise InvalidState(
+            f"the prompt policy now in force ({policy.version}) flags {describe_flag(new[0])}"
+            + (f" (and {len(new) - 1} more)" if len(new) > 1 else "")
+            + ", which the approval did not acknowledge: the requester edits the batch (`atelier batch edit`) "
+            "so that an approver reviews it again"
+        )

@@ -105,7 +105,16 @@ def submit(c: Caller, name: str | None, data: bytes, purpose: str, use_category:
 
     s = c.rt.settings
     with Upload(name, data, s.intake_max_file_bytes, "prompt file") as path, c.rt.sessions.begin() as session:
-        b = submit_batch(session, c.user, path, purpose, use_category, [s.model_licence], s.intake_limits())
+        b = submit_batch(
+            session,
+            c.user,
+            path,
+            purpose,
+            use_category,
+            [s.model_licence],
+            s.intake_limits(),
+            s.load_prompt_policy(),
+        )
         return Submitted(b.id, b.content_sha256, b.status)
 
 
@@ -115,7 +124,8 @@ def edit(c: Caller, batch_id: str, name: str | None, data: bytes) -> Submitted:
     s = c.rt.settings
     with Upload(name, data, s.intake_max_file_bytes, "prompt file") as path:
         with c.rt.sessions.begin() as session:
-            b = edit_batch(session, c.user, _batch(session, c, batch_id).id, path, s.intake_limits())
+            batch = _batch(session, c, batch_id)
+            b = edit_batch(session, c.user, batch.id, path, s.intake_limits(), s.load_prompt_policy())
             out = Submitted(b.id, b.content_sha256, b.status)
     _anchor(c)
     return out
@@ -130,12 +140,14 @@ class Decision(Result):
     reason: str | None
 
 
-def approve(c: Caller, batch_id: str, content_sha256: str, acknowledge_rejections: bool) -> Decision:
+def approve(
+    c: Caller, batch_id: str, content_sha256: str, acknowledge_rejections: bool, acknowledge_flags: bool = False
+) -> Decision:
     from governance.approvals import approve_batch
 
     with c.rt.sessions.begin() as session:
         batch = _batch(session, c, batch_id)
-        a = approve_batch(session, c.user, batch.id, content_sha256, acknowledge_rejections)
+        a = approve_batch(session, c.user, batch.id, content_sha256, acknowledge_rejections, acknowledge_flags)
         out = Decision(a.batch_id, a.id, a.decision, a.content_sha256, None)
     _anchor(c)
     return out

@@ -102,6 +102,7 @@ async def edit_batch(request: Request, who: Who, batch_id: str, file: Annotated[
 class ApproveBody(BaseModel):
     content_sha256: SHA256
     acknowledge_rejections: bool = False
+    acknowledge_flags: bool = False
 
 
 class RejectBody(BaseModel):
@@ -112,7 +113,7 @@ class RejectBody(BaseModel):
 @router.post("/batches/{batch_id}/approve", openapi_extra=roles("approver"))
 def approve(who: Who, batch_id: str, body: ApproveBody) -> JSONResponse:
     """Approve exactly the content with this hash (never the requester's own batch)."""
-    return out(actions.approve(who, batch_id, body.content_sha256, body.acknowledge_rejections))
+    return out(actions.approve(who, batch_id, body.content_sha256, body.acknowledge_rejections, body.acknowledge_flags))
 
 
 @router.post("/batches/{batch_id}/reject", openapi_extra=roles("approver"))

@@ -56,7 +56,7 @@ class RunLauncher:
         with rt.sessions() as session:
             require_role(session, actor, "operator", "run batches")
             batch_id = get_batch(session, batch_id).id
-            require_runnable(get_batch(session, batch_id))
+            require_runnable(get_batch(session, batch_id), rt.settings.load_prompt_policy())
         preflight(rt)
         with self._lock:
             known = self._runs.get(batch_id)

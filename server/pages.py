@@ -219,8 +219,9 @@ def approve(
     batch_id: str,
     content_sha256: Annotated[str, Form(max_length=64)],
     acknowledge_rejections: Annotated[bool, Form()] = False,
+    acknowledge_flags: Annotated[bool, Form()] = False,
 ) -> Response:
-    done = actions.approve(who, batch_id, content_sha256, acknowledge_rejections)
+    done = actions.approve(who, batch_id, content_sha256, acknowledge_rejections, acknowledge_flags)
     return back(f"/batches/{done.batch_id}", f"approved for content {done.content_sha256[:12]}")
 
 

@@ -63,6 +63,13 @@ def test_allowed_phrases_only_cover_the_match_inside_them() -> None:
     assert rules_hit("shooting star decal") == set() and rules_hit("school shooting") == {"violence-en"}
 
 
+def test_numbers_stay_numbers() -> None:
+    """Leetspeak is read only inside words with letters: a SKU such as 1011 is not "loli", 5318 not "seib"."""
+    for ref in ("sku-1011", "1011", "10-11", "5318008", "size 40 41", "2024", "AB-0071-X"):
+        assert rules_hit(ref) == set(), ref
+    assert rules_hit("p0rn") == {"prohibited-en"}  # a digit inside a word with letters is still read
+
+
 def test_words_inside_other_words_do_not_match() -> None:
     assert rules_hit("a gunmetal grey watch") == set()  # "gun" only as a word
     assert rules_hit("classic pornstar martini") == set()  # a cocktail: "porn" is not a word of it
