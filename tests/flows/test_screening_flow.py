@@ -114,9 +114,7 @@ def test_an_invalid_policy_file_is_one_line_and_changes_nothing(
     assert cli.json("batch", "list", actor="maria") == []
 
 
-def test_removing_a_flag_in_the_database_is_caught_by_audit_verify(
-    cli: CLI, tmp_path: Path, database_url: str
-) -> None:
+def test_removing_a_flag_in_the_database_is_caught_by_audit_verify(cli: CLI, tmp_path: Path, database_url: str) -> None:
     code, out, err = submit(cli, tmp_path, ["Gucci belt on white"])
     assert code == 0, err
     batch_id = out.split()[1]
