@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import datetime as dt
 import io
 import os
@@ -78,7 +79,8 @@ def prepare(url: str, store_dir: Path, gallery_batches: int, seed: int) -> dict[
     """The auditor's token, sample images, search terms, and thumbnails for some batches' galleries."""
     from governance.db import make_engine, make_sessionmaker
     from governance.records import Batch, Image
-    from governance.store import LocalStore, thumbnail_key
+    from governance.review import thumb_of
+    from governance.store import LocalStore
     from governance.users import issue_token
 
     rng = random.Random(seed)
@@ -97,10 +99,10 @@ def prepare(url: str, store_dir: Path, gallery_batches: int, seed: int) -> dict[
         written = 0
         for batch_id in batch_ids:
             rows = session.execute(
-                select(Image.id, Image.pixels_sha256).where(Image.batch_id == batch_id, Image.status == "published")
+                select(Image.store_key).where(Image.batch_id == batch_id, Image.status == "published")
             ).all()
-            for image_id, pixels in rows:
-                store.put(thumbnail_key(image_id, pixels or ""), thumbnail(rng), "image/jpeg", {})
+            for (key,) in rows:
+                store.put(thumb_of(key), thumbnail(rng), "image/jpeg", {})
                 written += 1
         skus = [
             r[0]
@@ -160,6 +162,7 @@ async def users(
     import re
 
     out: dict[str, tuple[list[float], list[int]]] = {k: ([], [0]) for k in WEIGHTS}
+    failures: collections.Counter[str] = collections.Counter()
     headers = {"Authorization": f"Bearer {token}"}
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     deadline = time.monotonic() + duration
@@ -175,10 +178,14 @@ async def users(
                 try:
                     r = await client.get(path)
                     ok = r.status_code == 200
-                    if ok and kind == "gallery":  # the thumbnails come inline, read from the store
+                    if not ok:
+                        failures[f"{kind} {r.status_code}"] += 1
+                    elif kind == "gallery":  # the thumbnails come inline, read from the store
                         ok = len(re.findall(r'src="data:image/jpeg;base64,', r.text)) == 100
-                except httpx.HTTPError:
+                        failures[f"{kind} without its 100 thumbnails"] += 0 if ok else 1
+                except httpx.HTTPError as exc:
                     ok = False
+                    failures[f"{kind} {type(exc).__name__}"] += 1
                 times, errors = out[kind]
                 times.append(time.perf_counter() - t0)
                 errors[0] += 0 if ok else 1
@@ -186,6 +193,8 @@ async def users(
                     await asyncio.sleep(rng.uniform(0.5, 1.5) * think)
 
         await asyncio.gather(*(user(n) for n in range(clients)))
+    if failures:
+        log("errors: " + ", ".join(f"{k}: {n}" for k, n in failures.most_common()))
     return {k: (times, errors[0]) for k, (times, errors) in out.items()}
 
 

@@ -527,6 +527,10 @@ def batch_submit(
             "refused when the models' licence prohibits it"
         ),
     ] = "general",
+    review: Annotated[
+        bool,
+        Parameter(help="a reviewer accepts each image before it is published (always for ATELIER_REVIEW_PURPOSES)"),
+    ] = False,
     json: Json = False,
     me: Me,
     rt: Runtime_,
@@ -545,6 +549,7 @@ def batch_submit(
                 licence_ids=[rt.settings.model_licence],
                 limits=rt.settings.intake_limits(),
                 policy=rt.settings.load_prompt_policy(),
+                review_required=review or str(purpose) in rt.settings.review_purposes,
             )
             batch_id, content = batch.id, batch.content_sha256
     except IntakeRejected as exc:
@@ -672,6 +677,53 @@ def batch_show(batch_id: str, /, *, json: Json = False, me: Me, rt: Runtime_) ->
             f"\nto approve exactly this content: atelier batch approve {summary.batch_id} "
             f"--content-sha256 {summary.content_sha256}{ack}"
         )
+    return ExitCode.OK
+
+
+# ---------------------------------------------------------------- output review
+
+review_app = app.command(App(name="review", help="output review: reviewers accept or reject images before publishing"))
+Images = Annotated[list[str] | None, Parameter(help="image ids (or give --batch: all its images waiting)")]
+OneBatch = Annotated[str | None, Parameter(help="every image of this batch that waits for review")]
+
+
+@_sub("review").command(name="list")
+def review_list(*, batch: OneBatch = None, json: Json = False, me: Me, rt: Runtime_) -> int:
+    """Images waiting for review, oldest first (reviewers, auditors, admins)."""
+    from governance.review import waiting
+    from governance.users import require_any_role
+
+    with rt.sessions() as session:
+        require_any_role(session, me.user, ("reviewer", "auditor", "admin"), "list images waiting for review")
+        items = waiting(session, batch)
+    if json:
+        print_json(items)
+        return ExitCode.OK
+    print_table([i.to_dict() for i in items], ["image_id", "batch_id", "row_id", "ref", "requested_by", "prompt"])
+    return ExitCode.OK
+
+
+@_sub("review").command(name="accept")
+def review_accept(images: Images = None, /, *, batch: OneBatch = None, me: Me, rt: Runtime_) -> int:
+    """Accept images (reviewers; never the batch's requester): they are published."""
+    from governance.review import accept
+
+    with rt.sessions.begin() as session:
+        done = accept(session, me.user, rt.store, images, batch)
+    anchor_decision(rt, me)
+    print(f"{len(done)} image(s) accepted and published")
+    return ExitCode.OK
+
+
+@_sub("review").command(name="reject")
+def review_reject(images: Images = None, /, *, reason: str, batch: OneBatch = None, me: Me, rt: Runtime_) -> int:
+    """Reject images with a reason (reviewers; never the batch's requester): they are never published."""
+    from governance.review import reject
+
+    with rt.sessions.begin() as session:
+        done = reject(session, me.user, reason, images, batch)
+    anchor_decision(rt, me)
+    print(f"{len(done)} image(s) rejected: {shown(reason)}")
     return ExitCode.OK
 
 

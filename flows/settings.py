@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     safety_model: str = Field("atelier-tiny-clip", description="open_clip model name")
     safety_pretrained: str | None = Field(None, description="open_clip checkpoint file or tag; default: random")
     safety_policy: Path | None = Field(None, description="safety policy JSON; default: the packaged policy")
+    review_purposes: list[str] = Field(
+        default_factory=lambda: ["marketing"],
+        description='purposes whose images a reviewer accepts before publishing, JSON e.g. ["marketing"]',
+    )
     prompt_policy: Path | None = Field(
         None, description="prompt policy JSON (what may not be generated); default: the packaged example policy"
     )

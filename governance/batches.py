@@ -83,6 +83,7 @@ def submit_batch(
     licence_ids: Sequence[str] = (DEFAULT_MODEL_LICENCE,),
     limits: IntakeLimits | None = None,
     policy: PromptPolicy | None = None,
+    review_required: bool = False,
 ) -> Batch:
     """Validate and screen a prompt file and store it as a SUBMITTED batch (nothing is stored on any
     failure; `policy`: the prompt policy in force, default the packaged one).
@@ -103,6 +104,7 @@ def submit_batch(
         source_name=path.name,
         content_sha256=content_sha256(rows),
         screening=screening,
+        review_required=review_required,
     )
     session.add(batch)
     session.flush()
@@ -122,6 +124,7 @@ def submit_batch(
             "prompts": len(rows),
             "images": sum(r.num_images for r in rows),
             "screening": {"policy": screening["policy"], "sha256": screening["sha256"], "flags": screening["flags"]},
+            "review_required": review_required,
         },
     )
     session.flush()
@@ -274,6 +277,9 @@ class BatchSummary(Result):
     images_published: int
     images_quarantined: int
     progress: BatchProgressSummary
+    review_required: bool = False  # its images wait for a reviewer before they are published
+    images_in_review: int = 0
+    images_rejected: int = 0  # by a reviewer
 
     def full_progress(self) -> BatchProgress:
         p = self.progress
@@ -340,7 +346,7 @@ def batch_progress(session: Session, batch_id: str) -> BatchProgress:
             select(Image.status, func.count()).where(Image.batch_id == batch_id).group_by(Image.status)
         ).all()
     }
-    done = counts.get("published", 0) + counts.get("quarantined", 0)
+    done = sum(counts.values())  # published, quarantined, waiting for review or rejected by a reviewer
     started, last = session.execute(
         select(
             select(func.min(Run.started_at)).where(Run.batch_id == batch_id).scalar_subquery(),
@@ -384,6 +390,18 @@ def batch_summary(session: Session, batch: Batch) -> BatchSummary:
         progress=BatchProgressSummary(
             progress.done, progress.planned, progress.percent, progress.images_per_minute, progress.eta_seconds
         ),
+        review_required=bool(batch.review_required),
+        images_in_review=progress.done - progress.published - progress.quarantined - _rejected(session, batch.id),
+        images_rejected=_rejected(session, batch.id),
+    )
+
+
+def _rejected(session: Session, batch_id: str) -> int:
+    return int(
+        session.scalar(
+            select(func.count()).select_from(Image).where(Image.batch_id == batch_id, Image.status == "rejected")
+        )
+        or 0
     )
 
 

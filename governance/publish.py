@@ -29,7 +29,7 @@ from governance.errors import GovernanceCheckFailed
 from governance.licences import obligations_for
 from governance.records import Approval, Batch, Image, ModelVersion, Prompt, Run, image_id_for, utcnow
 from governance.safety import SafetyResult
-from governance.store import ObjectStore, image_key, provenance_key, thumbnail_key
+from governance.store import ObjectStore, image_key, provenance_key
 
 PROVENANCE_SCHEMA = "atelier.provenance/1"
 SOFT_BINDING_ALG = "com.atelier.dctss.1"  # not in the C2PA soft-binding algorithm list: Atelier's namespace
@@ -378,10 +378,15 @@ def finalize_image(
         )
 
     key, prov_key = image_key(image_id, marked.pixels_sha256), provenance_key(image_id, marked.pixels_sha256)
+    reviewed = bool(batch.review_required)  # output review: uploaded under review/, published when accepted
+    if reviewed:
+        from governance.review import review_key
+
+        key, prov_key = review_key(key), review_key(prov_key)
     doc = provenance_document(
         image_id=image_id,
         sha256=sha256,
-        key=key,
+        key=image_key(image_id, marked.pixels_sha256),  # where it is (or, once reviewed, will be) published
         batch=batch,
         approval=approval,
         prompt=prompt,
@@ -399,7 +404,8 @@ def finalize_image(
         "run-id": run.id,
         "model-sha256": ",".join(f"{mv.role}={mv.sha256[:16]}" for mv in run.model_versions),
     }
-    record = _image_record(image_id, prompt, run, image_index, seed, pixels, safety, safety_ctx, "published", [])
+    status = "review" if reviewed else "published"
+    record = _image_record(image_id, prompt, run, image_index, seed, pixels, safety, safety_ctx, status, [])
     record.watermark_payload = f"{check.expected:012x}"
     record.watermark_matched_bits = check.matched_bits
     record.sha256 = sha256
@@ -421,7 +427,7 @@ def finalize_image(
     # the gallery thumbnail before the image: a crash between the two leaves no published image without
     # one (a re-run finds the record and uploads nothing more; the thumbnail's key is as deterministic)
     store.put(
-        thumbnail_key(image_id, marked.pixels_sha256),
+        key.rsplit(".", 1)[0] + ".thumb.jpg",  # beside the image (images/ or review/): thumbnail_key
         marked.thumbnail or thumbnail_jpeg(decode_png(marked.png)),
         "image/jpeg",
         metadata,
@@ -432,7 +438,7 @@ def finalize_image(
     record_event(
         session,
         actor,
-        "image.published",
+        "image.awaiting_review" if reviewed else "image.published",
         "image",
         image_id,
         {

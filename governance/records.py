@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
@@ -46,6 +47,7 @@ class Role(StrEnum):
     OPERATOR = "operator"
     AUDITOR = "auditor"
     ADMIN = "admin"
+    REVIEWER = "reviewer"  # looks at each generated image before it is published (output review)
 
 
 class Purpose(StrEnum):
@@ -76,6 +78,8 @@ class RunStatus(StrEnum):
 class ImageStatus(StrEnum):
     QUARANTINED = "quarantined"
     PUBLISHED = "published"
+    REVIEW = "review"  # passed safety; waits for a reviewer (kept under review/ in the store, not published)
+    REJECTED = "rejected"  # a reviewer rejected it: never published
 
 
 class ChunkStatus(StrEnum):
@@ -249,6 +253,8 @@ class Batch(Base):
     use_category: Mapped[str] = mapped_column(String(60), default="general", server_default="general", index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    # whether its images wait for a reviewer before publishing (policy per purpose, or asked at submit)
+    review_required: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     # the prompt policy it was screened under and the review flags it raised (governance.screening):
     # {"policy": version, "sha256": ..., "flags": [...]}; None before screening existed (migration 0009)
     screening: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
@@ -378,6 +384,8 @@ class Image(Base):
     pixels_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     c2pa_manifest: Mapped[str | None] = mapped_column(String(200), nullable=True)  # active manifest label
     licence_obligations: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
+    # output review: {"decision": "accepted" | "rejected", "by": user, "at": ISO time, "reason": text}
+    review: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     prompt: Mapped[Prompt] = relationship(lazy="joined")

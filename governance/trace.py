@@ -226,6 +226,7 @@ class ImageTrace(Result):
     watermark: WatermarkRecord
     c2pa_manifest: str | None  # the active manifest's label
     audit: tuple[AuditEntry, ...]
+    review: dict[str, Any] | None = None  # output review: decision, by, at, reason (None: not reviewed)
 
 
 def _trace_record(
@@ -274,4 +275,5 @@ def _trace_record(
         ),
         c2pa_manifest=image.c2pa_manifest,
         audit=tuple(AuditEntry(e.seq, e.action, e.actor, e.at, e.subject_id) for e in trail),
+        review=image.review,
     )

@@ -28,7 +28,7 @@ from governance.records import Batch, Image, WorkChunk
 from governance.results import Result
 from server.app import Caller
 
-SEES_EVERY_BATCH = ("approver", "operator", "auditor", "admin")
+SEES_EVERY_BATCH = ("approver", "operator", "auditor", "admin", "reviewer")
 UPLOAD_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -91,6 +91,14 @@ def batch_detail(c: Caller, batch_id: str) -> BatchDetail:
 
     with c.rt.sessions() as session:
         return detail(session, _batch(session, c, batch_id))
+
+
+def batch_summary_of(c: Caller, batch_id: str) -> BatchSummary:
+    """The head of a batch (status, counts, progress) without its rows: what a gallery page needs."""
+    from governance.batches import batch_summary
+
+    with c.rt.sessions() as session:
+        return batch_summary(session, _batch(session, c, batch_id))
 
 
 @dataclass(frozen=True)
@@ -213,24 +221,50 @@ def gallery_thumbnails(c: Caller, cards: list[ImageCard]) -> dict[str, str]:
     import base64
     from concurrent.futures import ThreadPoolExecutor
 
-    from governance.store import thumbnail_key
+    from governance.review import thumb_of
 
-    ids = [card.image_id for card in cards if card.status == "published"]
+    ids = [card.image_id for card in cards if card.status in ("published", "review")]
     if not ids:
         return {}
     with c.rt.sessions() as session:
-        rows = session.execute(select(Image.id, Image.pixels_sha256).where(Image.id.in_(ids))).all()
+        rows = session.execute(select(Image.id, Image.store_key).where(Image.id.in_(ids))).all()
     store = c.rt.store
 
     def read(row: Any) -> tuple[str, str | None]:
         try:
-            data = store.get(thumbnail_key(row[0], row[1] or ""))
+            data = store.get(thumb_of(row[1] or ""))
         except Exception:  # noqa: BLE001 - no thumbnail for this one: the card shows without it
             return row[0], None
         return row[0], "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         return {image_id: uri for image_id, uri in pool.map(read, rows) if uri is not None}
+
+
+def review_waiting(c: Caller, batch_id: str | None = None) -> list[ImageCard]:
+    """Images waiting for review (reviewers, auditors, admins), oldest first, as gallery cards."""
+    from governance.review import waiting
+    from governance.users import require_any_role
+
+    with c.rt.sessions() as session:
+        require_any_role(session, c.user, ("reviewer", "auditor", "admin"), "list images waiting for review")
+        ids = [w.image_id for w in waiting(session, batch_id)]
+        found = {i.id: i for i in session.scalars(select(Image).where(Image.id.in_(ids)))}
+        return [_card(found[i]) for i in ids]
+
+
+def review_decide(
+    c: Caller, accept: bool, image_ids: list[str], batch_id: str | None, reason: str | None = None
+) -> list[str]:
+    from governance import review
+
+    with c.rt.sessions.begin() as session:
+        if accept:
+            done = review.accept(session, c.user, c.rt.store, image_ids or None, batch_id)
+        else:
+            done = review.reject(session, c.user, reason or "", image_ids or None, batch_id)
+    _anchor(c)
+    return done
 
 
 def quarantined(c: Caller, limit: int = 200) -> list[ImageCard]:
@@ -255,18 +289,19 @@ def image_trace(c: Caller, image_id: str) -> Any:
 
 
 def image_bytes(c: Caller, image_id: str, thumbnail: bool = False) -> tuple[bytes, str]:
-    """The published file (or its thumbnail, made at publish time) from the store."""
-    from governance.store import thumbnail_key
+    """The published file (or its thumbnail, made at publish time) from the store; an image waiting
+    for review only to reviewers (and the batch's requester)."""
+    from governance.review import thumb_of
 
     with c.rt.sessions() as session:
         image = _image(session, c, image_id)
-        if image.status != "published" or not image.store_key:
+        waiting = image.status == "review" and (c.has("reviewer") or image.prompt.batch.requested_by.name == c.user)
+        if not (image.status == "published" or waiting) or not image.store_key:
             raise NotFound(f"image {image_id} is {image.status}: nothing was published")
         key, version = image.store_key, image.store_version_id
-        pixels_sha256 = image.pixels_sha256
     if thumbnail:
         try:
-            return c.rt.store.get(thumbnail_key(image_id, pixels_sha256 or "")), "image/jpeg"
+            return c.rt.store.get(thumb_of(key)), "image/jpeg"
         except Exception:  # noqa: BLE001 - published before thumbnails were made: none to show
             raise NotFound(f"image {image_id} has no thumbnail (published before thumbnails were made)") from None
     return c.rt.store.get(key, version), "image/png"

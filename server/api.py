@@ -186,6 +186,33 @@ def quarantine(who: Who) -> JSONResponse:
     return out(actions.quarantined(who))
 
 
+# ---------------------------------------------------------------- output review
+
+
+class ReviewDecision(BaseModel):
+    image_ids: Annotated[list[Id], Field(max_length=1000)] = []
+    batch_id: Id | None = None  # instead of image_ids: every image of the batch waiting for review
+    reason: Annotated[str | None, Field(max_length=2000)] = None  # required to reject
+
+
+@router.get("/review", openapi_extra=roles("reviewer", "auditor", "admin"))
+def review_queue(who: Who, batch_id: Annotated[str | None, Query(max_length=64)] = None) -> JSONResponse:
+    """Images waiting for review, oldest first."""
+    return out(actions.review_waiting(who, batch_id))
+
+
+@router.post("/review/accept", openapi_extra=roles("reviewer"))
+def review_accept(who: Who, body: ReviewDecision) -> JSONResponse:
+    """Accept images (never the batch's requester): they are published."""
+    return out({"accepted": actions.review_decide(who, True, body.image_ids, body.batch_id)})
+
+
+@router.post("/review/reject", openapi_extra=roles("reviewer"))
+def review_reject(who: Who, body: ReviewDecision) -> JSONResponse:
+    """Reject images with a reason: they are never published."""
+    return out({"rejected": actions.review_decide(who, False, body.image_ids, body.batch_id, body.reason)})
+
+
 # ---------------------------------------------------------------- images and verify
 
 

@@ -30,6 +30,7 @@ NAV = [  # (path, label, roles that see it; empty: everyone signed in)
     ("/batches", "Batches", ()),
     ("/batches/new", "Submit a batch", ("requester",)),
     ("/queue", "Approval queue", ("approver",)),
+    ("/review", "Review", ("reviewer",)),
     ("/runs", "Runs", ("operator",)),
     ("/quarantine", "Quarantine", ("operator", "auditor", "admin")),
     ("/search", "Search", ("auditor", "admin")),
@@ -244,10 +245,10 @@ def gallery(
     status: Annotated[str | None, Query(pattern="^(published|quarantined)$")] = None,
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
 ) -> HTMLResponse:
-    detail = actions.batch_detail(who, batch_id)
-    cards = actions.batch_images(who, batch_id, status, (page - 1) * 100, 100)
+    summary = actions.batch_summary_of(who, batch_id)
+    cards = actions.batch_images(who, summary.batch_id, status, (page - 1) * 100, 100)
     thumbs = actions.gallery_thumbnails(who, cards)
-    return render(request, "gallery.html", who, s=detail.summary, cards=cards, thumbs=thumbs, status=status, page=page)
+    return render(request, "gallery.html", who, s=summary, cards=cards, thumbs=thumbs, status=status, page=page)
 
 
 # ---------------------------------------------------------------- images and verify
@@ -308,6 +309,24 @@ def start_run(request: Request, who: Who, batch_id: Annotated[str, Form(max_leng
     return back(f"/batches/{started.batch_id}", f"run started ({started.mode})")
 
 
+@router.get("/review", openapi_extra=roles("reviewer", "auditor", "admin"))
+def review_page(request: Request, who: Who, note: str | None = None) -> HTMLResponse:
+    cards = actions.review_waiting(who)
+    return render(request, "review.html", who, cards=cards, thumbs=actions.gallery_thumbnails(who, cards), note=note)
+
+
+@router.post("/review", openapi_extra=roles("reviewer"))
+async def review_decide(request: Request, who: Who) -> Response:
+    form = await request.form()
+    ids = [str(i)[:64] for i in form.getlist("image_ids")][:1000]
+    act = str(form.get("act", ""))
+    if act not in ("accept", "reject"):
+        raise InvalidInput("choose accept or reject")
+    reason = str(form.get("reason", ""))[:2000]
+    done = await run_in_threadpool(actions.review_decide, who, act == "accept", ids, None, reason)
+    return back("/review", f"{len(done)} image(s) {'accepted and published' if act == 'accept' else 'rejected'}")
+
+
 @router.get("/quarantine", openapi_extra=roles("operator", "auditor", "admin"))
 def quarantine(request: Request, who: Who) -> HTMLResponse:
     return render(request, "quarantine.html", who, cards=actions.quarantined(who))
@@ -330,7 +349,7 @@ def search(request: Request, who: Who) -> HTMLResponse:
     result, error = None, None
     if params:
         try:
-            result = actions.search(who, Filters.model_validate(params).filters(), 200)
+            result = actions.search(who, Filters.model_validate(params).filters(), 100)
         except AtelierError as exc:
             error = str(exc)
         except ValueError as exc:  # pydantic: a value outside its choices

@@ -227,7 +227,7 @@ def test_crash_mid_batch_then_rerun_publishes_everything_once(
         cli("users", "add", name, "--role", role, actor="admin")
     cli("licences", "register", "creativeml-openrail++-m", actor="admin")
     submitted = cli.json(
-        "batch", "submit", str(write_prompts(tmp_path / "p.csv", ROWS)), "--purpose", "marketing", actor="maria"
+        "batch", "submit", str(write_prompts(tmp_path / "p.csv", ROWS)), "--purpose", "catalogue", actor="maria"
     )
     batch_id = submitted["batch_id"]
     assert cli("batch", "approve", batch_id, "--content-sha256", submitted["content_sha256"], actor="omar")[0] == 0

@@ -52,8 +52,9 @@ async def _pool_state() -> dict:
 
 
 def test_deploy_then_one_worker_per_gpu_runs_batches_from_the_deployment(
-    make_cli, tmp_path, tiny_models, pg_url, prefect_server
+    make_cli, tmp_path, tiny_models, pg_url, prefect_server, monkeypatch
 ) -> None:
+    monkeypatch.setenv("ATELIER_REVIEW_PURPOSES", "[]")  # published straight away: this test is about the pool
     base, refiner = tiny_models
     flags = [
         "--data-dir",

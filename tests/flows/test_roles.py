@@ -14,8 +14,15 @@ import pytest
 
 from tests.flows.conftest import CLI, NOBODY, write_prompts
 
-ROLES = ["requester", "approver", "operator", "auditor", "admin"]
-ACTORS = {"rita": "requester", "alma": "approver", "otto": "operator", "audra": "auditor", "admin": "admin"}
+ROLES = ["requester", "approver", "operator", "auditor", "admin", "reviewer"]
+ACTORS = {
+    "rita": "requester",
+    "alma": "approver",
+    "otto": "operator",
+    "audra": "auditor",
+    "admin": "admin",
+    "rev": "reviewer",
+}
 ROW = {"row_id": "a", "prompt": "a lamp", "seed": 1, "width": 256, "height": 256, "steps": 2}
 NO_BATCH = "00000000-0000-4000-8000-000000000000"
 STALE = "0" * 64
@@ -42,6 +49,9 @@ MATRIX: list[tuple[list[str], set[str], int | None]] = [
     (["batch", "list"], ANYONE, 0),
     (["batch", "show", "{batch}"], ANYONE, 0),
     (["run", "--batch", NO_BATCH], {"operator"}, 3),
+    (["review", "list"], {"reviewer", "auditor", "admin"}, 0),
+    (["review", "accept", NO_BATCH], {"reviewer"}, 3),
+    (["review", "reject", NO_BATCH, "--reason", "no"], {"reviewer"}, 3),
     (["trace", NO_BATCH], ANYONE, 3),
     (["verify", "{file}"], ANYONE, 12),
     (["reproduce", NO_BATCH], {"operator", "auditor", "admin"}, 3),

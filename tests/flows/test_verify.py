@@ -36,7 +36,7 @@ ROWS = [
 @pytest.fixture(scope="module")
 def published(tmp_path_factory, tiny_models, prefect_server) -> tuple[list[str], list[dict]]:
     data = tmp_path_factory.mktemp("verify")
-    flags, _batch_id = governed_run(data, tiny_models, ROWS, "marketing")
+    flags, _batch_id = governed_run(data, tiny_models, ROWS, "catalogue")
     from flows.runtime import Runtime
     from flows.settings import get_settings
     from governance.records import Image as ImageRecord

@@ -26,6 +26,7 @@ USERS = {
     "omar": "approver",
     "ops": "operator",
     "ann": "auditor",
+    "rev": "reviewer",
 }
 
 
