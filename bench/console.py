@@ -8,13 +8,17 @@
 3. Drives it with 50 concurrent clients (an asyncio + httpx loop; each signed in as the auditor with a
    Bearer token, which pages accept as the API does):
 
-   search page       GET /search?prompt=TERM (200 hits at most, newest first): SKU codes, two-word
-                     phrases and common words in equal parts             target p95 <= 500 ms
-   image page        GET /images/ID (lineage, models, safety, audit events)  target p95 <= 200 ms
-   gallery page      GET /batches/ID/gallery, then its 100 thumbnails, 6 at a time as a browser
-                     fetches them: time until the last thumbnail arrived  target <= 1 s (p95)
+   Each user opens a page (search 40 %, image 40 %, gallery 20 %), reads it for 0.5-1.5 x `--think`
+   seconds, and opens the next, for `--duration` seconds after a 15 s warm-up:
 
-   Errors (any non-200) are counted; the target is zero. The table is printed and appended, with the
+   search page       GET /search?prompt=TERM (the newest 100 hits): SKU codes, two-word phrases and
+                     common words in equal parts                          target p95 <= 500 ms
+   image page        GET /images/ID (lineage, models, safety, audit events)  target p95 <= 200 ms
+   gallery page      GET /batches/ID/gallery: the page with its 100 stored thumbnails inline
+                                                                          target p95 <= 1 s
+
+   Errors (any non-200, a dropped connection, a gallery without its 100 thumbnails) are counted by
+   kind; the target is zero. The table is printed and appended, with the
    date, machine and load, under "## console (issue 13)" in bench/RESULTS.md.
 
     .venv/bin/python bench/console.py --images 20000 --requests 200 --no-record     # smoke, ~1 minute
