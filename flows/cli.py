@@ -459,6 +459,15 @@ def keys_init(
     print(f"private key: {paths.key}")
     print(f"trust anchor (test CA): {paths.trust_anchors}")
     print(f"audit key (development, NOT FOR PRODUCTION): {rt.settings.audit_key_path()}")
+    webhook = rt.settings.webhook_secret_path()
+    if not webhook.exists():
+        import secrets as _secrets
+
+        webhook.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(webhook, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(_secrets.token_hex(32) + "\n")
+    print(f"webhook secret (share it with the receivers; NOT FOR PRODUCTION): {webhook}")
     if not rt.settings.watermark_key_callback:
         ring = ensure_development_key(rt.settings.watermark_key_path(), rotate=force)
         print(
@@ -712,6 +721,7 @@ def review_accept(images: Images = None, /, *, batch: OneBatch = None, me: Me, r
         done = accept(session, me.user, rt.store, images, batch)
     anchor_decision(rt, me)
     print(f"{len(done)} image(s) accepted and published")
+    deliver_webhooks(rt)
     return ExitCode.OK
 
 
@@ -724,6 +734,107 @@ def review_reject(images: Images = None, /, *, reason: str, batch: OneBatch = No
         done = reject(session, me.user, reason, images, batch)
     anchor_decision(rt, me)
     print(f"{len(done)} image(s) rejected: {shown(reason)}")
+    deliver_webhooks(rt)
+    return ExitCode.OK
+
+
+# ---------------------------------------------------------------- withdrawal
+
+image_app = app.command(App(name="image", help="published images: withdraw (recall, takedown)"))
+WHAT = Group("What to withdraw (exactly one)", validator=validators.LimitedChoice(0, 1))
+
+
+@_sub("image").command(name="withdraw")
+def image_withdraw(
+    images: Annotated[list[str] | None, Parameter(help="image ids")] = None,
+    /,
+    *,
+    reason: Annotated[str, Parameter(help="why (recorded, shown by trace and verify)")],
+    impact_of: Annotated[
+        str | None, Parameter(group=WHAT, help="every published image of this model version (id or SHA-256)")
+    ] = None,
+    licence: Annotated[str | None, Parameter(group=WHAT, help="every published image under this licence")] = None,
+    json: Json = False,
+    me: Me,
+    rt: Runtime_,
+) -> int:
+    """Take published images down (auditors, admins): removed from the publish location, kept as
+    evidence, provenance marked, record withdrawn; idempotent; never republished."""
+    from governance.withdraw import withdraw
+
+    with rt.sessions.begin() as session:
+        done = withdraw(session, me.user, rt.store, reason, images, impact_of, licence)
+    anchor_decision(rt, me)
+    if json:
+        print_json(done)
+    else:
+        print(
+            f"{len(done.withdrawn)} image(s) withdrawn"
+            + (f", {len(done.already)} already were" if done.already else "")
+        )
+    deliver_webhooks(rt)
+    return ExitCode.OK
+
+
+def deliver_webhooks(rt: Runtime, wait_up_to: float = 10.0) -> None:
+    """After an act that told downstream systems something: send it now, retrying for a few seconds;
+    what is still pending waits for `atelier webhooks deliver` (the act itself stands either way)."""
+    try:
+        done = rt.deliver_webhooks(wait_up_to)
+    except AtelierError as exc:
+        print(f"warning: webhooks not sent: {exc}", file=sys.stderr)
+        return
+    if done is not None and (done.retrying or done.failed):
+        print(
+            f"warning: webhooks: {done.delivered} delivered, {done.retrying} to retry (`atelier webhooks deliver`), "
+            f"{done.failed} failed (`atelier webhooks list --status failed`)",
+            file=sys.stderr,
+        )
+
+
+webhooks_app = app.command(App(name="webhooks", help="deliveries to downstream systems (ATELIER_WEBHOOK_URL)"))
+
+
+@_sub("webhooks").command(name="deliver")
+def webhooks_deliver(
+    *,
+    wait: Annotated[float, Parameter(validator=validators.Number(gte=0, lte=3600), help="keep retrying this long")] = 0,
+    json: Json = False,
+    me: Me,
+    rt: Runtime_,
+) -> int:
+    """Send the webhook deliveries that are due, retrying with backoff for up to --wait seconds (operators, admins)."""
+    from governance.errors import InvalidState
+    from governance.users import require_any_role
+
+    with rt.sessions() as session:
+        require_any_role(session, me.user, ("operator", "admin"), "deliver webhooks")
+    done = rt.deliver_webhooks(wait)
+    if done is None:
+        raise InvalidState("no webhook is configured: set ATELIER_WEBHOOK_URL")
+    print_json(done) if json else print(f"{done.delivered} delivered, {done.retrying} to retry, {done.failed} failed")
+    return ExitCode.OK
+
+
+@_sub("webhooks").command(name="list")
+def webhooks_list(
+    *,
+    status: Literal["pending", "delivered", "failed"] | None = None,
+    json: Json = False,
+    me: Me,
+    rt: Runtime_,
+) -> int:
+    """Webhook deliveries, newest first (operators, auditors, admins)."""
+    from governance.users import require_any_role
+    from governance.webhooks import listing
+
+    with rt.sessions() as session:
+        require_any_role(session, me.user, ("operator", "auditor", "admin"), "list webhook deliveries")
+        rows = listing(session, status)
+    if json:
+        print_json(rows)
+        return ExitCode.OK
+    print_table([r.to_dict() for r in rows], ["delivery_id", "event", "image_id", "status", "attempts", "last_error"])
     return ExitCode.OK
 
 
@@ -810,6 +921,7 @@ def run(
             return ExitCode.OK
     show = progress == "always" or (progress == "auto" and sys.stderr.isatty())
     results = run_batches(rt, me.user, ids, progress=show)
+    deliver_webhooks(rt)
     if json:
         print_json(results)
     else:

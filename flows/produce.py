@@ -368,6 +368,10 @@ def produce_batch(batch_id: str, actor: str, token_id: str | None = None) -> Run
     summary = finish_run_task(rt, run_id, actor, timing.to_dict())  # finish
     _run_artifact(rt, run_id, summary)
     emit_lineage_task(rt, run_id, "COMPLETE")  # lineage
+    try:  # downstream systems hear of the published images (what is not taken now is retried later)
+        rt.deliver_webhooks()
+    except Exception as exc:  # noqa: BLE001 - the run stands; `atelier webhooks deliver` retries
+        logger.warning("webhooks not delivered now: %s", exc)
     logger.info("run %s finished: %s", run_id, summary)
     return summary
 

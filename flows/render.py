@@ -176,6 +176,9 @@ def print_verify_detail(result: VerifyResult) -> None:
     sig = result.signals
     assert sig is not None  # only a checked file has signals; errors are raised, not rendered here
     print(f"{result.file}: {result.verdict.upper()}" + (f" (image {result.image_id})" if result.image_id else ""))
+    if result.trace is not None and result.trace.withdrawal:
+        w = result.trace.withdrawal
+        print(f"WITHDRAWN: image {result.trace.image_id} was withdrawn by {w['by']} at {w['at']}: {shown(w['reason'])}")
     c2pa = sig.c2pa
     c2pa_result = c2pa.state or "no manifest"
     if c2pa.present and c2pa.state == "Valid":

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from governance.records import AuditAnchor
     from governance.safety import SafetyChecker
     from governance.watermark import WatermarkKey
+    from governance.webhooks import DeliveryRound
     from sdxl_core.engine import SDXLEngine
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,12 @@ class Runtime:
             engine = make_engine(self.settings.database_url_resolved)
             ensure_schema(engine, auto_upgrade=self.settings.uses_embedded_database)
             # the audit key ring is loaded when the first event is written: reading needs no key
-            self._sessions = make_sessionmaker(engine, audit_keys=lambda: self.audit_keys, token_id=self.token_id)
+            self._sessions = make_sessionmaker(
+                engine,
+                audit_keys=lambda: self.audit_keys,
+                token_id=self.token_id,
+                webhooks=bool(self.settings.webhook_url),
+            )
         return self._sessions
 
     def with_token(self, token_id: str | None) -> Runtime:
@@ -89,7 +95,10 @@ class Runtime:
         the sessionmaker's `info`.)"""
         other = Runtime(self.settings, token_id)
         other._sessions = make_sessionmaker(
-            self.sessions.kw["bind"], audit_keys=lambda: self.audit_keys, token_id=token_id
+            self.sessions.kw["bind"],
+            audit_keys=lambda: self.audit_keys,
+            token_id=token_id,
+            webhooks=bool(self.settings.webhook_url),
         )
         return other
 
@@ -131,6 +140,39 @@ class Runtime:
         except IntegrityError:  # another worker anchored the same head meanwhile: that anchor covers it
             with self.sessions() as session:
                 return session.scalar(select(AuditAnchor).order_by(AuditAnchor.seq.desc()).limit(1))
+
+    def deliver_webhooks(self, wait_up_to: float = 0.0) -> DeliveryRound | None:
+        """Send the due webhook deliveries (None when no webhook is configured). A missing secret with a
+        URL configured is an error: deliveries are never sent unsigned."""
+        from governance.webhooks import deliver
+
+        s = self.settings
+        if not s.webhook_url:
+            return None
+        return deliver(
+            self.sessions,
+            s.webhook_url,
+            self.webhook_secret,
+            max_attempts=s.webhook_max_attempts,
+            timeout=s.webhook_timeout_seconds,
+            wait_up_to=wait_up_to,
+        )
+
+    @cached_property
+    def webhook_secret(self) -> bytes:
+        from governance.errors import GovernanceCheckFailed
+
+        path = self.settings.webhook_secret_path()
+        try:
+            secret = bytes.fromhex(path.read_text(encoding="ascii").strip())
+        except (OSError, ValueError):
+            raise GovernanceCheckFailed(
+                f"a webhook URL is set but there is no webhook secret at {path} (32+ bytes of hex, mode 0600): "
+                "`atelier keys init` makes a development one, or set ATELIER_WEBHOOK_SECRET_FILE"
+            ) from None
+        if len(secret) < 16:
+            raise GovernanceCheckFailed(f"the webhook secret {path} is shorter than 16 bytes")
+        return secret
 
     @cached_property
     def backoff(self) -> Backoff:

@@ -97,6 +97,14 @@ class Settings(BaseSettings):
     forbid_requester_approver: bool = Field(
         False, description="separation of duties: nobody may hold both the requester and the approver role"
     )
+    webhook_url: str | None = Field(
+        None, description="where downstream systems hear of published, reviewed and withdrawn images (POST, JSON)"
+    )
+    webhook_secret_file: Path | None = Field(
+        None, description="the webhooks' HMAC secret (hex, 0600; `keys init` makes one); default: in keys/"
+    )
+    webhook_max_attempts: int = Field(8, ge=1, le=50, description="attempts per webhook delivery before it fails")
+    webhook_timeout_seconds: float = Field(5, gt=0, description="per webhook attempt")
     # The server (`atelier serve`): console sessions and what a browser may do.
     session_key_file: Path | None = Field(
         None, description="the console's session key (hex, 0600; made on first start); default: in keys/"
@@ -198,6 +206,9 @@ class Settings(BaseSettings):
         from governance.screening import load_prompt_policy
 
         return load_prompt_policy(self.prompt_policy)
+
+    def webhook_secret_path(self) -> Path:
+        return self.webhook_secret_file or self.keys_dir / "webhook.key"
 
     def session_key_path(self) -> Path:
         return self.session_key_file or self.keys_dir / "session.key"

@@ -50,6 +50,7 @@ def make_sessionmaker(
     *,
     audit_keys: AuditKeyRing | Callable[[], AuditKeyRing] | None = None,
     token_id: str | None = None,
+    webhooks: bool = False,
 ) -> sessionmaker[Session]:
     """Sessions on `engine` whose audit events are authenticated with `audit_keys` (a key ring, or a
     zero-argument callable that loads one when the first event is written) and name `token_id`, the
@@ -60,6 +61,10 @@ def make_sessionmaker(
         info[AUDIT_KEYS] = audit_keys
     if token_id is not None:
         info[TOKEN_ID] = token_id
+    if webhooks:  # a webhook URL is configured: changes write their deliveries (governance.webhooks)
+        from governance.webhooks import ENABLED
+
+        info[ENABLED] = True
     return sessionmaker(engine, expire_on_commit=False, info=info)
 
 

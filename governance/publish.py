@@ -455,6 +455,15 @@ def finalize_image(
             "phash": marked.phash,
         },
     )
+    if not reviewed:
+        from governance.webhooks import enqueue
+
+        enqueue(
+            session,
+            "image.published",
+            image_id,
+            {"batch_id": batch.id, "sha256": sha256, "location": store.location(key), "ref": prompt.ref},
+        )
     return record
 
 

@@ -80,6 +80,7 @@ class ImageStatus(StrEnum):
     PUBLISHED = "published"
     REVIEW = "review"  # passed safety; waits for a reviewer (kept under review/ in the store, not published)
     REJECTED = "rejected"  # a reviewer rejected it: never published
+    WITHDRAWN = "withdrawn"  # taken down after publishing (governance.withdraw); never published again
 
 
 class ChunkStatus(StrEnum):
@@ -386,10 +387,31 @@ class Image(Base):
     licence_obligations: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
     # output review: {"decision": "accepted" | "rejected", "by": user, "at": ISO time, "reason": text}
     review: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # withdrawal: who, when, why, where the evidence copy went and which object versions were removed
+    withdrawal: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     prompt: Mapped[Prompt] = relationship(lazy="joined")
     run: Mapped[Run] = relationship()
+
+
+class WebhookDelivery(Base):
+    """One event for downstream systems (CDN, PIM, marketplaces), written in the transaction of the change
+    it reports (an outbox) and delivered, signed, with retries (governance.webhooks). Operational: not
+    bound to the ledger (the change itself is, by its own event)."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    event: Mapped[str] = mapped_column(String(40))  # image.published | image.withdrawn | image.reviewed
+    subject_id: Mapped[str] = mapped_column(String(64), index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    status: Mapped[str] = mapped_column(String(12), default="pending", index=True)  # pending|delivered|failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class WorkChunk(Base):

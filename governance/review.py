@@ -26,6 +26,7 @@ from governance.results import Result
 from governance.store import ObjectStore
 from governance.text import describe, first_unsafe
 from governance.users import require_role
+from governance.webhooks import enqueue
 
 REVIEW_PREFIX = "review/"
 MAX_PER_DECISION = 1000
@@ -152,6 +153,15 @@ def accept(
                 "version_id": stored.version_id,
             },
         )
+        enqueue(
+            session, "image.reviewed", image.id, {"batch_id": image.batch_id, "decision": "accepted", "by": user.name}
+        )
+        enqueue(
+            session,
+            "image.published",
+            image.id,
+            {"batch_id": image.batch_id, "sha256": image.sha256, "location": store.location(final_key)},
+        )
         done.append(image.id)
     return done
 
@@ -182,6 +192,12 @@ def reject(
         session.flush()
         record_event(
             session, user.name, "image.rejected", "image", image.id, {"batch_id": image.batch_id, "reason": reason}
+        )
+        enqueue(
+            session,
+            "image.reviewed",
+            image.id,
+            {"batch_id": image.batch_id, "decision": "rejected", "by": user.name, "reason": reason},
         )
     return [i.id for i in images]
 

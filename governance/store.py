@@ -39,6 +39,7 @@ class ObjectStore(Protocol):
     def sha256_of(self, key: str) -> str | None: ...
     def keys(self, prefix: str = "") -> list[str]: ...
     def location(self, key: str) -> str: ...
+    def delete(self, key: str, version_id: str | None = None) -> None: ...
 
 
 def image_key(image_id: str, pixels_sha256: str) -> str:
@@ -100,6 +101,12 @@ class LocalStore:
 
     def get(self, key: str, version_id: str | None = None) -> bytes:
         return self._path(key).read_bytes()
+
+    def delete(self, key: str, version_id: str | None = None) -> None:
+        """Remove the object and its metadata sidecar (a folder keeps no versions); absent is fine."""
+        path = self._path(key)
+        for target in (path, path.with_name(path.name + ".meta.json")):
+            target.unlink(missing_ok=True)
 
     def sha256_of(self, key: str) -> str | None:
         path = self._path(key)
@@ -200,6 +207,12 @@ class S3Store:
     def get(self, key: str, version_id: str | None = None) -> bytes:
         extra = {"VersionId": version_id} if version_id else {}
         return self.client.get_object(Bucket=self.bucket, Key=self._key(key), **extra)["Body"].read()
+
+    def delete(self, key: str, version_id: str | None = None) -> None:
+        """Delete the object; with `version_id` (a versioned bucket) that version itself, so the bytes
+        are gone rather than hidden behind a delete marker."""
+        extra = {"VersionId": version_id} if version_id else {}
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key), **extra)
 
     def sha256_of(self, key: str) -> str | None:
         """The object's SHA-256: from the checksum S3 stored at upload when there is one (no download)."""

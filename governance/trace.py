@@ -227,6 +227,7 @@ class ImageTrace(Result):
     c2pa_manifest: str | None  # the active manifest's label
     audit: tuple[AuditEntry, ...]
     review: dict[str, Any] | None = None  # output review: decision, by, at, reason (None: not reviewed)
+    withdrawal: dict[str, Any] | None = None  # set when withdrawn: by, at, reason, evidence copy, removed version
 
 
 def _trace_record(
@@ -276,4 +277,5 @@ def _trace_record(
         c2pa_manifest=image.c2pa_manifest,
         audit=tuple(AuditEntry(e.seq, e.action, e.actor, e.at, e.subject_id) for e in trail),
         review=image.review,
+        withdrawal=image.withdrawal,
     )

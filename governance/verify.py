@@ -183,6 +183,11 @@ class VerifyResult(Result):
         return exit_code_for([self.verdict])
 
 
+# What a file can be identified as: a published image, or one withdrawn since (its trace then says
+# so, with who withdrew it, when and why: a copy still in circulation is recognised for what it is).
+IDENTIFIABLE = ("published", "withdrawn")
+
+
 @dataclass
 class Candidates:
     """What published images look like to the verifier: loaded once, used for every file of a run."""
@@ -195,7 +200,7 @@ class Candidates:
         rows = session.execute(
             select(
                 Image.id, Image.watermark_payload, Image.watermark_scheme, Image.watermark_key_id, Image.phash
-            ).where(Image.status == "published")
+            ).where(Image.status.in_(IDENTIFIABLE))
         ).all()
         groups: dict[tuple[str, str | None], tuple[list[int], list[str]]] = {}
         ph: list[int] = []
@@ -386,7 +391,7 @@ def verify_file(
     found: dict[str, Image] = {}  # signal -> the published image it points to
 
     sha256 = hashlib.sha256(data).hexdigest()
-    exact = session.scalar(select(Image).where(Image.sha256 == sha256, Image.status == "published"))
+    exact = session.scalar(select(Image).where(Image.sha256 == sha256, Image.status.in_(IDENTIFIABLE)))
 
     context = _trust_context(trust_anchors_pem) if trust_anchors_pem else None
     creds: CredentialReport = read_credentials(data, _MIME.get(fmt), context)
@@ -395,7 +400,7 @@ def verify_file(
     claimed = (creds.atelier or {}).get("image_id")
     if creds.trusted and claimed:
         manifest_image = session.get(Image, claimed)
-        if manifest_image is not None and manifest_image.status == "published":
+        if manifest_image is not None and manifest_image.status in IDENTIFIABLE:
             found["c2pa"] = manifest_image
 
     wm_signal = fp_signal = pixels_signal = None

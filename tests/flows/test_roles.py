@@ -50,6 +50,7 @@ MATRIX: list[tuple[list[str], set[str], int | None]] = [
     (["batch", "show", "{batch}"], ANYONE, 0),
     (["run", "--batch", NO_BATCH], {"operator"}, 3),
     (["review", "list"], {"reviewer", "auditor", "admin"}, 0),
+    (["image", "withdraw", NO_BATCH, "--reason", "recall"], {"auditor", "admin"}, 3),
     (["review", "accept", NO_BATCH], {"reviewer"}, 3),
     (["review", "reject", NO_BATCH, "--reason", "no"], {"reviewer"}, 3),
     (["trace", NO_BATCH], ANYONE, 3),

@@ -1,0 +1,128 @@
+"""Withdrawal: taking published images down (recall, takedown), by id or by what they depend on.
+
+Auditors and admins withdraw. For each published image: the file is copied to the evidence prefix
+(`withdrawn/` in the same store) and removed from the publish location (with S3 versioning, the
+published version itself is deleted, not hidden behind a delete marker); its thumbnail is removed;
+its provenance record stays where it was, marked with the withdrawal, so a link to it says what
+happened. The record becomes `withdrawn` with who, when, why and the object versions, in an audit
+event. Withdrawing again changes nothing (idempotent); no later run publishes it again (a run finds
+its record and leaves it). Images that were never published (quarantined, waiting for review,
+rejected) cannot be withdrawn: there is nothing to take down.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from governance.audit import record_event
+from governance.errors import InvalidInput, InvalidState, NotFound
+from governance.records import Image, utcnow
+from governance.results import Result
+from governance.store import ObjectStore
+from governance.text import describe, first_unsafe
+from governance.users import require_any_role
+from governance.webhooks import enqueue
+
+EVIDENCE_PREFIX = "withdrawn/"
+MAX_PER_ACT = 100_000
+
+
+@dataclass(frozen=True)
+class Withdrawn(Result):
+    withdrawn: tuple[str, ...]  # taken down now
+    already: tuple[str, ...]  # withdrawn before: nothing changed
+
+
+def _targets(
+    session: Session, image_ids: Sequence[str] | None, model_version: str | None, licence: str | None
+) -> list[Image]:
+    given = [x for x in (bool(image_ids), model_version is not None, licence is not None) if x]
+    if len(given) != 1:
+        raise InvalidInput("name the images to withdraw, or one model version (--impact-of), or one licence")
+    if image_ids:
+        ids = list(dict.fromkeys(image_ids))
+        found = {i.id: i for i in session.scalars(select(Image).where(Image.id.in_(ids)))}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            raise NotFound(f"no image {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        images = [found[i] for i in ids]
+        never = [i for i in images if i.status not in ("published", "withdrawn")]
+        if never:
+            raise InvalidState(f"image {never[0].id} is {never[0].status}: it was never published, nothing to withdraw")
+        return images
+    from governance.compliance import impact
+
+    hit = impact(session, model_version=model_version, licence=licence)
+    ids = [str(row[0]) for row in hit.images]  # IMPACT_COLUMNS: the image id first
+    return list(session.scalars(select(Image).where(Image.id.in_(ids)).order_by(Image.id))) if ids else []
+
+
+def withdraw(
+    session: Session,
+    actor: str | None,
+    store: ObjectStore,
+    reason: str,
+    image_ids: Sequence[str] | None = None,
+    model_version: str | None = None,
+    licence: str | None = None,
+) -> Withdrawn:
+    user = require_any_role(session, actor, ("auditor", "admin"), "withdraw images")
+    reason = (reason or "").strip()
+    if not reason:
+        raise InvalidInput("a withdrawal needs a reason")
+    if (unsafe := first_unsafe(reason)) is not None:
+        raise InvalidInput(f"the reason contains {describe(unsafe[1])}: write it as plain text")
+    if len(reason) > 2000:
+        raise InvalidInput("the reason is longer than 2000 characters")
+    images = _targets(session, image_ids, model_version, licence)
+    if len(images) > MAX_PER_ACT:
+        raise InvalidInput(f"{len(images)} images: at most {MAX_PER_ACT} per withdrawal")
+    now = utcnow().isoformat()
+    done, already = [], []
+    for image in images:
+        if image.status == "withdrawn":
+            already.append(image.id)
+            continue
+        key = image.store_key or ""
+        evidence_key = EVIDENCE_PREFIX + key.removeprefix("images/")
+        data = store.get(key, image.store_version_id)
+        evidence = store.put(evidence_key, data, "image/png", {"image-id": image.id, "withdrawn-by": user.name})
+        withdrawal = {
+            "by": user.name,
+            "at": now,
+            "reason": reason,
+            "evidence_key": evidence_key,
+            "evidence_version_id": evidence.version_id,
+            "removed_key": key,
+            "removed_version_id": image.store_version_id,
+        }
+        if image.provenance_key:  # the provenance record stays, marked: a link to it says what happened
+            doc = json.loads(store.get(image.provenance_key))
+            doc["withdrawn"] = {k: withdrawal[k] for k in ("by", "at", "reason")}
+            store.put(
+                image.provenance_key,
+                json.dumps(doc, indent=2, sort_keys=True).encode(),
+                "application/json",
+                {"image-id": image.id, "withdrawn": "true"},
+            )
+        store.delete(key, image.store_version_id)
+        store.delete(key.rsplit(".", 1)[0] + ".thumb.jpg")
+        image.status = "withdrawn"
+        image.withdrawal = withdrawal
+        session.flush()
+        record_event(
+            session, user.name, "image.withdrawn", "image", image.id, {"batch_id": image.batch_id, **withdrawal}
+        )
+        enqueue(
+            session,
+            "image.withdrawn",
+            image.id,
+            {"batch_id": image.batch_id, "by": user.name, "reason": reason, "location": store.location(key)},
+        )
+        done.append(image.id)
+    return Withdrawn(tuple(done), tuple(already))
