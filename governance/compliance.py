@@ -447,6 +447,10 @@ def _export_selection() -> list[tuple[str, Any]]:
         ("approval_content_sha256", Approval.content_sha256),
         ("run_id", Run.id),
         ("run_started_at", Run.started_at),
+        ("review", cast(Image.review, Text)),  # output review: decision, by, at, reason
+        ("withdrawal", cast(Image.withdrawal, Text)),  # withdrawn: by, at, reason, evidence copy
+        ("prompt_policy", cast(Batch.screening, Text)),  # the policy the batch was screened under, its flags
+        ("flags_acknowledged", cast(Approval.acknowledged_flags, Text)),  # by the approver (approved_by)
         ("licence_obligations", cast(Image.licence_obligations, Text)),
     ]
 
@@ -633,6 +637,14 @@ def _thumbnail(data: bytes, size: int) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _decision(review: dict[str, Any] | None, withdrawal: dict[str, Any] | None) -> tuple[str, str, str, str]:
+    """(decision, by, at, reason) of the latest of an image's review and withdrawal."""
+    if withdrawal:
+        return ("withdrawn", withdrawal.get("by", ""), withdrawal.get("at", ""), withdrawal.get("reason", ""))
+    r = review or {}
+    return (r.get("decision", ""), r.get("by", ""), r.get("at", ""), r.get("reason", ""))
+
+
 def period_report(
     session: Session,
     store: ObjectStore,
@@ -685,6 +697,18 @@ def period_report(
         .join(Prompt, Prompt.id == Image.prompt_id)
         .where(*in_period, Image.status == "quarantined")
         .order_by(Image.created_at, Image.id)
+    ).all()
+    decided = session.execute(  # output review and withdrawal of the period's images
+        select(Image.id, Image.status, Image.batch_id, Prompt.row_id, Image.review, Image.withdrawal)
+        .join(Prompt, Prompt.id == Image.prompt_id)
+        .where(*in_period, or_(Image.review.is_not(None), Image.withdrawal.is_not(None)))
+        .order_by(Image.created_at, Image.id)
+    ).all()
+    acknowledged = session.execute(
+        select(Approval.decided_at, Approval.batch_id, _Approver.name, Approval.acknowledged_flags)
+        .join(_Approver, _Approver.id == Approval.decided_by_id)
+        .where(Approval.decided_at >= since, Approval.decided_at < until, Approval.acknowledged_flags.is_not(None))
+        .order_by(Approval.decided_at)
     ).all()
     licences = session.execute(
         select(
@@ -784,6 +808,9 @@ def period_report(
                 ("images", total),
                 ("published", status.get("published", 0)),
                 ("quarantined", status.get("quarantined", 0)),
+                ("waiting for review", status.get("review", 0)),
+                ("rejected in review", status.get("rejected", 0)),
+                ("withdrawn", status.get("withdrawn", 0)),
                 ("approval decisions", len(approvals)),
                 ("runs started", sum(runs.values())),
             )
@@ -818,6 +845,19 @@ def period_report(
         table(
             ["image", "created", "batch", "ref", "row", "reasons"],
             [(q[0], _iso(q[1]), q[2], q[3], q[4], reasons(q[5])) for q in quarantines],
+        ),
+        "<h2>Output review and withdrawals</h2>",
+        table(
+            ["image", "status", "batch", "row", "decision", "by", "at", "reason"],
+            [(i, st, b, r, *_decision(rv, wd)) for i, st, b, r, rv, wd in decided],
+        ),
+        "<h2>Prompt-policy flags acknowledged by approvers</h2>",
+        table(
+            ["decided at", "batch", "approver", "flags acknowledged"],
+            [
+                (_iso(at), b, who, "; ".join(f"{f['row_id']} {f['rule']} ({f['matched']})" for f in flags or []))
+                for at, b, who, flags in acknowledged
+            ],
         ),
         "<h2>Licences of the published images</h2>",
         table(["licence", "name", "text sha256", "model role", "weights sha256", "published images"], licences),

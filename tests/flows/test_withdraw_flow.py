@@ -161,3 +161,17 @@ def test_withdraw_by_id_then_by_impact(published, s3_server: str, tmp_path: Path
     assert pngs(bucket, s3_server, "p/images/") == []
     assert len(pngs(bucket, s3_server, "p/withdrawn/")) == len(ids)
     assert cli.json("audit", "verify", actor="ann")["ok"]
+
+    # compliance sees it: the export's withdrawal column and the period report's decisions
+    import csv
+
+    out = tmp_path / "lineage.csv"
+    assert cli("compliance", "export", "--format", "csv", "--out", str(out), actor="ann")[0] == 0
+    rows = {r["image_id"]: r for r in csv.DictReader(out.open(encoding="utf-8"))}
+    assert json.loads(rows[ids[0]]["withdrawal"])["reason"] == "likeness complaint 2026-114"
+    assert rows[ids[0]]["status"] == "withdrawn" and json.loads(rows[ids[0]]["prompt_policy"])["flags"] == []
+    report = tmp_path / "report.html"
+    code, _, err = cli("compliance", "report", "--from", "2026-01-01", "--to", "2099-12-31", "--out", str(report))
+    assert code == 0, err
+    html = report.read_text(encoding="utf-8")
+    assert "likeness complaint 2026-114" in html and "base model recalled" in html
