@@ -372,6 +372,7 @@ def batch_progress(session: Session, batch_id: str) -> BatchProgress:
 def batch_summary(session: Session, batch: Batch) -> BatchSummary:
     progress = batch_progress(session, batch.id)
     approval = current_approval(batch)
+    rejected = _rejected(session, batch.id) if batch.review_required else 0
     return BatchSummary(
         batch_id=batch.id,
         status=batch.status,
@@ -391,8 +392,8 @@ def batch_summary(session: Session, batch: Batch) -> BatchSummary:
             progress.done, progress.planned, progress.percent, progress.images_per_minute, progress.eta_seconds
         ),
         review_required=bool(batch.review_required),
-        images_in_review=progress.done - progress.published - progress.quarantined - _rejected(session, batch.id),
-        images_rejected=_rejected(session, batch.id),
+        images_in_review=progress.done - progress.published - progress.quarantined - rejected,
+        images_rejected=rejected,
     )
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -200,12 +199,3 @@ def reject(
             {"batch_id": image.batch_id, "decision": "rejected", "by": user.name, "reason": reason},
         )
     return [i.id for i in images]
-
-
-def review_counts(session: Session, batch_id: str) -> dict[str, Any]:
-    from sqlalchemy import func
-
-    rows = session.execute(
-        select(Image.status, func.count()).where(Image.batch_id == batch_id).group_by(Image.status)
-    ).all()
-    return {status: n for status, n in rows}

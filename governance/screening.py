@@ -288,17 +288,15 @@ def screen_text(policy: PromptPolicy, text: str) -> list[tuple[Rule, str]]:
     return hits
 
 
-SCREENED_COLUMNS = ("prompt", "negative_prompt", "ref")
+# not the negative prompt: it names what must NOT appear, so naming a person there asks for nothing
+SCREENED_COLUMNS = ("prompt", "ref")
 
 
 def screen_rows(policy: PromptPolicy, rows: Iterable[Any]) -> Screening:
-    """Screen every row's prompt (and negative prompt and reference: text that reaches the record);
-    rows are intake's PromptRow (row_id, prompt, negative_prompt, ref)."""
+    """Screen every row's SCREENED_COLUMNS (prompt and reference); rows are intake's PromptRow."""
     flags = []
     for n, row in enumerate(rows, start=1):
         for column in SCREENED_COLUMNS:
-            if column == "negative_prompt":
-                continue  # what must NOT appear in the image: naming a person there asks for nothing
             for rule, matched in screen_text(policy, str(getattr(row, column, "") or "")):
                 flags.append(Flag(n, str(row.row_id), column, rule.id, rule.action, rule.category, matched))
     return Screening(policy.version, policy.sha256, tuple(flags))

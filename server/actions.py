@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from governance.batches import BatchDetail, BatchSummary
-from governance.errors import InvalidInput, NotFound, PermissionDenied
+from governance.errors import InvalidInput, NotFound
 from governance.records import Batch, Image, WorkChunk
 from governance.results import Result
 from server.app import Caller
@@ -534,8 +534,3 @@ def revoke_token(c: Caller, token_id: str) -> None:
     with c.rt.sessions.begin() as session:
         revoke(session, c.user, token_id)
     _anchor(c)
-
-
-def require(c: Caller, ok: bool, doing: str, roles: str) -> None:
-    if not ok:
-        raise PermissionDenied(f"{c.user} cannot {doing}: that needs the {roles} role")

@@ -12,7 +12,6 @@ checked here before the route runs) and the governance services check again. Err
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -102,7 +101,6 @@ class Server:
         self.throttle = LoginThrottle(settings.login_max_failures)
         self.launcher = RunLauncher(self.rt)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
-        self._lock = threading.Lock()
 
     def authenticate(self, request: Request, form_csrf: str | None) -> Caller:
         """The caller of this request (sync: database work). Bearer token first, else the session cookie;

@@ -123,6 +123,29 @@ def governed_run(
     return [*flags, "--token-file", str(token_file(data / "ops.token", cli.token("ops")))], batch_id
 
 
+def s3_world(
+    tmp_path: Path,
+    database_url: str,
+    tiny_models: tuple[Path, Path],
+    s3_server: str,
+    bucket: str,
+    people: list[tuple[str, str]],
+) -> CLI:
+    """Through the CLI, on `database_url` with the store in S3 (`s3://bucket/p`) and the tiny models:
+    the schema, the test keys, the admin and `people` (name, role), the models' licence."""
+    base, refiner = tiny_models
+    flags = ["--data-dir", str(tmp_path / "d"), "--database-url", database_url, "--store-url", f"s3://{bucket}/p"]
+    flags += ["--s3-endpoint-url", s3_server, "--base-model", str(base), "--refiner-model", str(refiner)]
+    cli = CLI(None, flags)
+    assert cli("db", "upgrade")[0] == 0
+    assert cli("keys", "init")[0] == 0
+    assert cli("users", "add", "admin", "--role", "admin")[0] == 0
+    for name, role in people:
+        assert cli("users", "add", name, "--role", role, actor="admin")[0] == 0
+    assert cli("licences", "register", "creativeml-openrail++-m", actor="admin")[0] == 0
+    return cli
+
+
 def token_file(path: Path, secret: str) -> Path:
     """A token file as `atelier login` leaves it: the token, mode 0600."""
     path.write_text(secret + "\n", encoding="utf-8")

@@ -9,7 +9,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.flows.conftest import CLI, write_prompts
+from tests.flows.conftest import CLI, s3_world, write_prompts
 
 ROWS = [
     {"row_id": f"r{i}", "prompt": f"studio photo of a ceramic vase number {i}", "seed": 40 + i, "width": 256,
@@ -20,18 +20,9 @@ ROWS = [
 
 @pytest.fixture
 def reviewed(tmp_path: Path, database_url: str, tiny_models, s3_server: str, s3_env: str) -> tuple[CLI, str, str]:
-    base, refiner = tiny_models
-    flags = ["--data-dir", str(tmp_path / "d"), "--database-url", database_url, "--store-url", f"s3://{s3_env}/p"]
-    flags += ["--s3-endpoint-url", s3_server, "--base-model", str(base), "--refiner-model", str(refiner)]
-    cli = CLI(None, flags)
-    assert cli("db", "upgrade")[0] == 0
-    assert cli("keys", "init")[0] == 0
-    assert cli("users", "add", "admin", "--role", "admin")[0] == 0
     people = [("maria", "requester"), ("omar", "approver"), ("ops", "operator"), ("rev", "reviewer")]
-    for name, role in people:
-        assert cli("users", "add", name, "--role", role, actor="admin")[0] == 0
+    cli = s3_world(tmp_path, database_url, tiny_models, s3_server, s3_env, people)
     assert cli("users", "grant", "maria", "--role", "reviewer", actor="admin")[0] == 0  # requester AND reviewer
-    assert cli("licences", "register", "creativeml-openrail++-m", actor="admin")[0] == 0
     made = cli.json(
         "batch", "submit", str(write_prompts(tmp_path / "p.csv", ROWS)), "--purpose", "marketing", actor="maria"
     )

@@ -12,7 +12,7 @@ import boto3
 import pytest
 from PIL import Image
 
-from tests.flows.conftest import CLI, write_prompts
+from tests.flows.conftest import CLI, s3_world, write_prompts
 
 ROWS = [
     {"row_id": f"w{i}", "prompt": f"studio photo of a linen cushion number {i}", "seed": 60 + i, "width": 256,
@@ -74,16 +74,8 @@ def receiver(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
 def published(
     tmp_path: Path, database_url: str, tiny_models, s3_server: str, s3_env: str, receiver: Receiver
 ) -> tuple[CLI, str, str]:
-    base, refiner = tiny_models
-    flags = ["--data-dir", str(tmp_path / "d"), "--database-url", database_url, "--store-url", f"s3://{s3_env}/p"]
-    flags += ["--s3-endpoint-url", s3_server, "--base-model", str(base), "--refiner-model", str(refiner)]
-    cli = CLI(None, flags)
-    assert cli("db", "upgrade")[0] == 0
-    assert cli("keys", "init")[0] == 0
-    assert cli("users", "add", "admin", "--role", "admin")[0] == 0
-    for name, role in [("maria", "requester"), ("omar", "approver"), ("ops", "operator"), ("ann", "auditor")]:
-        assert cli("users", "add", name, "--role", role, actor="admin")[0] == 0
-    assert cli("licences", "register", "creativeml-openrail++-m", actor="admin")[0] == 0
+    people = [("maria", "requester"), ("omar", "approver"), ("ops", "operator"), ("ann", "auditor")]
+    cli = s3_world(tmp_path, database_url, tiny_models, s3_server, s3_env, people)
     made = cli.json(
         "batch", "submit", str(write_prompts(tmp_path / "p.csv", ROWS)), "--purpose", "catalogue", actor="maria"
     )

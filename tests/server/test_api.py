@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 from typing import Any
@@ -229,4 +228,3 @@ def test_compliance_export_downloads_csv(console: Console, tmp_path: Path) -> No
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     assert "attachment" in r.headers["content-disposition"]
     assert r.text.splitlines()[0].startswith("image_id") or "image_id" in r.text.splitlines()[0]
-    _ = io  # noqa: F841
