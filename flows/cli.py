@@ -759,7 +759,9 @@ def image_withdraw(
     rt: Runtime_,
 ) -> int:
     """Take published images down (auditors, admins): removed from the publish location, kept as
-    evidence, provenance marked, record withdrawn; idempotent; never republished."""
+    evidence, provenance marked, record withdrawn; idempotent; never republished. An image under a
+    legal hold refuses a withdrawal by id (exit 5, nothing changes); by --impact-of or --licence the
+    held images are left and listed, the others withdrawn, and the exit code is 5."""
     from governance.withdraw import withdraw
 
     with rt.sessions.begin() as session:
@@ -773,6 +775,164 @@ def image_withdraw(
             + (f", {len(done.already)} already were" if done.already else "")
         )
     deliver_webhooks(rt)
+    if done.held:
+        print(
+            f"{len(done.held)} image(s) kept under legal hold, not withdrawn: {', '.join(done.held[:20])}"
+            + (" ..." if len(done.held) > 20 else "")
+            + " (`atelier hold list`)",
+            file=sys.stderr,
+        )
+        return ExitCode.INVALID_STATE
+    return ExitCode.OK
+
+
+# ---------------------------------------------------------------- legal holds and retention
+
+hold_app = app.command(App(name="hold", help="legal holds: images kept from deletion while a matter is open"))
+HOLD_ON = Group("What to hold (exactly one)", validator=validators.LimitedChoice(0, 1))
+HOLD_COLUMNS = ["hold_id", "scope", "target_id", "reason", "placed_by", "placed_at", "released_by", "released_at"]
+
+
+@_sub("hold").command(name="place")
+def hold_place(
+    images: Annotated[list[str] | None, Parameter(help="image ids (or give --batch)")] = None,
+    /,
+    *,
+    batch: Annotated[str | None, Parameter(group=HOLD_ON, help="the batch: its images now and later")] = None,
+    reason: Annotated[str, Parameter(help="the legal matter (recorded, shown by trace)")],
+    json: Json = False,
+    me: Me,
+    rt: Runtime_,
+) -> int:
+    """Place a legal hold (auditors, admins): withdrawal and retention cannot delete the images' files;
+    in a bucket with S3 Object Lock, their objects carry an Object Lock legal hold too."""
+    from governance.holds import place
+
+    with rt.sessions.begin() as session:
+        act = place(session, me.user, rt.store, reason, images, batch)
+    anchor_decision(rt, me)
+    if json:
+        print_json(act)
+        return ExitCode.OK
+    enforced = "database and S3 Object Lock" if act.store_locked else "database (the store has no Object Lock)"
+    print(
+        f"{len(act.holds)} hold(s) placed"
+        + (f", {len(act.already)} already in place" if act.already else "")
+        + f", covering {act.images} image(s); enforced by: {enforced}"
+    )
+    for hold in act.holds:
+        print(f"  {hold.hold_id}  {hold.scope} {hold.target_id}")
+    return ExitCode.OK
+
+
+@_sub("hold").command(name="release")
+def hold_release(
+    holds: Annotated[list[str], Parameter(help="hold ids (`atelier hold list`)")],
+    /,
+    *,
+    reason: Annotated[str, Parameter(help="why the hold ends (recorded)")],
+    json: Json = False,
+    me: Me,
+    rt: Runtime_,
+) -> int:
+    """Release legal holds (auditors, admins); an image another active hold covers stays held."""
+    from governance.holds import release
+
+    with rt.sessions.begin() as session:
+        act = release(session, me.user, rt.store, holds, reason)
+    anchor_decision(rt, me)
+    if json:
+        print_json(act)
+        return ExitCode.OK
+    print(
+        f"{len(act.holds)} hold(s) released"
+        + (f", {len(act.already)} already were" if act.already else "")
+        + f", covering {act.images} image(s)"
+    )
+    return ExitCode.OK
+
+
+@_sub("hold").command(name="list")
+def hold_list(
+    *,
+    all: Annotated[bool, Parameter(name="--all", help="released holds too")] = False,  # noqa: A002
+    target: Annotated[str | None, Parameter(help="holds on this image or batch id")] = None,
+    json: Json = False,
+    me: Me,
+    rt: Runtime_,
+) -> int:
+    """Legal holds, active ones by default (auditors, admins)."""
+    from governance.holds import HOLDERS, list_holds
+    from governance.users import require_any_role
+
+    with rt.sessions() as session:
+        require_any_role(session, me.user, HOLDERS, "list legal holds")
+        holds = list_holds(session, all, target)
+    if json:
+        print_json(holds)
+        return ExitCode.OK
+    print_table([h.to_dict() for h in holds], HOLD_COLUMNS)
+    return ExitCode.OK
+
+
+retention_app = app.command(App(name="retention", help="retention: files of unpublished and withdrawn images expire"))
+
+
+@_sub("retention").command(name="show")
+def retention_show(*, json: Json = False, me: Me, rt: Runtime_) -> int:
+    """The retention policy in force and what it would expire now, held images apart (auditors, admins)."""
+    from flows.retention import run_retention
+
+    report = run_retention(rt, me.user, dry_run=True)
+    policy = rt.settings.load_retention_policy()
+    if json:
+        print_json({"rules": [r.to_dict() for r in policy.rules], **report.to_dict()})
+        return ExitCode.OK
+    print(f"policy {policy.version} (sha256 {policy.sha256[:16]}...) from {policy.path}")
+    print_table([{**r.to_dict(), "purposes": ",".join(r.purposes)} for r in policy.rules],
+                ["id", "status", "purposes", "delete_after_days"])  # fmt: skip
+    print(f"\ndue now: {len(report.expired)} image(s), {len(report.held)} more kept by legal holds")
+    print_table([d.to_dict() for d in report.expired], ["image_id", "status", "purpose", "rule", "since", "days"])
+    return ExitCode.OK
+
+
+@_sub("retention").command(name="apply")
+def retention_apply(
+    *,
+    dry_run: Annotated[bool, Parameter(help="list what is due, change nothing")] = False,
+    json: Json = False,
+    me: Me,
+    rt: Runtime_,
+) -> int:
+    """Apply the retention policy now, as the scheduled Prefect flow does (auditors, admins): the files of
+    due images deleted (every version), records marked, each an audit event; held images skipped."""
+    from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED as ANALYTICS
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP
+    from prefect.settings import temporary_settings
+
+    from flows.retention import apply_retention, run_retention
+    from flows.runtime import using_settings
+    from governance.retention import require_runner
+
+    with rt.sessions() as session:
+        require_runner(session, me.user)  # a clear refusal before Prefect starts
+    rt.settings.load_retention_policy()
+    if dry_run:
+        report = run_retention(rt, me.user, dry_run=True)
+    else:
+        if not logging.getLogger().isEnabledFor(logging.INFO):
+            logging.getLogger("prefect").setLevel(logging.WARNING)
+        with using_settings(rt.settings), temporary_settings({STARTUP: max(STARTUP.value(), 180), ANALYTICS: False}):
+            report = apply_retention(actor=me.user)
+    if json:
+        print_json(report)
+        return ExitCode.OK
+    verb = "would expire" if dry_run else "expired"
+    print(
+        f"retention {report.policy}: {len(report.expired)} image(s) {verb}, {len(report.held)} kept by legal holds"
+        + (f", {report.remaining} left for the next run" if report.remaining else "")
+    )
+    print_table([d.to_dict() for d in report.expired], ["image_id", "status", "purpose", "rule", "days"])
     return ExitCode.OK
 
 
@@ -951,9 +1111,12 @@ def trace(
         print_json(record)
         return ExitCode.OK
     head = record.to_dict()
-    for nested in ("audit", "models"):
+    for nested in ("audit", "models", "legal_holds"):
         del head[nested]
     print_kv(head)
+    if record.legal_holds:
+        print("\nlegal holds:")
+        print_table([h.to_dict() for h in record.legal_holds], HOLD_COLUMNS)
     print("\nmodels:")
     print_table([m.to_dict() for m in record.models], ["role", "name", "sha256", "licence"])
     print("\naudit:")

@@ -33,6 +33,10 @@ REPO = Path(__file__).resolve().parent.parent
 PREFECT_YAML = REPO / "prefect.yaml"
 K8S_TEMPLATE = REPO / "infra" / "k8s-gpu-job-template.json"
 QUEUES = {"marketing": 1, "catalogue": 10}  # lower runs first: marketing's urgent requests jump the queue
+# Governance flows (retention) need no GPU and act with credentials the GPU workers must not hold
+# (delete, legal holds): their own process pool, one flow run at a time, served by a worker started
+# where those credentials are (`prefect worker start --pool atelier-governance`).
+GOVERNANCE_POOL = "atelier-governance"
 
 
 @dataclass
@@ -67,13 +71,12 @@ async def _deploy(pool: str, pool_type: str, gpus: int, working_dir: str) -> lis
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.exceptions import ObjectAlreadyExists
     from prefect.utilities.callables import parameter_schema
+    from prefect.workers.process import ProcessWorker
 
     if pool_type == "kubernetes":
         template = json.loads(K8S_TEMPLATE.read_text())
         path, pull = "/app", _spec_pull()  # prefect.yaml's own pull steps: the container's /app
     else:
-        from prefect.workers.process import ProcessWorker
-
         template = ProcessWorker.get_default_base_job_template()
         path, pull = working_dir, [{"prefect.deployments.steps.set_working_directory": {"directory": working_dir}}]
     async with get_client() as client:
@@ -95,9 +98,22 @@ async def _deploy(pool: str, pool_type: str, gpus: int, working_dir: str) -> lis
             except ObjectAlreadyExists:
                 q = await client.read_work_queue_by_name(queue, work_pool_name=pool)
                 await client.update_work_queue(q.id, priority=priority)
+        try:
+            await client.create_work_pool(
+                WorkPoolCreate(
+                    name=GOVERNANCE_POOL,
+                    type="process",
+                    base_job_template=ProcessWorker.get_default_base_job_template(),
+                    concurrency_limit=1,
+                )
+            )
+        except ObjectAlreadyExists:
+            pass
         deployed = []
         for d in load_deployments():
             flow = _flow_of(d["entrypoint"])
+            governance = d["work_pool"]["name"] == GOVERNANCE_POOL
+            target_pool = GOVERNANCE_POOL if governance else pool
             flow_id = await client.create_flow(flow)
             schedules = [
                 DeploymentScheduleCreate(schedule=CronSchedule(cron=s["cron"], timezone=s.get("timezone")))
@@ -109,15 +125,17 @@ async def _deploy(pool: str, pool_type: str, gpus: int, working_dir: str) -> lis
                 name=d["name"],
                 description=d.get("description"),
                 entrypoint=d["entrypoint"],
-                work_pool_name=pool,
+                work_pool_name=target_pool,
                 work_queue_name=queue,
                 parameters=d.get("parameters") or {},
                 parameter_openapi_schema=parameter_schema(flow).model_dump_for_openapi(),
                 enforce_parameter_schema=True,
                 schedules=schedules,
                 concurrency_limit=d.get("concurrency_limit"),
-                path=path,
-                pull_steps=pull,
+                path=working_dir if governance else path,
+                pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": working_dir}}]
+                if governance
+                else pull,
             )
             deployed.append(
                 Deployed(

@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
     from governance.intake import IntakeLimits
+    from governance.retention import RetentionPolicy
     from governance.screening import PromptPolicy
     from sdxl_core.engine import EngineConfig
 
@@ -59,6 +60,9 @@ class Settings(BaseSettings):
     )
     prompt_policy: Path | None = Field(
         None, description="prompt policy JSON (what may not be generated); default: the packaged example policy"
+    )
+    retention_policy: Path | None = Field(
+        None, description="retention policy JSON (how long unpublished and withdrawn files are kept); default: example"
     )
     c2pa_cert: Path | None = Field(None, description="PEM chain of the C2PA signer; default: keys/ in the data dir")
     c2pa_key: Path | None = Field(None, description="PEM private key of the C2PA signer")
@@ -206,6 +210,12 @@ class Settings(BaseSettings):
         from governance.screening import load_prompt_policy
 
         return load_prompt_policy(self.prompt_policy)
+
+    def load_retention_policy(self) -> RetentionPolicy:
+        """The retention policy in force; an unreadable or invalid file is an error, never a skip."""
+        from governance.retention import load_retention_policy
+
+        return load_retention_policy(self.retention_policy)
 
     def webhook_secret_path(self) -> Path:
         return self.webhook_secret_file or self.keys_dir / "webhook.key"

@@ -8,9 +8,10 @@ and authenticated body (``governance.audit``). ``audit verify`` then checks ever
 governed table against the latest digest the ledger holds for it (:func:`check_records`).
 
 Governed: users (+ user_roles), API tokens, licences, model versions, batches, prompts, approvals,
-runs (+ run_model_versions), images. Operational, never bound: work_chunks (leases change on every
-claim and renewal; what a chunk did is audited as chunk.* events), audit_events and audit_anchors
-(the ledger itself), alembic_version.
+runs (+ run_model_versions), images, legal holds. Operational, never bound: work_chunks (leases
+change on every claim and renewal; what a chunk did is audited as chunk.* events), audit_events and
+audit_anchors (the ledger itself), webhook_deliveries (an outbox; the change it reports is bound by its
+own event), console_sessions (sign-ins and logouts are events), alembic_version.
 
 The digest is SHA-256 of a canonical text of ALL the row's columns (SQLAlchemy's metadata for the
 table), in column-name order, NULLs left out (so a nullable column added later keeps older digests
@@ -80,8 +81,16 @@ KINDS: tuple[Kind, ...] = (
     Kind("approval", "approvals"),
     Kind("run", "runs", (Child("run_model_versions", "run_id", "model_version_id"),)),
     Kind("image", "images"),
+    Kind("legal_hold", "legal_holds"),
 )
-OPERATIONAL_TABLES = ("work_chunks", "audit_events", "audit_anchors", "alembic_version")
+OPERATIONAL_TABLES = (
+    "work_chunks",
+    "audit_events",
+    "audit_anchors",
+    "alembic_version",
+    "webhook_deliveries",
+    "console_sessions",
+)
 
 RecordKey = tuple[str, str]  # (kind, id)
 

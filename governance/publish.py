@@ -26,6 +26,7 @@ from governance import fingerprint, watermark
 from governance.audit import record_event
 from governance.credentials import ContentCredentials, CredentialReport, manifest_for
 from governance.errors import GovernanceCheckFailed
+from governance.holds import lock_if_held
 from governance.licences import obligations_for
 from governance.records import Approval, Batch, Image, ModelVersion, Prompt, Run, image_id_for, utcnow
 from governance.safety import SafetyResult
@@ -435,6 +436,7 @@ def finalize_image(
     stored = store.put(key, marked.png, "image/png", metadata)
     record.store_version_id = stored.version_id
     session.flush()
+    lock_if_held(session, store, record)  # its batch under a legal hold: the new objects held at once
     record_event(
         session,
         actor,

@@ -81,6 +81,7 @@ class ImageStatus(StrEnum):
     REVIEW = "review"  # passed safety; waits for a reviewer (kept under review/ in the store, not published)
     REJECTED = "rejected"  # a reviewer rejected it: never published
     WITHDRAWN = "withdrawn"  # taken down after publishing (governance.withdraw); never published again
+    EXPIRED = "expired"  # never published; its files deleted under a retention rule (governance.retention)
 
 
 class ChunkStatus(StrEnum):
@@ -389,10 +390,35 @@ class Image(Base):
     review: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # withdrawal: who, when, why, where the evidence copy went and which object versions were removed
     withdrawal: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # retention: the rule and policy under which its files were deleted, when, and which objects
+    expiry: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     prompt: Mapped[Prompt] = relationship(lazy="joined")
     run: Mapped[Run] = relationship()
+
+
+class LegalHold(Base):
+    """A legal hold on one image or one batch (its images now and later): while active, nothing deletes
+    the covered files (withdrawal and retention refuse; in an S3 bucket with Object Lock, the objects
+    carry an Object Lock legal hold too). Released, never deleted: the row keeps who placed and who
+    released it, when and why (governance.holds)."""
+
+    __tablename__ = "legal_holds"
+    __table_args__ = (CheckConstraint("scope IN ('image', 'batch')", name="scope_known"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    scope: Mapped[str] = mapped_column(String(10))
+    target_id: Mapped[str] = mapped_column(String(36), index=True)  # an image id or a batch id
+    reason: Mapped[str] = mapped_column(Text)
+    placed_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    placed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    released_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    released_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    release_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    placed_by: Mapped[User] = relationship(foreign_keys=[placed_by_id], lazy="joined")
+    released_by: Mapped[User | None] = relationship(foreign_keys=[released_by_id], lazy="joined")
 
 
 class WebhookDelivery(Base):

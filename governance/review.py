@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from governance.audit import record_event
 from governance.errors import InvalidInput, InvalidState, NotFound, PermissionDenied
+from governance.holds import lock_if_held
 from governance.records import Image, User, utcnow
 from governance.results import Result
 from governance.store import ObjectStore
@@ -137,6 +138,7 @@ def accept(
         image.store_url = store.url
         image.review = {"decision": "accepted", "by": user.name, "at": now, "reason": ""}
         session.flush()
+        lock_if_held(session, store, image)
         record_event(
             session,
             user.name,

@@ -40,6 +40,8 @@ class ObjectStore(Protocol):
     def keys(self, prefix: str = "") -> list[str]: ...
     def location(self, key: str) -> str: ...
     def delete(self, key: str, version_id: str | None = None) -> None: ...
+    def purge(self, key: str) -> int: ...
+    def legal_hold(self, key: str, version_id: str | None, on: bool) -> bool: ...
 
 
 def image_key(image_id: str, pixels_sha256: str) -> str:
@@ -108,6 +110,16 @@ class LocalStore:
         for target in (path, path.with_name(path.name + ".meta.json")):
             target.unlink(missing_ok=True)
 
+    def purge(self, key: str) -> int:
+        """Delete the object for good (a folder keeps no versions): the number of objects removed."""
+        existed = self._path(key).exists()
+        self.delete(key)
+        return int(existed)
+
+    def legal_hold(self, key: str, version_id: str | None, on: bool) -> bool:
+        """A folder cannot hold anything against its owner: False (the database's hold is what stands)."""
+        return False
+
     def sha256_of(self, key: str) -> str | None:
         path = self._path(key)
         return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
@@ -143,6 +155,7 @@ class S3Store:
         from botocore.config import Config
 
         self.bucket = bucket
+        self._object_lock: bool | None = None
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.url = f"s3://{bucket}/{self.prefix}"
         self.client = client or boto3.client(
@@ -213,6 +226,46 @@ class S3Store:
         are gone rather than hidden behind a delete marker."""
         extra = {"VersionId": version_id} if version_id else {}
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key), **extra)
+
+    def purge(self, key: str) -> int:
+        """Delete every version of the object (and its delete markers), so the bytes are gone from a
+        versioned bucket too: the number of versions removed. A version under an Object Lock legal
+        hold or retention makes S3 refuse (AccessDenied), as it should."""
+        full = self._key(key)
+        removed = 0
+        paginator = self.client.get_paginator("list_object_versions")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            for v in page.get("Versions", []) + page.get("DeleteMarkers", []):
+                if v["Key"] == full:
+                    self.client.delete_object(Bucket=self.bucket, Key=full, VersionId=v["VersionId"])
+                    removed += "Size" in v  # a version, not a marker
+        return removed
+
+    def object_lock(self) -> bool:
+        """Whether the bucket has S3 Object Lock (asked once)."""
+        if self._object_lock is None:
+            from botocore.exceptions import ClientError
+
+            try:
+                conf = self.client.get_object_lock_configuration(Bucket=self.bucket)
+                self._object_lock = conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "ObjectLockConfigurationNotFoundError":
+                    raise
+                self._object_lock = False
+        return self._object_lock
+
+    def legal_hold(self, key: str, version_id: str | None, on: bool) -> bool:
+        """Set or clear the S3 Object Lock legal hold on the object (that version, or the current one):
+        while ON, S3 refuses to delete or overwrite that version, whoever asks. False when the bucket
+        has no Object Lock (then only the database's hold stands)."""
+        if not self.object_lock():
+            return False
+        extra = {"VersionId": version_id} if version_id else {}
+        self.client.put_object_legal_hold(
+            Bucket=self.bucket, Key=self._key(key), LegalHold={"Status": "ON" if on else "OFF"}, **extra
+        )
+        return True
 
     def sha256_of(self, key: str) -> str | None:
         """The object's SHA-256: from the checksum S3 stored at upload when there is one (no download)."""

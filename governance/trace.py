@@ -14,7 +14,18 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, defaultload, lazyload
 
 from governance.errors import InvalidInput, NotFound
-from governance.records import Approval, AuditEvent, Batch, Image, ModelVersion, Run, RunModelVersion, User
+from governance.holds import HoldView
+from governance.records import (
+    Approval,
+    AuditEvent,
+    Batch,
+    Image,
+    LegalHold,
+    ModelVersion,
+    Run,
+    RunModelVersion,
+    User,
+)
 from governance.refs import looks_like_id, resolve_id
 from governance.results import Result
 
@@ -110,6 +121,13 @@ def trace_images(session: Session, image_ids: Sequence[str]) -> list[ImageTrace]
         for e in session.scalars(select(AuditEvent).where(AuditEvent.subject_id.in_(chunk))):
             events.setdefault(e.subject_id, []).append(e)
 
+    holds: dict[str, list[HoldView]] = {}  # by target: an image id or a batch id
+    targets = sorted({t for image, batch, _, _ in loaded.values() for t in (image.id, batch.id)})
+    for chunk in _chunked(targets):
+        stmt_holds = select(LegalHold).where(LegalHold.target_id.in_(chunk)).order_by(LegalHold.placed_at)
+        for hold in session.scalars(stmt_holds):
+            holds.setdefault(hold.target_id, []).append(HoldView.of(hold))
+
     out: list[ImageTrace] = []
     for image_id in ids:
         image, batch, run, approval = loaded[image_id]
@@ -117,7 +135,9 @@ def trace_images(session: Session, image_ids: Sequence[str]) -> list[ImageTrace]
             (e for s in dict.fromkeys((image.id, run.id, batch.id, approval.id)) for e in events.get(s, [])),
             key=lambda e: e.seq,
         )
-        out.append(_trace_record(image, batch, run, approval, models[run.id], trail))
+        held = [h for h in holds.get(image.id, []) if h.scope == "image"]
+        held += [h for h in holds.get(batch.id, []) if h.scope == "batch"]
+        out.append(_trace_record(image, batch, run, approval, models[run.id], trail, held))
     return out
 
 
@@ -228,10 +248,18 @@ class ImageTrace(Result):
     audit: tuple[AuditEntry, ...]
     review: dict[str, Any] | None = None  # output review: decision, by, at, reason (None: not reviewed)
     withdrawal: dict[str, Any] | None = None  # set when withdrawn: by, at, reason, evidence copy, removed version
+    expiry: dict[str, Any] | None = None  # set when retention deleted its files: when, rule, policy, objects
+    legal_holds: tuple[HoldView, ...] = ()  # every hold on the image or its batch, active and released
 
 
 def _trace_record(
-    image: Image, batch: Batch, run: Run, approval: Approval, models: list[ModelVersion], trail: list[AuditEvent]
+    image: Image,
+    batch: Batch,
+    run: Run,
+    approval: Approval,
+    models: list[ModelVersion],
+    trail: list[AuditEvent],
+    holds: list[HoldView],
 ) -> ImageTrace:
     prompt = image.prompt
     return ImageTrace(
@@ -278,4 +306,6 @@ def _trace_record(
         audit=tuple(AuditEntry(e.seq, e.action, e.actor, e.at, e.subject_id) for e in trail),
         review=image.review,
         withdrawal=image.withdrawal,
+        expiry=image.expiry,
+        legal_holds=tuple(sorted(holds, key=lambda h: h.placed_at)),
     )

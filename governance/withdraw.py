@@ -8,6 +8,10 @@ happened. The record becomes `withdrawn` with who, when, why and the object vers
 event. Withdrawing again changes nothing (idempotent); no later run publishes it again (a run finds
 its record and leaves it). Images that were never published (quarantined, waiting for review,
 rejected) cannot be withdrawn: there is nothing to take down.
+
+A legal hold (governance.holds) keeps an image where it is: named by id, a held image refuses the
+whole withdrawal (nothing changes); found by model version or licence, the held images are left
+and reported (`held`) while the others are withdrawn, so a recall is not stopped by one matter.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from sqlalchemy.orm import Session
 
 from governance.audit import record_event
 from governance.errors import InvalidInput, InvalidState, NotFound
-from governance.records import Image, utcnow
+from governance.holds import active_holds, require_not_held
+from governance.records import Image, LegalHold, utcnow
 from governance.results import Result
 from governance.store import ObjectStore
 from governance.text import describe, first_unsafe
@@ -36,6 +41,7 @@ MAX_PER_ACT = 100_000
 class Withdrawn(Result):
     withdrawn: tuple[str, ...]  # taken down now
     already: tuple[str, ...]  # withdrawn before: nothing changed
+    held: tuple[str, ...] = ()  # found by impact but kept by a legal hold: not withdrawn
 
 
 def _targets(
@@ -82,11 +88,19 @@ def withdraw(
     images = _targets(session, image_ids, model_version, licence)
     if len(images) > MAX_PER_ACT:
         raise InvalidInput(f"{len(images)} images: at most {MAX_PER_ACT} per withdrawal")
+    pending = [i for i in images if i.status != "withdrawn"]
+    if image_ids:
+        require_not_held(session, pending, "withdraw it")
+        kept: dict[str, LegalHold] = {}
+    else:
+        kept = active_holds(session, pending)
     now = utcnow().isoformat()
     done, already = [], []
     for image in images:
         if image.status == "withdrawn":
             already.append(image.id)
+            continue
+        if image.id in kept:
             continue
         key = image.store_key or ""
         evidence_key = EVIDENCE_PREFIX + key.removeprefix("images/")
@@ -125,4 +139,4 @@ def withdraw(
             {"batch_id": image.batch_id, "by": user.name, "reason": reason, "location": store.location(key)},
         )
         done.append(image.id)
-    return Withdrawn(tuple(done), tuple(already))
+    return Withdrawn(tuple(done), tuple(already), tuple(kept))

@@ -34,6 +34,8 @@ async def _pool_state() -> dict:
         queues = await client.read_work_queues(work_pool_name=POOL)
         nightly = await client.read_deployment_by_name("produce-approved/catalogue-nightly")
         marketing = await client.read_deployment_by_name("produce-batch/marketing-on-demand")
+        retention = await client.read_deployment_by_name("apply-retention/retention-daily")
+        governance = await client.read_work_pool("atelier-governance")
         return {
             "type": pool.type,
             "limit": pool.concurrency_limit,
@@ -47,6 +49,13 @@ async def _pool_state() -> dict:
             "marketing": (
                 marketing.work_queue_name,
                 marketing.global_concurrency_limit.limit if marketing.global_concurrency_limit else None,
+            ),
+            "retention": (
+                retention.work_pool_name,
+                [s.schedule.cron for s in retention.schedules],
+                retention.parameters,
+                governance.type,
+                governance.concurrency_limit,
             ),
         }
 
@@ -80,12 +89,17 @@ def test_deploy_then_one_worker_per_gpu_runs_batches_from_the_deployment(
     assert code == 4 and "operator role" in err  # only operators shape the GPU pool
     for _ in range(2):  # idempotent: a second deploy updates, it does not duplicate
         deployed = cli.json("deploy", "--pool", POOL, "--type", "process", "--gpus", "2", actor="svc-marketing")
-    assert {d["name"] for d in deployed} == {"produce-approved/catalogue-nightly", "produce-batch/marketing-on-demand"}
+    assert {d["name"] for d in deployed} == {
+        "produce-approved/catalogue-nightly",
+        "produce-batch/marketing-on-demand",
+        "apply-retention/retention-daily",
+    }
     state = anyio.run(_pool_state)
     assert state["type"] == "process" and state["limit"] == 2  # one flow run per GPU in the pool
     assert state["queues"] == [("catalogue", 10), ("marketing", 1)]  # marketing first
     assert state["nightly"] == ("catalogue", ["0 2 * * *"], 1, {"purpose": "catalogue", "actor": "svc-catalogue"})
     assert state["marketing"] == ("marketing", 4)
+    assert state["retention"] == ("atelier-governance", ["30 3 * * *"], {"actor": "svc-retention"}, "process", 1)
 
     batches = []
     for n in range(2):

@@ -66,6 +66,7 @@ class World:
     models: list[str] = field(default_factory=list)
     published: str = ""
     quarantined: str = ""
+    hold: str = ""
 
     @property
     def certificates(self) -> bytes:
@@ -142,6 +143,10 @@ def world(sessions: sessionmaker[Session], tmp_path: Path) -> World:
             record_event(s, "ops", f"image.{status}", "image", image_id, {"run_id": w.run})
     with sessions.begin() as s:
         finish_run(s, "ops", w.run)
+    with sessions.begin() as s:
+        from governance.holds import place
+
+        w.hold = place(s, "admin", w.store, "matter 2026-17", [w.published]).holds[0].hold_id
     anchor(sessions, w)
     return w
 
@@ -210,6 +215,7 @@ def test_an_intact_world_verifies_and_every_kind_is_checked(sessions, world) -> 
         "approval": 1,
         "run": 1,
         "image": 2,
+        "legal_hold": 1,
     }
     assert report.chain["authenticated"] == report.chain["events"] and report.chain["legacy"] == 0
     with sessions() as s:  # each record is bound by the event it is the subject of
@@ -315,6 +321,14 @@ CASES: dict[str, Case] = {
     "image's watermark bits changed": lambda w, uid: (
         [f"UPDATE images SET watermark_matched_bits = 40 WHERE id = '{w.published}'"],
         [f"image {w.published} (images): its row differs from what event"],
+    ),
+    "legal hold released with SQL": lambda w, uid: (
+        [f"UPDATE legal_holds SET released_at = placed_at WHERE id = '{w.hold}'"],
+        [f"legal_hold {w.hold} (legal_holds): its row differs from what event"],
+    ),
+    "legal hold deleted": lambda w, uid: (
+        [f"DELETE FROM legal_holds WHERE id = '{w.hold}'"],
+        [f"legal_hold {w.hold} (legal_holds): deleted, but event", "hold.placed"],
     ),
     "image deleted": lambda w, uid: (
         [f"DELETE FROM images WHERE id = '{w.quarantined}'"],
