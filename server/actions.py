@@ -267,6 +267,52 @@ def review_decide(
     return done
 
 
+def withdraw_images(
+    c: Caller, reason: str, image_ids: list[str], model_version: str | None, licence: str | None
+) -> Any:
+    from governance.withdraw import withdraw
+
+    with c.rt.sessions.begin() as session:
+        done = withdraw(session, c.user, c.rt.store, reason, image_ids or None, model_version, licence)
+    _anchor(c)
+    return done
+
+
+def holds(c: Caller, include_released: bool, target_id: str | None) -> Any:
+    from governance.holds import HOLDERS, list_holds
+    from governance.users import require_any_role
+
+    with c.rt.sessions() as session:
+        require_any_role(session, c.user, HOLDERS, "list legal holds")
+        return list_holds(session, include_released, target_id)
+
+
+def hold_place(c: Caller, reason: str, image_ids: list[str], batch_id: str | None) -> Any:
+    from governance.holds import place
+
+    with c.rt.sessions.begin() as session:
+        act = place(session, c.user, c.rt.store, reason, image_ids or None, batch_id)
+    _anchor(c)
+    return act
+
+
+def hold_release(c: Caller, hold_id: str, reason: str) -> Any:
+    from governance.holds import release
+
+    with c.rt.sessions.begin() as session:
+        act = release(session, c.user, c.rt.store, [hold_id], reason)
+    _anchor(c)
+    return act
+
+
+def retention_due(c: Caller) -> Any:
+    from flows.retention import run_retention
+
+    policy = c.rt.settings.load_retention_policy()
+    report = run_retention(c.rt, c.user, dry_run=True)
+    return {"rules": [r.to_dict() for r in policy.rules], **report.to_dict()}
+
+
 def quarantined(c: Caller, limit: int = 200) -> list[ImageCard]:
     with c.rt.sessions() as session:
         stmt = select(Image).where(Image.status == "quarantined").order_by(Image.created_at.desc()).limit(limit)

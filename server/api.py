@@ -202,15 +202,74 @@ def review_queue(who: Who, batch_id: Annotated[str | None, Query(max_length=64)]
 
 
 @router.post("/review/accept", openapi_extra=roles("reviewer"))
-def review_accept(who: Who, body: ReviewDecision) -> JSONResponse:
+def review_accept(request: Request, who: Who, body: ReviewDecision) -> JSONResponse:
     """Accept images (never the batch's requester): they are published."""
-    return out({"accepted": actions.review_decide(who, True, body.image_ids, body.batch_id)})
+    done = actions.review_decide(who, True, body.image_ids, body.batch_id)
+    server_of(request).courier.poke()
+    return out({"accepted": done})
 
 
 @router.post("/review/reject", openapi_extra=roles("reviewer"))
-def review_reject(who: Who, body: ReviewDecision) -> JSONResponse:
+def review_reject(request: Request, who: Who, body: ReviewDecision) -> JSONResponse:
     """Reject images with a reason: they are never published."""
-    return out({"rejected": actions.review_decide(who, False, body.image_ids, body.batch_id, body.reason)})
+    done = actions.review_decide(who, False, body.image_ids, body.batch_id, body.reason)
+    server_of(request).courier.poke()
+    return out({"rejected": done})
+
+
+# ---------------------------------------------------------------- withdrawal, legal holds, retention
+
+
+class WithdrawBody(BaseModel):
+    reason: Annotated[str, Field(min_length=1, max_length=2000)]
+    image_ids: Annotated[list[Id], Field(max_length=1000)] = []
+    model_version: Id | None = None  # instead of image_ids: every published image of this model version
+    licence: Annotated[str | None, Field(max_length=100)] = None  # or of this licence
+
+
+@router.post("/images/withdraw", openapi_extra=roles("auditor", "admin"))
+def withdraw(request: Request, who: Who, body: WithdrawBody) -> JSONResponse:
+    """Take published images down. A held image named by id refuses the whole act (409); found by model
+    version or licence, held images are left and listed under `held`."""
+    done = actions.withdraw_images(who, body.reason, body.image_ids, body.model_version, body.licence)
+    server_of(request).courier.poke()
+    return out(done)
+
+
+class HoldBody(BaseModel):
+    reason: Annotated[str, Field(min_length=1, max_length=2000)]
+    image_ids: Annotated[list[Id], Field(max_length=1000)] = []
+    batch_id: Id | None = None  # instead of image_ids: the batch, its images now and later
+
+
+class ReleaseBody(BaseModel):
+    reason: Annotated[str, Field(min_length=1, max_length=2000)]
+
+
+@router.get("/holds", openapi_extra=roles("auditor", "admin"))
+def list_holds(
+    who: Who, all: bool = False, target_id: Annotated[str | None, Query(max_length=64)] = None
+) -> JSONResponse:
+    """Legal holds: active ones, or with `all=true` released ones too."""
+    return out(actions.holds(who, all, target_id))
+
+
+@router.post("/holds", status_code=201, openapi_extra=roles("auditor", "admin"))
+def place_hold(who: Who, body: HoldBody) -> JSONResponse:
+    """Place a legal hold on images or a batch: nothing deletes their files until it is released."""
+    return out(actions.hold_place(who, body.reason, body.image_ids, body.batch_id), 201)
+
+
+@router.post("/holds/{hold_id}/release", openapi_extra=roles("auditor", "admin"))
+def release_hold(who: Who, hold_id: str, body: ReleaseBody) -> JSONResponse:
+    """Release a legal hold, with a reason."""
+    return out(actions.hold_release(who, hold_id, body.reason))
+
+
+@router.get("/retention", openapi_extra=roles("auditor", "admin"))
+def retention(who: Who) -> JSONResponse:
+    """The retention policy in force and what it would expire now (held images apart)."""
+    return out(actions.retention_due(who))
 
 
 # ---------------------------------------------------------------- images and verify

@@ -88,7 +88,7 @@ class Server:
     """What the application holds: settings, the Runtime, the console's session key, the run launcher."""
 
     def __init__(self, settings: Settings):
-        from server.launcher import RunLauncher
+        from server.launcher import RunLauncher, WebhookCourier
 
         self.settings = settings
         self.rt = Runtime(settings)
@@ -100,6 +100,7 @@ class Server:
         )
         self.throttle = LoginThrottle(settings.login_max_failures)
         self.launcher = RunLauncher(self.rt)
+        self.courier = WebhookCourier(self.rt)  # published, reviewed and withdrawn images, to downstream systems
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
 
     def authenticate(self, request: Request, form_csrf: str | None) -> Caller:

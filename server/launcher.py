@@ -107,3 +107,32 @@ class RunLauncher:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class WebhookCourier:
+    """Delivers the webhook outbox from the server: at once after an act that wrote to it (`poke`), and
+    every `interval` seconds for retries that come due. One background thread; a failure is logged
+    (never the secret) and the next round tries again. Without ATELIER_WEBHOOK_URL it does nothing."""
+
+    def __init__(self, rt: Runtime, interval: float = 15.0):
+        self.rt = rt
+        self.interval = interval
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def poke(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="atelier-webhooks", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            try:
+                self.rt.deliver_webhooks(0.0)
+            except Exception as exc:  # noqa: BLE001 - a delivery round must never take the server down
+                log.warning("webhooks not sent: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

@@ -324,6 +324,7 @@ async def review_decide(request: Request, who: Who) -> Response:
         raise InvalidInput("choose accept or reject")
     reason = str(form.get("reason", ""))[:2000]
     done = await run_in_threadpool(actions.review_decide, who, act == "accept", ids, None, reason)
+    server_of(request).courier.poke()
     return back("/review", f"{len(done)} image(s) {'accepted and published' if act == 'accept' else 'rejected'}")
 
 

@@ -31,14 +31,19 @@ def rows(tag: str, n: int = 2) -> list[dict]:
     ]  # fmt: skip
 
 
-def produced(cli: CLI, tmp_path: Path, tag: str, purpose: str) -> str:
+def approved(cli: CLI, tmp_path: Path, tag: str, purpose: str) -> str:
     made = cli.json(
         "batch", "submit", str(write_prompts(tmp_path / f"{tag}.csv", rows(tag))), "--purpose", purpose, actor="maria"
     )
     assert cli("batch", "approve", made["batch_id"], "--content-sha256", made["content_sha256"], actor="omar")[0] == 0
-    code, _, err = cli("run", "--batch", made["batch_id"], actor="ops")
-    assert code == 0, err
     return str(made["batch_id"])
+
+
+def produced(cli: CLI, tmp_path: Path, tag: str, purpose: str) -> str:
+    batch = approved(cli, tmp_path, tag, purpose)
+    code, _, err = cli("run", "--batch", batch, actor="ops")
+    assert code == 0, err
+    return batch
 
 
 def images_of(cli: CLI, batch: str) -> list[dict]:
@@ -140,7 +145,11 @@ def test_retention_expires_due_rejects_and_never_a_held_one(
 ) -> None:
     monkeypatch.setenv("ATELIER_REVIEW_PURPOSES", '["marketing"]')
     cli = s3_world(tmp_path, database_url, tiny_models, s3_server, s3_env, PEOPLE)
-    loose, held = produced(cli, tmp_path, "r", "marketing"), produced(cli, tmp_path, "k", "marketing")
+    loose, held = produced(cli, tmp_path, "r", "marketing"), approved(cli, tmp_path, "k", "marketing")
+    # a batch held before it runs: what it makes is held as it is written
+    code, out, _ = cli("hold", "place", "--batch", held, "--reason", "matter 2026-40", actor="ann")
+    assert code == 0 and "covering 0 image(s)" in out
+    assert cli("run", "--batch", held, actor="ops")[0] == 0
     for batch in (loose, held):
         assert cli("review", "reject", "--batch", batch, "--reason", "off-brand colours", actor="rev")[0] == 0
     s3 = boto3.client("s3", endpoint_url=s3_server)
@@ -154,8 +163,11 @@ def test_retention_expires_due_rejects_and_never_a_held_one(
 
     assert len(files(loose)) == 6 and len(files(held)) == 6  # 2 images each: file, provenance, thumbnail
     assert all(k.startswith("p/review/") for k in files(loose))  # rejected: never in the publish location
-    code, out, _ = cli("hold", "place", "--batch", held, "--reason", "matter 2026-40", actor="ann")
-    assert code == 0 and "covering 2 image(s)" in out
+
+    def s3_hold(key: str) -> str:
+        return str(s3.get_object_legal_hold(Bucket=s3_env, Key=key)["LegalHold"]["Status"])
+
+    assert {s3_hold(k) for k in files(held)} == {"ON"}
 
     # the packaged rules: rejects kept 30 days, so nothing is due today
     code, out, err = cli("retention", "apply", actor="ann")
@@ -194,6 +206,7 @@ def test_retention_expires_due_rejects_and_never_a_held_one(
     # the hold released: the next run takes them
     hold_id = cli.json("hold", "list", actor="ann")[0]["hold_id"]
     assert cli("hold", "release", hold_id, "--reason", "matter closed", actor="ann")[0] == 0
+    assert {s3_hold(k) for k in files(held)} == {"OFF"}
     code, out, _ = cli("retention", "apply", actor="ann")
     assert code == 0 and "2 image(s) expired, 0 kept by legal holds" in out
     assert files(held) == []
