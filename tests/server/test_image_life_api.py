@@ -21,7 +21,9 @@ ROWS = [
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, tiny_models: tuple[Path, Path]) -> Iterator[tuple[Console, Receiver]]:
+def world(
+    tmp_path_factory: pytest.TempPathFactory, tiny_models: tuple[Path, Path]
+) -> Iterator[tuple[Console, Receiver]]:
     receiver = Receiver(fail_first=0)
     mp = pytest.MonkeyPatch()
     mp.setenv("ATELIER_WEBHOOK_URL", receiver.url)
