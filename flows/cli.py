@@ -33,6 +33,8 @@ from flows.render import (
 )
 from flows.runtime import Runtime
 from governance.errors import AtelierError, ExitCode
+from governance.errors import InvalidInput as InvalidInputError
+from governance.errors import NotFound as NotFoundError
 from governance.records import BatchStatus, ImageStatus, Purpose, Role, SafetyVerdict
 from governance.users import Identity
 
@@ -73,8 +75,11 @@ audit_app = app.command(App(name="audit", help="audit ledger"))
 compliance_app = app.command(App(name="compliance", help="legal and compliance queries (auditors)"))
 
 
-def _sub(name: str) -> App:
-    return app[name]
+def _sub(*names: str) -> App:
+    found = app
+    for name in names:
+        found = found[name]
+    return found
 
 
 SETTINGS = Group("Settings (each also an ATELIER_* environment variable)", sort_key=100)
@@ -783,6 +788,253 @@ def image_withdraw(
             file=sys.stderr,
         )
         return ExitCode.INVALID_STATE
+    return ExitCode.OK
+
+
+# ---------------------------------------------------------------- the catalogue
+
+catalogue_app = app.command(
+    App(name="catalogue", help="product feeds, prompt templates, standing approvals, one image set per SKU")
+)
+template_app = catalogue_app.command(App(name="template", help="versioned prompt templates"))
+
+
+@_sub("catalogue").command(name="import")
+def catalogue_import(
+    feed: Annotated[Path, Parameter(help="the PIM export: CSV, JSON lines or Parquet with sku, title, category")],
+    /,
+    *,
+    json: Json = False,
+    me: Me,
+    rt: Runtime_,
+) -> int:
+    """Import a product feed (requesters): validated like a batch; says what changed per SKU."""
+    from governance.batches import IntakeRejected
+    from governance.catalogue import import_feed
+
+    try:
+        with rt.sessions.begin() as session:
+            result = import_feed(session, me.user, feed)
+    except IntakeRejected as exc:
+        _print_intake_failures(exc, json)
+        return exc.exit_code
+    if json:
+        print_json(result.counts | {"import_id": result.import_id, "content_sha256": result.content_sha256})
+        return ExitCode.OK
+    c = result.counts
+    print(
+        ("identical to the last import: nothing changed; " if result.identical else f"import {result.import_id}: ")
+        + f"{c['new']} new, {c['changed']} changed, {c['removed']} removed, {c['unchanged']} unchanged SKU(s)"
+    )
+    return ExitCode.OK
+
+
+@_sub("catalogue", "template").command(name="add")
+def template_add(
+    file: Annotated[Path, Parameter(help="JSON: name, body, negative, params, match")],
+    /,
+    *,
+    json: Json = False,
+    me: Me,
+    rt: Runtime_,
+) -> int:
+    """Add a template's next version (requesters); unchanged content adds nothing."""
+    import json as _json
+
+    from governance.catalogue import add_template
+
+    try:
+        spec = _json.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InvalidInputError(f"{file}: cannot read it ({exc.strerror})") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"{file}: not a JSON template ({exc})") from None
+    with rt.sessions.begin() as session:
+        view, new = add_template(session, me.user, spec)
+    if json:
+        print_json(view)
+        return ExitCode.OK
+    print(f"template {view.template_id} {'added' if new else 'unchanged'}; sha256 {view.sha256}")
+    return ExitCode.OK
+
+
+@_sub("catalogue", "template").command(name="list")
+def template_list(*, json: Json = False, me: Me, rt: Runtime_) -> int:
+    """Every template version."""
+    from governance.catalogue import standing_approvals, templates
+
+    with rt.sessions() as session:
+        found, standing = templates(session), standing_approvals(session)
+    if json:
+        print_json({"templates": found, "standing_approvals": standing})
+        return ExitCode.OK
+    print_table([t.to_dict() for t in found], ["template_id", "author", "sha256", "match", "created_at"])
+    if standing:
+        print("\nstanding approvals:")
+        rows = [{**x.to_dict(), "categories": ",".join(x.categories)} for x in standing]
+        print_table(rows, ["standing_approval_id", "template_id", "approver", "categories", "max_images",
+                           "valid_until", "revoked_at"])  # fmt: skip
+    return ExitCode.OK
+
+
+@_sub("catalogue", "template").command(name="show")
+def template_show(template: Annotated[str, Parameter(help="NAME or NAME@VERSION")], /, *, json: Json = False,
+                  me: Me, rt: Runtime_) -> int:  # fmt: skip
+    """One template version in full: what an approver reviews."""
+    from governance.catalogue import TemplateView, get_template
+
+    with rt.sessions() as session:
+        view = TemplateView.of(get_template(session, template))
+    if json:
+        print_json(view)
+        return ExitCode.OK
+    head = view.to_dict()
+    body = head.pop("body")
+    print_kv(head)
+    print("\nbody:")
+    print(shown(body))
+    print(
+        f"\nto approve exactly this version: atelier catalogue approve {view.template_id} "
+        f"--template-sha256 {view.sha256} --categories ... --max-images N --days D"
+    )
+    return ExitCode.OK
+
+
+@_sub("catalogue").command(name="preview")
+def catalogue_preview(
+    *,
+    template: Annotated[str | None, Parameter(help="NAME or NAME@VERSION (default: each SKU's own)")] = None,
+    limit: Annotated[int, Parameter(validator=validators.Number(gte=1, lte=10_000))] = 20,
+    json: Json = False,
+    me: Me,
+    rt: Runtime_,
+) -> int:
+    """Render prompts for current products, without GPU time."""
+    from governance.catalogue import preview
+
+    with rt.sessions() as session:
+        rows = preview(session, template, limit)
+    if json:
+        print_json(rows)
+        return ExitCode.OK
+    print_table([r.to_dict() for r in rows], ["sku", "template_id", "seed", "variants", "prompt", "error"])
+    return ExitCode.OK
+
+
+@_sub("catalogue").command(name="approve")
+def catalogue_approve(
+    template: Annotated[str, Parameter(help="NAME@VERSION")],
+    /,
+    *,
+    template_sha256: Annotated[str, Parameter(help="the hash you reviewed (`catalogue template show`)")],
+    categories: Annotated[str, Parameter(help="comma-separated categories in scope")],
+    max_images: Annotated[int, Parameter(help="at most this many images per run")],
+    days: Annotated[int, Parameter(help="valid for this many days")] = 90,
+    json: Json = False,
+    me: Me,
+    rt: Runtime_,
+) -> int:
+    """A standing approval of a template version for a scope (approvers; never its author)."""
+    from governance.catalogue import approve_template
+
+    with rt.sessions.begin() as session:
+        view = approve_template(session, me.user, template, template_sha256, categories.split(","), max_images, days)
+    anchor_decision(rt, me)
+    if json:
+        print_json(view)
+        return ExitCode.OK
+    print(
+        f"standing approval {view.standing_approval_id}: {view.template_id} for {', '.join(view.categories)}, "
+        f"at most {view.max_images} images per run, until {view.valid_until}"
+    )
+    return ExitCode.OK
+
+
+@_sub("catalogue").command(name="revoke")
+def catalogue_revoke(
+    standing_approval: Annotated[str, Parameter(help="standing approval id")],
+    /,
+    *,
+    reason: str,
+    me: Me,
+    rt: Runtime_,
+) -> int:
+    """Revoke a standing approval (approvers, admins): later batches wait for an approver again."""
+    from governance.catalogue import revoke_standing
+
+    with rt.sessions.begin() as session:
+        view = revoke_standing(session, me.user, standing_approval, reason)
+    anchor_decision(rt, me)
+    print(f"standing approval {view.standing_approval_id} revoked at {view.revoked_at}")
+    return ExitCode.OK
+
+
+@_sub("catalogue").command(name="refresh")
+def catalogue_refresh(
+    *,
+    feed: Annotated[Path | None, Parameter(help="import this feed first (default ATELIER_CATALOGUE_FEED)")] = None,
+    json: Json = False,
+    me: Me,
+    rt: Runtime_,
+) -> int:
+    """Import, diff, render, screen, make batches and run those a standing approval covers, as the
+    scheduled Prefect flow does (a user with the requester and operator roles)."""
+    from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED as ANALYTICS
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP
+    from prefect.settings import temporary_settings
+
+    from flows.catalogue import catalogue_refresh as refresh_flow
+    from flows.runtime import using_settings
+    from governance.users import require_role
+
+    with rt.sessions() as session:  # clear refusals before Prefect starts
+        require_role(session, me.user, "requester", "refresh the catalogue")
+        require_role(session, me.user, "operator", "refresh the catalogue")
+    preflight(rt)
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        logging.getLogger("prefect").setLevel(logging.WARNING)
+    with using_settings(rt.settings), temporary_settings({STARTUP: max(STARTUP.value(), 180), ANALYTICS: False}):
+        report = refresh_flow(actor=me.user, feed=str(feed) if feed else None)
+    deliver_webhooks(rt)
+    if json:
+        print_json(report)
+        return ExitCode.OK
+    if report.imported is not None:
+        c = report.imported.counts
+        print(f"feed: {c['new']} new, {c['changed']} changed, {c['removed']} removed, {c['unchanged']} unchanged")
+    print(f"{report.unchanged} SKU(s) unchanged; {len(report.skipped)} skipped")
+    print_table([b.to_dict() for b in report.batches], ["batch_id", "status", "standing_approval_id", "skus", "images"])
+    for s in report.skipped:
+        print(f"skipped {s.sku}: {s.reason}", file=sys.stderr)
+    st = report.settled
+    print(f"settled: {st.current} current, {st.superseded} superseded, {st.removed} removed, {st.failed} failed")
+    return ExitCode.OK
+
+
+@_sub("catalogue").command(name="images")
+def catalogue_images(
+    *,
+    sku: Annotated[str, Parameter(help="the SKU")],
+    json: Json = False,
+    me: Me,
+    rt: Runtime_,
+) -> int:
+    """A SKU's image sets, newest first: which is current, which superseded."""
+    from governance.catalogue import sku_sets
+
+    with rt.sessions() as session:
+        sets = sku_sets(session, sku, rt.store)
+    if not sets:
+        raise NotFoundError(f"no images made for SKU {sku!r}")
+    if json:
+        print_json(sets)
+        return ExitCode.OK
+    rows = [
+        {"state": st.state, "batch_id": st.batch_id, "template_id": st.template_id, "image_id": i.image_id,
+         "variant": i.variant, "status": i.status, "location": i.location}
+        for st in sets for i in st.images
+    ]  # fmt: skip
+    print_table(rows, ["state", "template_id", "image_id", "variant", "status", "location"])
     return ExitCode.OK
 
 

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     prompt_policy: Path | None = Field(
         None, description="prompt policy JSON (what may not be generated); default: the packaged example policy"
     )
+    catalogue_feed: str | None = Field(
+        None, description="the product feed (PIM export) the scheduled catalogue refresh imports first"
+    )
     retention_policy: Path | None = Field(
         None, description="retention policy JSON (how long unpublished and withdrawn files are kept); default: example"
     )

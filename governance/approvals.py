@@ -161,6 +161,15 @@ def require_runnable(batch: Batch, policy: PromptPolicy | None = None) -> Approv
         )
     if batch.status not in ("approved", "running", "completed", "failed"):
         raise InvalidState(f"batch {batch.id} is {batch.status}; it cannot run")
+    if approval.standing_approval_id is not None:  # a catalogue batch: the standing approval still holds
+        from sqlalchemy.orm import object_session
+
+        from governance.catalogue import check_standing
+
+        session = object_session(batch)
+        if session is None:
+            raise InvalidState(f"batch {batch.id}: cannot check its standing approval outside a session")
+        check_standing(session, batch, approval)
     if policy is not None:
         from governance.batches import stored_row
         from governance.screening import recheck

@@ -15,7 +15,7 @@ from governance.audit import record_event
 from governance.errors import InvalidInput, InvalidState
 from governance.intake import IntakeError, IntakeLimits, IntakeReport, PromptRow, content_sha256, load_prompts
 from governance.licences import DEFAULT_MODEL_LICENCE, DEFAULT_USE_CATEGORY, check_use_category
-from governance.records import PURPOSES, Approval, Batch, Image, Prompt, Run, prompt_id_for, utcnow
+from governance.records import PURPOSES, Approval, Batch, Image, Prompt, Run, User, prompt_id_for, utcnow
 from governance.results import Result
 from governance.users import require_role
 
@@ -96,12 +96,31 @@ def submit_batch(
         raise InvalidInput(f"unknown purpose {purpose!r}: choose one of {', '.join(PURPOSES)}")
     check_use_category(session, use_category, licence_ids)
     rows = _read(path, limits)
-    screening = _screen(path, rows, policy)
+    return submit_rows(session, user, rows, purpose, path.name, policy, use_category, licence_ids, review_required)
+
+
+def submit_rows(
+    session: Session,
+    user: User,
+    rows: list[PromptRow],
+    purpose: str,
+    source_name: str,
+    policy: PromptPolicy | None = None,
+    use_category: str = DEFAULT_USE_CATEGORY,
+    licence_ids: Sequence[str] = (DEFAULT_MODEL_LICENCE,),
+    review_required: bool = False,
+) -> Batch:
+    """Store validated rows as a SUBMITTED batch of `user` (a requester), screened first: the common
+    end of `submit_batch` and of batches the catalogue renders (governance.catalogue)."""
+    if purpose not in PURPOSES:
+        raise InvalidInput(f"unknown purpose {purpose!r}: choose one of {', '.join(PURPOSES)}")
+    check_use_category(session, use_category, licence_ids)
+    screening = _screen(Path(source_name), rows, policy)
     batch = Batch(
         purpose=purpose,
         use_category=use_category,
         requested_by=user,
-        source_name=path.name,
+        source_name=source_name,
         content_sha256=content_sha256(rows),
         screening=screening,
         review_required=review_required,
@@ -119,7 +138,7 @@ def submit_batch(
             "purpose": purpose,
             "use_category": use_category,
             "licences_checked": sorted(set(licence_ids)),
-            "source": path.name,
+            "source": source_name,
             "content_sha256": batch.content_sha256,
             "prompts": len(rows),
             "images": sum(r.num_images for r in rows),

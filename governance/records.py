@@ -318,6 +318,8 @@ class Approval(Base):
     void_reason: Mapped[str] = mapped_column(Text, default="")
     # the prompt-policy flags the approver acknowledged with this approval (None: there were none)
     acknowledged_flags: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    # set when the decision is a standing approval applied to a catalogue batch (governance.catalogue)
+    standing_approval_id: Mapped[str | None] = mapped_column(ForeignKey("standing_approvals.id"), nullable=True)
 
     batch: Mapped[Batch] = relationship(back_populates="approvals")
     decided_by: Mapped[User] = relationship(lazy="joined")
@@ -419,6 +421,119 @@ class LegalHold(Base):
 
     placed_by: Mapped[User] = relationship(foreign_keys=[placed_by_id], lazy="joined")
     released_by: Mapped[User | None] = relationship(foreign_keys=[released_by_id], lazy="joined")
+
+
+class CatalogueImport(Base):
+    """One product feed imported: its content hash and what changed (governance.catalogue)."""
+
+    __tablename__ = "catalogue_imports"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    source_name: Mapped[str] = mapped_column(String(500))
+    content_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    imported_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    imported_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # new, changed, removed, unchanged
+
+    imported_by: Mapped[User] = relationship(lazy="joined")
+
+
+class ProductVersion(Base):
+    """What one SKU looked like from one import on (a new version only when its fields changed, or it
+    was removed): the product's history."""
+
+    __tablename__ = "product_versions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    sku: Mapped[str] = mapped_column(String(128), index=True)
+    import_id: Mapped[str] = mapped_column(ForeignKey("catalogue_imports.id"), index=True)
+    fields: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # None: removed from the feed
+    fields_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Product(Base):
+    """A SKU's current state: its latest version (removed when the latest feed no longer lists it)."""
+
+    __tablename__ = "products"
+
+    sku: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version_id: Mapped[str] = mapped_column(ForeignKey("product_versions.id"))
+    fields_sha256: Mapped[str] = mapped_column(String(64))
+    removed: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    version: Mapped[ProductVersion] = relationship(lazy="joined")
+
+
+class PromptTemplate(Base):
+    """A versioned prompt template (sandboxed Jinja2 over product fields) with its generation
+    parameters and the categories and locales it serves. `id` is NAME@VERSION; never changed."""
+
+    __tablename__ = "prompt_templates"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    body: Mapped[str] = mapped_column(Text)
+    negative: Mapped[str] = mapped_column(Text, default="")
+    params: Mapped[dict[str, Any]] = mapped_column(
+        JSON
+    )  # width, height, steps, guidance_scale, refiner_split, variants
+    match: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"categories": [...|"*"], "locales": [...|"*"]}
+    sha256: Mapped[str] = mapped_column(String(64))
+    author_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    author: Mapped[User] = relationship(lazy="joined")
+
+
+class StandingApproval(Base):
+    """An approver's approval of one template version (pinned to its hash) for a scope: categories, at
+    most `max_images` per run, a validity period. Revoked, never deleted."""
+
+    __tablename__ = "standing_approvals"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    template_id: Mapped[str] = mapped_column(ForeignKey("prompt_templates.id"), index=True)
+    template_sha256: Mapped[str] = mapped_column(String(64))
+    approver_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    categories: Mapped[list[Any]] = mapped_column(JSON)
+    max_images: Mapped[int] = mapped_column(Integer)
+    valid_from: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    valid_until: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    revoke_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    approver: Mapped[User] = relationship(lazy="joined")
+    template: Mapped[PromptTemplate] = relationship(lazy="joined")
+
+
+class CatalogueItem(Base):
+    """One SKU rendered into one batch row: the lineage image -> SKU version -> template version ->
+    (standing) approval, and the SKU's image set's state: pending (its batch not yet made), waiting
+    (in a batch that waits for an approver), current, superseded (a newer set is current) or removed
+    (the SKU left the feed)."""
+
+    __tablename__ = "catalogue_items"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "row_id"),
+        CheckConstraint(
+            "state IN ('pending', 'waiting', 'current', 'superseded', 'removed', 'failed')", name="state_known"
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id"), index=True)
+    row_id: Mapped[str] = mapped_column(String(200))
+    sku: Mapped[str] = mapped_column(String(128), index=True)
+    product_version_id: Mapped[str] = mapped_column(ForeignKey("product_versions.id"))
+    template_id: Mapped[str] = mapped_column(ForeignKey("prompt_templates.id"))
+    standing_approval_id: Mapped[str | None] = mapped_column(ForeignKey("standing_approvals.id"), nullable=True)
+    render_sha256: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(12), index=True)
+    superseded_by: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class WebhookDelivery(Base):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections.abc import Iterator, Sequence
@@ -19,11 +20,14 @@ from governance.records import (
     Approval,
     AuditEvent,
     Batch,
+    CatalogueItem,
     Image,
     LegalHold,
     ModelVersion,
+    PromptTemplate,
     Run,
     RunModelVersion,
+    StandingApproval,
     User,
 )
 from governance.refs import looks_like_id, resolve_id
@@ -128,6 +132,22 @@ def trace_images(session: Session, image_ids: Sequence[str]) -> list[ImageTrace]
         for hold in session.scalars(stmt_holds):
             holds.setdefault(hold.target_id, []).append(HoldView.of(hold))
 
+    catalogue: dict[tuple[str, str], dict[str, Any]] = {}  # (batch id, row id) -> the SKU's lineage
+    batch_ids = sorted({batch.id for _, batch, _, _ in loaded.values()})
+    for chunk in _chunked(batch_ids):
+        for item in session.scalars(select(CatalogueItem).where(CatalogueItem.batch_id.in_(chunk))):
+            standing = session.get(StandingApproval, item.standing_approval_id) if item.standing_approval_id else None
+            template = session.get(PromptTemplate, item.template_id)
+            catalogue[(item.batch_id, item.row_id)] = {
+                "sku": item.sku,
+                "product_version_id": item.product_version_id,
+                "template_id": item.template_id,
+                "template_sha256": template.sha256 if template else None,
+                "standing_approval_id": item.standing_approval_id,
+                "standing_approved_by": standing.approver.name if standing else None,
+                "set_state": item.state,
+            }
+
     out: list[ImageTrace] = []
     for image_id in ids:
         image, batch, run, approval = loaded[image_id]
@@ -137,7 +157,9 @@ def trace_images(session: Session, image_ids: Sequence[str]) -> list[ImageTrace]
         )
         held = [h for h in holds.get(image.id, []) if h.scope == "image"]
         held += [h for h in holds.get(batch.id, []) if h.scope == "batch"]
-        out.append(_trace_record(image, batch, run, approval, models[run.id], trail, held))
+        record = _trace_record(image, batch, run, approval, models[run.id], trail, held)
+        lineage = catalogue.get((batch.id, image.prompt.row_id))
+        out.append(dataclasses.replace(record, catalogue=lineage) if lineage else record)
     return out
 
 
@@ -250,6 +272,8 @@ class ImageTrace(Result):
     withdrawal: dict[str, Any] | None = None  # set when withdrawn: by, at, reason, evidence copy, removed version
     expiry: dict[str, Any] | None = None  # set when retention deleted its files: when, rule, policy, objects
     legal_holds: tuple[HoldView, ...] = ()  # every hold on the image or its batch, active and released
+    # catalogue images: SKU, its product version, the template version and the standing approval
+    catalogue: dict[str, Any] | None = None
 
 
 def _trace_record(

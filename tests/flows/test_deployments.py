@@ -15,7 +15,7 @@ def test_prefect_yaml_deployments_point_at_real_flows() -> None:
 
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     names = {d["name"]: d for d in spec["deployments"]}
-    assert set(names) == {"catalogue-nightly", "marketing-on-demand", "retention-daily"}
+    assert set(names) == {"catalogue-nightly", "marketing-on-demand", "retention-daily", "catalogue-refresh"}
     assert names["catalogue-nightly"]["schedules"][0]["cron"]
     assert names["retention-daily"]["schedules"][0]["cron"]  # retention runs by itself, daily
     for d in spec["deployments"]:
@@ -28,6 +28,7 @@ def test_prefect_yaml_deployments_point_at_real_flows() -> None:
         "catalogue-nightly": "atelier-gpu",
         "marketing-on-demand": "atelier-gpu",
         "retention-daily": "atelier-governance",
+        "catalogue-refresh": "atelier-gpu",
     }
 
 

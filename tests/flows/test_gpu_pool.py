@@ -93,6 +93,7 @@ def test_deploy_then_one_worker_per_gpu_runs_batches_from_the_deployment(
         "produce-approved/catalogue-nightly",
         "produce-batch/marketing-on-demand",
         "apply-retention/retention-daily",
+        "catalogue-refresh/catalogue-refresh",
     }
     state = anyio.run(_pool_state)
     assert state["type"] == "process" and state["limit"] == 2  # one flow run per GPU in the pool

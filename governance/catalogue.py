@@ -1,0 +1,970 @@
+"""The catalogue: product feeds in, one current image set per SKU out.
+
+- **Feeds** (`import_feed`): a PIM export (CSV, JSON lines, Parquet) with `sku`, `title`, `category`
+  and any other product fields (colour, material, locale, ...), validated with Great Expectations like
+  prompt batches (every failing row and rule; nothing stored on failure). Each import records the
+  file's SHA-256 and what changed per SKU: a new `ProductVersion` for every new, changed or removed
+  SKU (the product's history), `products` holding the current one. An identical feed changes nothing.
+- **Templates** (`add_template`): versioned prompt templates in a sandboxed Jinja2 that reaches
+  product fields and a few text filters, nothing else (no loops, calls, imports or attribute access
+  beyond the product; checked on the template's syntax tree before it is stored), with generation
+  parameters and the categories and locales they serve. Rendering is deterministic: the seed comes
+  from (SKU, template version).
+- **Standing approvals** (`approve_template`): an approver, never the template's author, approves one
+  template version, pinned to its SHA-256, for a scope: categories, at most N images per run, a
+  validity period. A batch made under it carries an approval by that approver that names it;
+  `approvals.require_runnable` checks the standing approval again at run start (`check_standing`).
+- **Refresh** (`plan_refresh`, `make_batches`, `settle`): render every current SKU, keep those whose
+  rendered row differs from their latest item (new, changed product, changed template), validate and
+  screen them like any batch, and make one batch per standing approval (in scope) plus one for the
+  ordinary approval queue (out of scope, flagged by screening, over the scope's image limit, no live
+  standing approval). After runs, `settle` makes each SKU's newest made set current, marks the older
+  superseded, marks removed SKUs' sets removed, and writes a per-SKU manifest at a stable key.
+
+Invariant 1 for the catalogue: no GPU time for a catalogue row unless an approver other than its
+template's author approved that exact template version (hash) for the row's category within the
+scope's limits and period, or an approver approved the batch itself as any batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from governance.audit import record_event
+from governance.errors import InvalidInput, InvalidState, NotFound, PermissionDenied
+from governance.records import (
+    Approval,
+    Batch,
+    CatalogueImport,
+    CatalogueItem,
+    Image,
+    Product,
+    ProductVersion,
+    PromptTemplate,
+    StandingApproval,
+    User,
+    utcnow,
+)
+from governance.results import Result
+from governance.text import first_unsafe
+from governance.users import require_any_role, require_role
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from governance.intake import PromptRow, RowFailure
+    from governance.screening import PromptPolicy
+    from governance.store import ObjectStore
+
+SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z"
+FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+REQUIRED_FIELDS = ("sku", "title", "category")
+FIELD_MAX_CHARS = 500
+MAX_FIELDS = 40
+FEED_MAX_ROWS = 1_000_000
+FEED_MAX_BYTES = 512 * 1024 * 1024
+FEED_HINT = "expected a product feed with columns sku, title, category and more (CSV, JSON lines or Parquet)"
+MANIFEST_PREFIX = "catalogue/skus/"
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _sha(value: Any) -> str:
+    return hashlib.sha256(_canonical(value).encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------- feeds
+
+
+def read_feed(path: Path, max_rows: int = FEED_MAX_ROWS, max_bytes: int = FEED_MAX_BYTES) -> tuple[pd.DataFrame, str]:
+    """The feed as a DataFrame of text cells and the SHA-256 of its bytes; one-line errors."""
+    from governance.intake import (
+        SUPPORTED_SUFFIXES,
+        IntakeError,
+        _decode_text,
+        _read_csv,
+        _read_json_lines,
+        _read_parquet,
+    )
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise InvalidInput(f"{path}: unsupported file type {suffix or '(no extension)'!r}; {FEED_HINT}")
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise InvalidInput(f"{path}: {size:,} bytes, over the feed limit of {max_bytes:,}; split the feed")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"{path}: cannot read the feed ({exc.strerror or exc})") from None
+    if not data.strip():
+        raise InvalidInput(f"{path}: the feed is empty; {FEED_HINT}")
+    try:
+        if suffix == ".parquet":
+            frame = _read_parquet(path, data, FEED_HINT, max_rows)
+        else:
+            text = _decode_text(path, data, FEED_HINT)
+            frame = _read_csv(path, text, FEED_HINT) if suffix == ".csv" else _read_json_lines(path, text, FEED_HINT)
+    except IntakeError as exc:
+        raise InvalidInput(str(exc)) from None
+    if len(frame) > max_rows:
+        raise InvalidInput(f"{path}: {len(frame):,} rows, over the feed limit of {max_rows:,}")
+    return frame, hashlib.sha256(data).hexdigest()
+
+
+def validate_feed(frame: pd.DataFrame) -> list[RowFailure]:
+    """Every failing row and rule of a product feed, checked with Great Expectations."""
+    from governance.intake import _GX_LOCK, RowFailure, _gx_batch_definition, _import_gx
+    from governance.text import UNSAFE
+
+    failures: list[RowFailure] = []
+    columns = [str(c) for c in frame.columns]
+    for name in columns:
+        if not FIELD_NAME.fullmatch(name):
+            failures.append(
+                RowFailure(None, None, name, "column_name", f"column {name!r}: use a-z, 0-9 and _ (40 at most)")
+            )
+    if len(columns) > MAX_FIELDS:
+        failures.append(RowFailure(None, None, "*", "columns", f"{len(columns)} columns; at most {MAX_FIELDS}"))
+    if failures:
+        return failures
+    frame = frame.reset_index(drop=True)
+    gx = _import_gx()
+    import great_expectations.expectations as gxe
+
+    def tag(rule: str, column: str) -> dict[str, str]:
+        return {"rule": rule, "column": column}
+
+    expectations: list[Any] = [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1, max_value=FEED_MAX_ROWS, meta=tag("row_count", "*"))
+    ]
+    for name in REQUIRED_FIELDS:
+        expectations.append(gxe.ExpectColumnToExist(column=name, meta=tag("required_column", name)))
+        if name in columns:
+            expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=name, meta=tag("not_empty", name)))
+    if "sku" in columns:
+        expectations.append(gxe.ExpectColumnValuesToBeUnique(column="sku", meta=tag("unique", "sku")))
+        expectations.append(gxe.ExpectColumnValuesToMatchRegex(column="sku", regex=SKU_PATTERN, meta=tag("sku", "sku")))
+    for name in columns:
+        expectations.append(
+            gxe.ExpectColumnValueLengthsToBeBetween(
+                column=name, max_value=FIELD_MAX_CHARS, meta=tag("max_length", name)
+            )
+        )
+        expectations.append(
+            gxe.ExpectColumnValuesToNotMatchRegex(column=name, regex=UNSAFE.pattern, meta=tag("unsafe", name))
+        )
+    suite = gx.ExpectationSuite(name="atelier_product_feed", expectations=expectations)
+    if len(suite.expectations) != len(expectations):
+        raise RuntimeError("feed suite lost expectations")
+    with _GX_LOCK:
+        definition = _gx_batch_definition()
+        batch = definition.get_batch(batch_parameters={"dataframe": frame})
+        result = batch.validate(
+            suite,
+            result_format={
+                "result_format": "COMPLETE",
+                "return_unexpected_index_query": False,
+                "partial_unexpected_count": 0,
+            },
+        )
+    skus = frame["sku"].tolist() if "sku" in columns else [None] * len(frame)
+    messages = {
+        "not_empty": "is empty; every product needs it",
+        "unique": "appears more than once; each SKU once per feed",
+        "sku": "is not a SKU (1-128 of A-Z a-z 0-9 . _ -, starting with a letter or digit)",
+        "max_length": f"is longer than {FIELD_MAX_CHARS} characters",
+        "unsafe": "holds control or invisible characters; write it as plain text",
+    }
+    for item in result.results:
+        rule, column = item.expectation_config.meta["rule"], item.expectation_config.meta["column"]
+        if item.success:
+            continue
+        if rule == "required_column":
+            failures.append(RowFailure(None, None, column, rule, f"missing required column {column!r}"))
+            continue
+        if rule == "row_count":
+            failures.append(RowFailure(None, None, column, rule, "the feed has no products"))
+            continue
+        for index in item.result.get("unexpected_index_list") or []:
+            sku = skus[index]
+            failures.append(
+                RowFailure(index + 1, sku if isinstance(sku, str) else None, column, rule, f"{column} {messages[rule]}")
+            )
+    failures.sort(key=lambda f: (f.row or 0, f.column, f.rule))
+    return failures
+
+
+@dataclass(frozen=True)
+class ImportResult(Result):
+    import_id: str | None  # None: an identical feed, nothing stored
+    source: str
+    content_sha256: str
+    counts: dict[str, int]
+    identical: bool
+
+
+def _fields(record: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v) for k, v in record.items() if k != "sku" and v is not None and str(v) != ""}
+
+
+REMOVED_SHA = _sha({"removed": True})
+
+
+def import_feed(session: Session, actor: str | None, path: Path) -> ImportResult:
+    """Validate and import a product feed (requesters: catalogue operations); what changed per SKU."""
+    from governance.batches import IntakeRejected
+    from governance.intake import IntakeReport
+
+    user = require_role(session, actor, "requester", "import product feeds")
+    frame, digest = read_feed(path)
+    failures = validate_feed(frame)
+    if failures:
+        raise IntakeRejected(Path(path), IntakeReport([], failures))
+    last = session.scalar(select(CatalogueImport).order_by(CatalogueImport.imported_at.desc()).limit(1))
+    if last is not None and last.content_sha256 == digest:
+        n = len(frame)
+        return ImportResult(None, Path(path).name, digest, {"new": 0, "changed": 0, "removed": 0, "unchanged": n}, True)
+    current = {p.sku: p for p in session.scalars(select(Product))}
+    record = CatalogueImport(source_name=Path(path).name, content_sha256=digest, imported_by_id=user.id)
+    session.add(record)
+    session.flush()
+    counts = {"new": 0, "changed": 0, "removed": 0, "unchanged": 0}
+    seen: set[str] = set()
+    versions: list[ProductVersion] = []
+    for raw in frame.to_dict(orient="records"):
+        sku = str(raw["sku"])
+        seen.add(sku)
+        fields = _fields(raw)
+        sha = _sha(fields)
+        product = current.get(sku)
+        if product is not None and not product.removed and product.fields_sha256 == sha:
+            counts["unchanged"] += 1
+            continue
+        counts["new" if product is None or product.removed else "changed"] += 1
+        version = ProductVersion(sku=sku, import_id=record.id, fields=fields, fields_sha256=sha)
+        versions.append(version)
+    for sku, product in current.items():
+        if sku not in seen and not product.removed:
+            counts["removed"] += 1
+            versions.append(ProductVersion(sku=sku, import_id=record.id, fields=None, fields_sha256=REMOVED_SHA))
+    session.add_all(versions)
+    session.flush()
+    for version in versions:
+        product = current.get(version.sku)
+        removed = version.fields is None
+        if product is None:
+            session.add(Product(sku=version.sku, version_id=version.id, fields_sha256=version.fields_sha256))
+        else:
+            product.version_id, product.fields_sha256, product.removed = version.id, version.fields_sha256, removed
+    record.counts = counts
+    session.flush()
+    record_event(
+        session,
+        user.name,
+        "catalogue.imported",
+        "catalogue_import",
+        record.id,
+        {"source": record.source_name, "content_sha256": digest, "rows": len(frame), "counts": counts},
+    )
+    return ImportResult(record.id, record.source_name, digest, counts, False)
+
+
+# ---------------------------------------------------------------- templates
+
+ALLOWED_FILTERS = ("lower", "upper", "title", "capitalize", "trim", "default", "replace", "truncate")
+TEMPLATE_MAX_CHARS = 4000
+RESERVED_NAMES = frozenset({"self", "loop", "caller", "varargs", "kwargs", "namespace", "range", "lipsum", "dict",
+                            "cycler", "joiner"})  # fmt: skip
+PARAM_KEYS = ("width", "height", "steps", "guidance_scale", "refiner_split", "variants")
+DEFAULT_PARAMS = {
+    "width": 1024,
+    "height": 1024,
+    "steps": 30,
+    "guidance_scale": 7.0,
+    "refiner_split": 0.8,
+    "variants": 1,
+}
+
+
+def _environment() -> Any:
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False, loader=None)
+    env.filters = {name: env.filters[name] for name in ALLOWED_FILTERS}
+    env.globals = {}
+    env.tests = {name: env.tests[name] for name in ("defined", "undefined", "none", "string")}
+    return env
+
+
+def check_template_syntax(body: str) -> None:
+    """Only output, text, product fields, allowed filters, conditions and comparisons: no loops, calls,
+    macros, imports, blocks, assignments or arithmetic (nothing that runs long or reaches Python)."""
+    from jinja2 import TemplateSyntaxError, nodes
+
+    allowed = (
+        nodes.Template,
+        nodes.Output,
+        nodes.TemplateData,
+        nodes.Name,
+        nodes.Const,
+        nodes.Getattr,
+        nodes.Getitem,
+        nodes.Filter,
+        nodes.If,
+        nodes.CondExpr,
+        nodes.Compare,
+        nodes.Operand,
+        nodes.And,
+        nodes.Or,
+        nodes.Not,
+        nodes.Concat,
+        nodes.Test,
+    )
+    if len(body) > TEMPLATE_MAX_CHARS:
+        raise InvalidInput(f"the template is longer than {TEMPLATE_MAX_CHARS} characters")
+    try:
+        tree = _environment().parse(body)
+    except TemplateSyntaxError as exc:
+        raise InvalidInput(f"template syntax error on line {exc.lineno}: {exc.message}") from None
+    for node in tree.find_all(nodes.Node):
+        if not isinstance(node, allowed):
+            raise InvalidInput(
+                f"templates may not use {type(node).__name__} (line {getattr(node, 'lineno', '?')}): only product "
+                f"fields, the filters {', '.join(ALLOWED_FILTERS)}, if/else and ~ are allowed"
+            )
+        if isinstance(node, nodes.Filter) and node.name not in ALLOWED_FILTERS:
+            raise InvalidInput(f"filter {node.name!r} is not allowed; use {', '.join(ALLOWED_FILTERS)}")
+        if isinstance(node, nodes.Name) and (node.ctx != "load" or node.name in RESERVED_NAMES):
+            raise InvalidInput(f"{node.name!r} is not a product field: templates reach product fields only")
+        if isinstance(node, nodes.Getattr | nodes.Getitem):
+            target = node.node
+            if not (isinstance(target, nodes.Name) and target.name == "product"):
+                raise InvalidInput("only product.FIELD (or a field by name) may be looked up in a template")
+
+
+def render_text(body: str, sku: str, fields: dict[str, str]) -> str:
+    """The template rendered for one product (whitespace collapsed); InvalidInput naming the problem."""
+    from jinja2 import TemplateError
+
+    context: dict[str, Any] = {**fields, "sku": sku, "product": {**fields, "sku": sku}}
+    try:
+        out = _environment().from_string(body).render(context)
+    except TemplateError as exc:
+        raise InvalidInput(f"SKU {sku}: {exc.message or type(exc).__name__}") from None
+    return " ".join(out.split())
+
+
+def _check_params(params: Any) -> dict[str, Any]:
+    from governance.intake import (
+        GUIDANCE_MAX,
+        GUIDANCE_MIN,
+        SIZE_MAX,
+        SIZE_MIN,
+        SIZE_MULTIPLE,
+        STEPS_MAX,
+        STEPS_MIN,
+    )
+
+    if not isinstance(params, dict):
+        raise InvalidInput("params must be an object")
+    extra = set(params) - set(PARAM_KEYS)
+    if extra:
+        raise InvalidInput(f"params.{sorted(extra)[0]} is not a parameter ({', '.join(PARAM_KEYS)})")
+    out = {**DEFAULT_PARAMS, **params}
+    for key in ("width", "height"):
+        v = out[key]
+        if not isinstance(v, int) or isinstance(v, bool) or not SIZE_MIN <= v <= SIZE_MAX or v % SIZE_MULTIPLE:
+            raise InvalidInput(
+                f"params.{key} must be a whole number of pixels, {SIZE_MIN}..{SIZE_MAX}, a multiple of 8"
+            )
+    if not isinstance(out["steps"], int) or not STEPS_MIN <= out["steps"] <= STEPS_MAX:
+        raise InvalidInput(f"params.steps must be a whole number {STEPS_MIN}..{STEPS_MAX}")
+    if not isinstance(out["guidance_scale"], int | float) or not GUIDANCE_MIN <= out["guidance_scale"] <= GUIDANCE_MAX:
+        raise InvalidInput(f"params.guidance_scale must lie in {GUIDANCE_MIN}..{GUIDANCE_MAX}")
+    if not isinstance(out["refiner_split"], int | float) or not 0 < out["refiner_split"] < 1:
+        raise InvalidInput("params.refiner_split must lie strictly between 0 and 1")
+    if not isinstance(out["variants"], int) or not 1 <= out["variants"] <= 8:
+        raise InvalidInput("params.variants must be a whole number 1..8")
+    out["guidance_scale"], out["refiner_split"] = float(out["guidance_scale"]), float(out["refiner_split"])
+    return out
+
+
+def _check_match(match: Any) -> dict[str, list[str]]:
+    if not isinstance(match, dict) or set(match) - {"categories", "locales"}:
+        raise InvalidInput('match must be {"categories": [...], "locales": [...]} ("*": any)')
+    out = {}
+    for key in ("categories", "locales"):
+        values = match.get(key, ["*"])
+        if not isinstance(values, list) or not values or not all(isinstance(v, str) and v.strip() for v in values):
+            raise InvalidInput(f'match.{key} must be a non-empty list of names, or ["*"]')
+        out[key] = sorted({v.strip() for v in values})
+    return out
+
+
+@dataclass(frozen=True)
+class TemplateView(Result):
+    template_id: str
+    name: str
+    version: int
+    sha256: str
+    author: str
+    body: str
+    negative: str
+    params: dict[str, Any]
+    match: dict[str, Any]
+    created_at: str
+
+    @classmethod
+    def of(cls, t: PromptTemplate) -> TemplateView:
+        return cls(t.id, t.name, t.version, t.sha256, t.author.name, t.body, t.negative, t.params, t.match,
+                   t.created_at.isoformat())  # fmt: skip
+
+
+def add_template(session: Session, actor: str | None, spec: Any) -> tuple[TemplateView, bool]:
+    """Store a template's next version (requesters); the same content as its latest version stores
+    nothing. Returns the version and whether it is new."""
+    user = require_role(session, actor, "requester", "add prompt templates")
+    if not isinstance(spec, dict):
+        raise InvalidInput("a template file is one JSON object: name, body, negative, params, match")
+    extra = set(spec) - {"name", "body", "negative", "params", "match", "description"}
+    if extra:
+        raise InvalidInput(f"{sorted(extra)[0]!r} is not a template field (name, body, negative, params, match)")
+    name = spec.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", name):
+        raise InvalidInput("name must be 1-64 of a-z 0-9 . _ -")
+    body, negative = spec.get("body"), spec.get("negative", "")
+    if not isinstance(body, str) or not body.strip() or not isinstance(negative, str):
+        raise InvalidInput("body must be the template text, negative a text (may be empty)")
+    for what, text in (("body", body), ("negative", negative)):
+        if (unsafe := first_unsafe(text)) is not None:
+            raise InvalidInput(f"the {what} holds control or invisible characters at {unsafe[0]}: write plain text")
+    check_template_syntax(body)
+    params, match = _check_params(spec.get("params", {})), _check_match(spec.get("match", {}))
+    content = {"name": name, "body": body, "negative": negative, "params": params, "match": match}
+    sha = _sha(content)
+    latest = session.scalar(
+        select(PromptTemplate).where(PromptTemplate.name == name).order_by(PromptTemplate.version.desc()).limit(1)
+    )
+    if latest is not None and latest.sha256 == sha:
+        return TemplateView.of(latest), False
+    version = (latest.version if latest else 0) + 1
+    template = PromptTemplate(
+        id=f"{name}@{version}", name=name, version=version, body=body, negative=negative, params=params,
+        match=match, sha256=sha, author_id=user.id,
+    )  # fmt: skip
+    session.add(template)
+    session.flush()
+    record_event(session, user.name, "template.added", "template", template.id, {"sha256": sha, "match": match})
+    session.refresh(template)
+    return TemplateView.of(template), True
+
+
+def get_template(session: Session, ref: str) -> PromptTemplate:
+    """NAME@VERSION, or NAME for its latest version."""
+    if "@" in ref:
+        found = session.get(PromptTemplate, ref)
+    else:
+        found = session.scalar(
+            select(PromptTemplate).where(PromptTemplate.name == ref).order_by(PromptTemplate.version.desc()).limit(1)
+        )
+    if found is None:
+        raise NotFound(f"no template {ref!r} (`atelier catalogue template list`)")
+    return found
+
+
+def templates(session: Session) -> list[TemplateView]:
+    return [TemplateView.of(t) for t in session.scalars(select(PromptTemplate).order_by(PromptTemplate.id))]
+
+
+def _latest_templates(session: Session) -> list[PromptTemplate]:
+    latest: dict[str, PromptTemplate] = {}
+    for t in session.scalars(select(PromptTemplate).order_by(PromptTemplate.name, PromptTemplate.version)):
+        latest[t.name] = t
+    return list(latest.values())
+
+
+def choose_template(candidates: Sequence[PromptTemplate], fields: dict[str, str]) -> PromptTemplate | None:
+    """The template for a product: a named category beats "*", then a named locale, then the name."""
+    category, locale = fields.get("category", ""), fields.get("locale", "")
+    best: tuple[int, int, str] | None = None
+    chosen = None
+    for t in candidates:
+        cats, locs = t.match["categories"], t.match["locales"]
+        if category not in cats and "*" not in cats:
+            continue
+        if locale not in locs and "*" not in locs:
+            continue
+        key = (0 if category in cats else 1, 0 if locale in locs else 1, t.name)
+        if best is None or key < best:
+            best, chosen = key, t
+    return chosen
+
+
+def seed_for(sku: str, template_id: str) -> int:
+    return int(hashlib.sha256(f"{sku}|{template_id}".encode()).hexdigest()[:8], 16)
+
+
+def render_row(template: PromptTemplate, sku: str, fields: dict[str, str]) -> PromptRow:
+    from governance.intake import PromptRow
+
+    p = template.params
+    return PromptRow(
+        row_id=sku,
+        prompt=render_text(template.body, sku, fields),
+        negative_prompt=template.negative,
+        seed=seed_for(sku, template.id),
+        width=p["width"],
+        height=p["height"],
+        steps=p["steps"],
+        guidance_scale=p["guidance_scale"],
+        refiner_split=p["refiner_split"],
+        num_images=p["variants"],
+        ref=sku,
+    )
+
+
+def render_sha256(template: PromptTemplate, row: PromptRow) -> str:
+    return _sha({"template": template.id, "template_sha256": template.sha256, "row": row.to_dict()})
+
+
+@dataclass(frozen=True)
+class Preview(Result):
+    sku: str
+    template_id: str
+    prompt: str
+    seed: int
+    variants: int
+    error: str | None = None
+
+
+def preview(session: Session, template_ref: str | None, limit: int = 20) -> list[Preview]:
+    """Render current products without GPU time: with a template, the products it serves; else each
+    product with the template it would get."""
+    forced = get_template(session, template_ref) if template_ref else None
+    candidates = [forced] if forced else _latest_templates(session)
+    out: list[Preview] = []
+    stmt = select(Product).where(Product.removed.is_(False)).order_by(Product.sku)
+    for product in session.scalars(stmt):
+        fields = product.version.fields or {}
+        template = choose_template(candidates, fields)
+        if template is None:
+            continue
+        try:
+            row = render_row(template, product.sku, fields)
+            out.append(Preview(product.sku, template.id, row.prompt, row.seed, row.num_images))
+        except InvalidInput as exc:
+            out.append(Preview(product.sku, template.id, "", 0, 0, str(exc)))
+        if len(out) >= limit:
+            break
+    return out
+
+
+# ---------------------------------------------------------------- standing approvals
+
+
+@dataclass(frozen=True)
+class StandingView(Result):
+    standing_approval_id: str
+    template_id: str
+    template_sha256: str
+    approver: str
+    categories: list[str]
+    max_images: int
+    valid_from: str
+    valid_until: str
+    revoked_at: str | None
+
+    @classmethod
+    def of(cls, s: StandingApproval) -> StandingView:
+        return cls(s.id, s.template_id, s.template_sha256, s.approver.name, list(s.categories), s.max_images,
+                   s.valid_from.isoformat(), s.valid_until.isoformat(),
+                   s.revoked_at.isoformat() if s.revoked_at else None)  # fmt: skip
+
+
+def approve_template(
+    session: Session,
+    actor: str | None,
+    template_ref: str,
+    expected_sha256: str,
+    categories: Sequence[str],
+    max_images: int,
+    days: int,
+) -> StandingView:
+    """A standing approval (approvers, never the template's author) pinned to the template's hash."""
+    user = require_role(session, actor, "approver", "approve templates")
+    template = get_template(session, template_ref)
+    if template.author_id == user.id:
+        raise PermissionDenied(f"{user.name} wrote template {template.id} and cannot approve it: another approver must")
+    if (expected_sha256 or "").strip().lower() != template.sha256:
+        raise InvalidState(
+            f"template {template.id} is {template.sha256}, not the {expected_sha256 or '(none)'} you reviewed: "
+            "review it again with `atelier catalogue template show`"
+        )
+    cats = sorted({c.strip() for c in categories if c.strip()})
+    if not cats or "*" in cats:
+        raise InvalidInput('name the categories the approval covers (--categories a,b); "*" is not a scope')
+    if not 1 <= max_images <= 100_000:
+        raise InvalidInput("--max-images must lie in 1..100000")
+    if not 1 <= days <= 366:
+        raise InvalidInput("--days must lie in 1..366: a standing approval is renewed at least yearly")
+    now = utcnow()
+    standing = StandingApproval(
+        template_id=template.id, template_sha256=template.sha256, approver_id=user.id, categories=cats,
+        max_images=max_images, valid_from=now, valid_until=now + timedelta(days=days),
+    )  # fmt: skip
+    session.add(standing)
+    session.flush()
+    record_event(
+        session,
+        user.name,
+        "template.approved",
+        "standing_approval",
+        standing.id,
+        {"template_id": template.id, "template_sha256": template.sha256, "categories": cats, "max_images": max_images,
+         "valid_until": standing.valid_until.isoformat()},
+    )  # fmt: skip
+    session.refresh(standing)
+    return StandingView.of(standing)
+
+
+def revoke_standing(session: Session, actor: str | None, standing_id: str, reason: str) -> StandingView:
+    user = require_any_role(session, actor, ("approver", "admin"), "revoke standing approvals")
+    standing = session.get(StandingApproval, standing_id)
+    if standing is None:
+        raise NotFound(f"no standing approval {standing_id}")
+    if not (reason or "").strip() or first_unsafe(reason) is not None:
+        raise InvalidInput("revoking needs a plain-text reason")
+    if standing.revoked_at is None:
+        standing.revoked_at, standing.revoke_reason = utcnow(), reason.strip()
+        session.flush()
+        record_event(session, user.name, "template.approval_revoked", "standing_approval", standing.id,
+                     {"reason": reason.strip()})  # fmt: skip
+    return StandingView.of(standing)
+
+
+def standing_approvals(session: Session) -> list[StandingView]:
+    return [StandingView.of(s) for s in session.scalars(select(StandingApproval).order_by(StandingApproval.valid_from))]
+
+
+def _live(s: StandingApproval, now: datetime) -> bool:
+    return s.revoked_at is None and s.valid_from <= now < s.valid_until and s.template.sha256 == s.template_sha256
+
+
+def check_standing(session: Session, batch: Batch, approval: Approval) -> None:
+    """Invariant 1 for a batch approved by a standing approval, at run start: the approval still live
+    (not revoked, within its period), the template unchanged since approved, the approver not its
+    author, every row from that template and a category in scope, the images within the limit."""
+    standing = session.get(StandingApproval, approval.standing_approval_id)
+    if standing is None:
+        raise InvalidState(f"batch {batch.id}: its standing approval is gone; it must be approved again")
+    now = utcnow()
+    if not _live(standing, now):
+        why = "revoked" if standing.revoked_at else "out of its period or its template changed"
+        raise InvalidState(f"batch {batch.id}: standing approval {standing.id} is {why}; it must be approved again")
+    if standing.template.author_id == approval.decided_by_id or standing.approver_id != approval.decided_by_id:
+        raise PermissionDenied(f"batch {batch.id}: its standing approval was not given by another approver")
+    items = {i.row_id: i for i in session.scalars(select(CatalogueItem).where(CatalogueItem.batch_id == batch.id))}
+    images = 0
+    for prompt in batch.prompts:
+        item = items.get(prompt.row_id)
+        if item is None or item.template_id != standing.template_id or item.standing_approval_id != standing.id:
+            raise InvalidState(f"batch {batch.id}: row {prompt.row_id} is not from template {standing.template_id}")
+        version = session.get(ProductVersion, item.product_version_id)
+        category = (version.fields or {}).get("category") if version else None
+        if category not in standing.categories:
+            raise InvalidState(f"batch {batch.id}: row {prompt.row_id} ({category}) is outside the approved scope")
+        images += prompt.num_images
+    if images > standing.max_images:
+        raise InvalidState(f"batch {batch.id}: {images} images, over the scope's {standing.max_images}")
+
+
+# ---------------------------------------------------------------- refresh
+
+
+@dataclass
+class Planned:
+    row: PromptRow
+    product_version_id: str
+    template: PromptTemplate
+    render_sha256: str
+    category: str
+
+
+@dataclass(frozen=True)
+class Skipped(Result):
+    sku: str
+    reason: str
+
+
+@dataclass
+class Plan:
+    standing: dict[str, list[Planned]] = field(default_factory=dict)  # standing approval id -> rows
+    queue: list[Planned] = field(default_factory=list)  # the ordinary approval queue
+    skipped: list[Skipped] = field(default_factory=list)
+    unchanged: int = 0
+
+
+def plan_refresh(session: Session, policy: PromptPolicy, now: datetime | None = None) -> Plan:
+    """Which SKUs need images now, and under which approval (nothing is written)."""
+    import pandas as pd
+
+    from governance.intake import validate_prompt_table
+    from governance.screening import screen_rows
+
+    now = now or utcnow()
+    plan = Plan()
+    candidates = _latest_templates(session)
+    latest_items: dict[str, CatalogueItem] = {}
+    for item in session.scalars(select(CatalogueItem).order_by(CatalogueItem.created_at, CatalogueItem.id)):
+        if item.state != "failed":
+            latest_items[item.sku] = item
+    rendered: list[Planned] = []
+    for product in session.scalars(select(Product).where(Product.removed.is_(False)).order_by(Product.sku)):
+        fields = product.version.fields or {}
+        template = choose_template(candidates, fields)
+        if template is None:
+            plan.skipped.append(Skipped(product.sku, f"no template serves category {fields.get('category')!r}"))
+            continue
+        try:
+            row = render_row(template, product.sku, fields)
+        except InvalidInput as exc:
+            plan.skipped.append(Skipped(product.sku, str(exc)))
+            continue
+        sha = render_sha256(template, row)
+        last = latest_items.get(product.sku)
+        if last is not None and last.render_sha256 == sha and last.state in ("pending", "waiting", "current"):
+            plan.unchanged += 1
+            continue
+        rendered.append(Planned(row, product.version_id, template, sha, fields.get("category", "")))
+    if not rendered:
+        return plan
+    # intake validation, as for any batch: a row that fails is reported and left out
+    frame = pd.DataFrame([{k: str(v) for k, v in p.row.to_dict().items()} for p in rendered], dtype=object)
+    report = validate_prompt_table(frame)
+    bad = {f.row_id: f.message for f in report.failures if f.row_id}
+    if report.failures and not bad:
+        raise InvalidState(f"rendered rows fail intake: {report.failures[0].message}")
+    screening = screen_rows(policy, [p.row for p in rendered])
+    blocked = {f.row_id: f for f in screening.blocked}
+    flagged = {f.row_id for f in screening.to_review}
+    live = [s for s in session.scalars(select(StandingApproval)) if _live(s, now)]
+    used: dict[str, int] = {}
+    for p in rendered:
+        sku = p.row.row_id
+        if sku in bad:
+            plan.skipped.append(Skipped(sku, f"intake: {bad[sku]}"))
+            continue
+        if sku in blocked:
+            f = blocked[sku]
+            plan.skipped.append(Skipped(sku, f"blocked by prompt policy rule {f.rule} ({f.matched!r})"))
+            continue
+        standing = next((s for s in live if s.template_id == p.template.id and p.category in s.categories), None)
+        if standing is not None and sku not in flagged:
+            if used.get(standing.id, 0) + p.row.num_images <= standing.max_images:
+                used[standing.id] = used.get(standing.id, 0) + p.row.num_images
+                plan.standing.setdefault(standing.id, []).append(p)
+                continue
+        plan.queue.append(p)
+    return plan
+
+
+@dataclass(frozen=True)
+class MadeBatch(Result):
+    batch_id: str
+    status: str  # approved (standing) | submitted (waits for an approver)
+    standing_approval_id: str | None
+    skus: int
+    images: int
+
+
+def make_batches(session: Session, actor: str | None, plan: Plan, policy: PromptPolicy) -> list[MadeBatch]:
+    """One batch per standing approval (approved by it) and one for the queue (submitted)."""
+    from governance.batches import submit_rows
+
+    user = require_role(session, actor, "requester", "make catalogue batches")
+    made: list[MadeBatch] = []
+    groups: list[tuple[str | None, list[Planned]]] = [*plan.standing.items(), (None, plan.queue)]
+    for standing_id, planned in groups:
+        if not planned:
+            continue
+        rows = [p.row for p in planned]
+        source = "catalogue refresh" + (f" (standing approval {standing_id})" if standing_id else "")
+        batch = submit_rows(session, user, rows, "catalogue", source, policy, use_category="product-catalogue")
+        for p in planned:
+            session.add(
+                CatalogueItem(
+                    batch_id=batch.id, row_id=p.row.row_id, sku=p.row.row_id, product_version_id=p.product_version_id,
+                    template_id=p.template.id, standing_approval_id=standing_id, render_sha256=p.render_sha256,
+                    state="pending" if standing_id else "waiting",
+                )
+            )  # fmt: skip
+        session.flush()
+        if standing_id is not None:
+            _apply_standing(session, user, batch, session.get_one(StandingApproval, standing_id))
+        made.append(MadeBatch(batch.id, batch.status, standing_id, len(rows), sum(r.num_images for r in rows)))
+    return made
+
+
+def _apply_standing(session: Session, user: User, batch: Batch, standing: StandingApproval) -> None:
+    if standing.approver_id == batch.requested_by_id:
+        raise PermissionDenied(f"{standing.approver.name} requested batch {batch.id}; their standing approval cannot")
+    approval = Approval(
+        batch=batch, decision="approved", decided_by_id=standing.approver_id, content_sha256=batch.content_sha256,
+        reason=f"standing approval {standing.id} of template {standing.template_id}", standing_approval_id=standing.id,
+    )  # fmt: skip
+    session.add(approval)
+    batch.status = "approved"
+    session.flush()
+    check_standing(session, batch, approval)
+    record_event(
+        session,
+        user.name,
+        "batch.approved",
+        "batch",
+        batch.id,
+        {"approval_id": approval.id, "content_sha256": batch.content_sha256, "standing_approval_id": standing.id,
+         "approved_by": standing.approver.name, "template_id": standing.template_id,
+         "template_sha256": standing.template_sha256},
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Settled(Result):
+    current: int
+    superseded: int
+    removed: int
+    failed: int
+    manifests: int
+
+    def to_tuple(self) -> tuple[int, int, int, int, int]:
+        return (self.current, self.superseded, self.removed, self.failed, self.manifests)
+
+
+def settle(session: Session, actor: str | None, store: ObjectStore) -> Settled:
+    """After runs: each SKU's newest made set current, the older superseded; a removed SKU's current set
+    removed; a failed batch's items failed; per-SKU manifests written for every SKU touched."""
+    user = require_any_role(session, actor, ("requester", "operator", "admin"), "settle the catalogue")
+    counts = {"current": 0, "superseded": 0, "removed": 0, "failed": 0}
+    touched: set[str] = set()
+    open_items = list(
+        session.scalars(
+            select(CatalogueItem)
+            .where(CatalogueItem.state.in_(("pending", "waiting")))
+            .order_by(CatalogueItem.created_at, CatalogueItem.id)
+        )
+    )
+    for item in open_items:
+        batch = session.get_one(Batch, item.batch_id)
+        if batch.status == "failed":
+            item.state = "failed"
+            counts["failed"] += 1
+            touched.add(item.sku)
+        elif batch.status == "completed":
+            published = session.scalar(
+                select(Image.id).where(Image.batch_id == batch.id, Image.status.in_(("published", "review")))
+                .join(Image.prompt).where(Image.prompt.has(row_id=item.row_id)).limit(1)
+            )  # fmt: skip
+            if published is None:
+                item.state = "failed"
+                counts["failed"] += 1
+            else:
+                for older in session.scalars(
+                    select(CatalogueItem).where(CatalogueItem.sku == item.sku, CatalogueItem.state == "current")
+                ):
+                    older.state, older.superseded_by = "superseded", item.id
+                    counts["superseded"] += 1
+                item.state = "current"
+                counts["current"] += 1
+            touched.add(item.sku)
+    removed_skus = set(session.scalars(select(Product.sku).where(Product.removed.is_(True))))
+    for item in session.scalars(select(CatalogueItem).where(CatalogueItem.state == "current")):
+        if item.sku in removed_skus:
+            item.state = "removed"
+            counts["removed"] += 1
+            touched.add(item.sku)
+    session.flush()
+    for sku in sorted(touched):
+        manifest = sku_manifest(session, sku, store)
+        store.put(MANIFEST_PREFIX + f"{sku}.json", _canonical(manifest).encode(), "application/json", {"sku": sku})
+    if any(counts.values()):
+        record_event(session, user.name, "catalogue.settled", "catalogue", "settle", {**counts, "skus": len(touched)})
+    return Settled(counts["current"], counts["superseded"], counts["removed"], counts["failed"], len(touched))
+
+
+@dataclass(frozen=True)
+class SkuImage(Result):
+    image_id: str
+    variant: int
+    status: str
+    key: str | None
+    location: str | None
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class SkuSet(Result):
+    sku: str
+    state: str  # current | superseded | removed | pending | waiting | failed
+    batch_id: str
+    template_id: str
+    product_version_id: str
+    standing_approval_id: str | None
+    created_at: str
+    images: tuple[SkuImage, ...]
+
+
+def sku_sets(session: Session, sku: str, store: ObjectStore | None = None) -> list[SkuSet]:
+    """Every image set made for a SKU, newest first (the current one says so)."""
+    from governance.records import Prompt
+
+    items = list(
+        session.scalars(select(CatalogueItem).where(CatalogueItem.sku == sku).order_by(CatalogueItem.created_at.desc()))
+    )
+    out = []
+    for item in items:
+        images = session.scalars(
+            select(Image).join(Prompt, Prompt.id == Image.prompt_id)
+            .where(Image.batch_id == item.batch_id, Prompt.row_id == item.row_id).order_by(Image.image_index)
+        )  # fmt: skip
+        out.append(
+            SkuSet(
+                sku, item.state, item.batch_id, item.template_id, item.product_version_id, item.standing_approval_id,
+                item.created_at.isoformat(),
+                tuple(
+                    SkuImage(i.id, i.image_index, i.status, i.store_key,
+                             store.location(i.store_key) if store and i.store_key else None, i.sha256)
+                    for i in images
+                ),
+            )
+        )  # fmt: skip
+    return out
+
+
+def sku_manifest(session: Session, sku: str, store: ObjectStore | None = None) -> dict[str, Any]:
+    """What downstream systems read at `catalogue/skus/<sku>.json`: the SKU's current images."""
+    sets = sku_sets(session, sku, store)
+    product = session.get(Product, sku)
+    current = next((s for s in sets if s.state == "current"), None)
+    return {
+        "sku": sku,
+        "status": "removed" if product is not None and product.removed else ("current" if current else "none"),
+        "template_id": current.template_id if current else None,
+        "product_version_id": current.product_version_id if current else None,
+        "images": [i.to_dict() for i in current.images if i.status == "published"] if current else [],
+        "updated_at": utcnow().isoformat(),
+    }
