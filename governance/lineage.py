@@ -42,7 +42,16 @@ from sqlalchemy.orm import Session
 
 from governance.errors import GovernanceCheckFailed
 from governance.licences import restrictions_of
-from governance.records import Approval, Batch, Image, Run
+from governance.records import (
+    Approval,
+    Batch,
+    CatalogueItem,
+    Image,
+    Prompt,
+    PromptTemplate,
+    Run,
+    StandingApproval,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +67,7 @@ JOB_NAMESPACE = "atelier"
 JOB_NAME = "produce-batch"
 MODELS_NAMESPACE = "atelier-models"
 BATCHES_NAMESPACE = "atelier-batches"
+TEMPLATES_NAMESPACE = "atelier-templates"
 
 EVENT_TYPES = ("START", "COMPLETE", "FAIL")
 
@@ -210,6 +220,43 @@ class AtelierBatchDatasetFacet(Facet):
         }
 
 
+@dataclass(frozen=True)
+class AtelierTemplateDatasetFacet(Facet):
+    """A catalogue batch's prompt template version, its author and the standing approval that covered
+    it, if any (custom, 1-0-0)."""
+
+    SCHEMA_URL = f"{CUSTOM_FACETS_BASE}/1-0-0/AtelierTemplateDatasetFacet.json#/$defs/AtelierTemplateDatasetFacet"
+    template_id: str
+    sha256: str
+    author: str
+    standing_approval_id: str
+    approved_by: str
+    categories: tuple[str, ...]
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "templateId": self.template_id,
+            "sha256": self.sha256,
+            "author": self.author,
+            "standingApprovalId": self.standing_approval_id,
+            "approvedBy": self.approved_by,
+            "categories": list(self.categories),
+        }
+
+
+@dataclass(frozen=True)
+class AtelierSkuDatasetFacet(Facet):
+    """A catalogue image's SKU, the product version it was made from, and its template (custom, 1-0-0)."""
+
+    SCHEMA_URL = f"{CUSTOM_FACETS_BASE}/1-0-0/AtelierSkuDatasetFacet.json#/$defs/AtelierSkuDatasetFacet"
+    sku: str
+    product_version_id: str
+    template_id: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"sku": self.sku, "productVersionId": self.product_version_id, "templateId": self.template_id}
+
+
 def _custom_schema(name: str, base: str, properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -285,6 +332,25 @@ CUSTOM_FACET_SCHEMAS: dict[str, dict[str, Any]] = {
                 "prompts": {"type": "integer", "minimum": 0},
             },
             ["purpose", "useCategory", "requestedBy", "approvalId", "approvedBy", "contentSha256"],
+        ),
+        _custom_schema(
+            "AtelierTemplateDatasetFacet",
+            "DatasetFacet",
+            {
+                "templateId": _STR,
+                "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                "author": _STR,
+                "standingApprovalId": _STR,
+                "approvedBy": _STR,
+                "categories": _STRS,
+            },
+            ["templateId", "sha256", "author", "standingApprovalId", "approvedBy", "categories"],
+        ),
+        _custom_schema(
+            "AtelierSkuDatasetFacet",
+            "DatasetFacet",
+            {"sku": _STR, "productVersionId": _STR, "templateId": _STR},
+            ["sku", "productVersionId", "templateId"],
         ),
     )
 }
@@ -437,16 +503,42 @@ def run_event(session: Session, run_id: str, event_type: str, error: str | None 
             },
         )
     )
+    items = {i.row_id: i for i in session.scalars(select(CatalogueItem).where(CatalogueItem.batch_id == batch.id))}
+    for template_id in sorted({i.template_id for i in items.values()}):  # catalogue batches: their templates
+        template = session.get_one(PromptTemplate, template_id)
+        standing = (
+            session.get(StandingApproval, approval.standing_approval_id) if approval.standing_approval_id else None
+        )
+        inputs.append(
+            Dataset(
+                TEMPLATES_NAMESPACE,
+                template.id,
+                {
+                    "version": DatasetVersionDatasetFacet(template.sha256),
+                    "atelierTemplate": AtelierTemplateDatasetFacet(
+                        template.id,
+                        template.sha256,
+                        template.author.name,
+                        standing.id if standing else "",
+                        standing.approver.name if standing else approval.decided_by.name,
+                        tuple(standing.categories) if standing else (),
+                    ),
+                },
+            )
+        )
     outputs: list[Dataset] = []
     if event_type != "START":
         rows = session.execute(
-            select(Image.store_url, Image.store_key, Image.sha256)
+            select(Image.store_url, Image.store_key, Image.sha256, Prompt.row_id)
+            .join(Prompt, Prompt.id == Image.prompt_id)
             .where(Image.run_id == run.id, Image.status == "published")
             .order_by(Image.store_key)
         )
-        outputs = [
-            Dataset(url or "", key or "", {"version": DatasetVersionDatasetFacet(sha or "")}) for url, key, sha in rows
-        ]
+        for url, key, sha, row_id in rows:
+            facets: dict[str, Facet] = {"version": DatasetVersionDatasetFacet(sha or "")}
+            if (item := items.get(row_id)) is not None:
+                facets["atelierSku"] = AtelierSkuDatasetFacet(item.sku, item.product_version_id, item.template_id)
+            outputs.append(Dataset(url or "", key or "", facets))
     when = run.started_at if event_type == "START" else run.finished_at
     job = Job(
         JOB_NAMESPACE,

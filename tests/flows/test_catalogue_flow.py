@@ -110,6 +110,21 @@ def test_catalogue_refresh_makes_exactly_the_changed_skus(
     assert lineage["sku"] == "LMP-1" and lineage["template_id"] == "studio-white@1"
     assert lineage["standing_approval_id"] == standing["standing_approval_id"]
     assert lineage["standing_approved_by"] == "omar"
+    # OpenLineage: image -> SKU version -> template version -> standing approval, valid against the spec
+    from governance.lineage import default_events_path
+    from tests.governance.test_lineage import SPEC_DIR, OpenLineageValidator
+
+    events = [json.loads(line) for line in default_events_path(tmp_path / "d").read_text().splitlines()]
+    done = [e for e in events if e["eventType"] == "COMPLETE" and any(
+        i["namespace"] == "atelier-templates" for i in e["inputs"])]  # fmt: skip
+    assert len(done) == 1
+    template_in = next(i for i in done[0]["inputs"] if i["namespace"] == "atelier-templates")
+    assert template_in["name"] == "studio-white@1"
+    assert template_in["facets"]["atelierTemplate"]["standingApprovalId"] == standing["standing_approval_id"]
+    assert template_in["facets"]["atelierTemplate"]["author"] == "maria"
+    assert {o["facets"]["atelierSku"]["sku"] for o in done[0]["outputs"]} == {sku for sku, *_ in V1}
+    if (SPEC_DIR / "OpenLineage.json").is_file():  # ../shared holds the spec; without it the shape checks above stand
+        OpenLineageValidator(SPEC_DIR).check(done[0])
     s3 = boto3.client("s3", endpoint_url=s3_server)
 
     def manifest(sku: str) -> dict:
