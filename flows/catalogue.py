@@ -38,7 +38,7 @@ def run_refresh(rt: Runtime, actor: str, feed: str | None = None) -> RefreshRepo
             imported = import_feed(session, actor, Path(feed))
     with rt.sessions.begin() as session:
         plan = plan_refresh(session, policy)
-        made = make_batches(session, actor, plan, policy)
+        made = make_batches(session, actor, plan, policy, rt.settings.intake_max_rows)
     produced = []
     for batch in made:
         if batch.status == "approved":

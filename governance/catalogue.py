@@ -28,6 +28,7 @@ scope's limits and period, or an approver approved the batch itself as any batch
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -300,6 +301,7 @@ DEFAULT_PARAMS = {
 }
 
 
+@functools.cache
 def _environment() -> Any:
     from jinja2 import StrictUndefined
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -357,13 +359,19 @@ def check_template_syntax(body: str) -> None:
                 raise InvalidInput("only product.FIELD (or a field by name) may be looked up in a template")
 
 
+@functools.lru_cache(maxsize=256)
+def _compiled(body: str) -> Any:
+    check_template_syntax(body)  # stored templates passed it; checked again before anything renders
+    return _environment().from_string(body)
+
+
 def render_text(body: str, sku: str, fields: dict[str, str]) -> str:
     """The template rendered for one product (whitespace collapsed); InvalidInput naming the problem."""
     from jinja2 import TemplateError
 
     context: dict[str, Any] = {**fields, "sku": sku, "product": {**fields, "sku": sku}}
     try:
-        out = _environment().from_string(body).render(context)
+        out = _compiled(body).render(context)
     except TemplateError as exc:
         raise InvalidInput(f"SKU {sku}: {exc.message or type(exc).__name__}") from None
     return " ".join(out.split())
@@ -754,11 +762,14 @@ def plan_refresh(session: Session, policy: PromptPolicy, now: datetime | None = 
     if not rendered:
         return plan
     # intake validation, as for any batch: a row that fails is reported and left out
-    frame = pd.DataFrame([{k: str(v) for k, v in p.row.to_dict().items()} for p in rendered], dtype=object)
-    report = validate_prompt_table(frame)
-    bad = {f.row_id: f.message for f in report.failures if f.row_id}
-    if report.failures and not bad:
-        raise InvalidState(f"rendered rows fail intake: {report.failures[0].message}")
+    bad: dict[str, str] = {}
+    for i in range(0, len(rendered), 50_000):
+        chunk = rendered[i : i + 50_000]
+        frame = pd.DataFrame([{k: str(v) for k, v in p.row.to_dict().items()} for p in chunk], dtype=object)
+        report = validate_prompt_table(frame)
+        bad |= {f.row_id: f.message for f in report.failures if f.row_id}
+        if report.failures and not bad:
+            raise InvalidState(f"rendered rows fail intake: {report.failures[0].message}")
     screening = screen_rows(policy, [p.row for p in rendered])
     blocked = {f.row_id: f for f in screening.blocked}
     flagged = {f.row_id for f in screening.to_review}
@@ -792,13 +803,20 @@ class MadeBatch(Result):
     images: int
 
 
-def make_batches(session: Session, actor: str | None, plan: Plan, policy: PromptPolicy) -> list[MadeBatch]:
-    """One batch per standing approval (approved by it) and one for the queue (submitted)."""
+def make_batches(
+    session: Session, actor: str | None, plan: Plan, policy: PromptPolicy, max_rows: int = 10_000
+) -> list[MadeBatch]:
+    """One batch per standing approval (approved by it) and one for the queue (submitted), each split
+    into batches of at most `max_rows` rows (the intake limit in force)."""
     from governance.batches import submit_rows
 
     user = require_role(session, actor, "requester", "make catalogue batches")
     made: list[MadeBatch] = []
-    groups: list[tuple[str | None, list[Planned]]] = [*plan.standing.items(), (None, plan.queue)]
+    groups: list[tuple[str | None, list[Planned]]] = [
+        (standing_id, rows[i : i + max_rows])
+        for standing_id, rows in [*plan.standing.items(), (None, plan.queue)]
+        for i in range(0, max(len(rows), 1), max_rows)
+    ]
     for standing_id, planned in groups:
         if not planned:
             continue
