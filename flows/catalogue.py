@@ -23,6 +23,7 @@ class RefreshReport(Result):
     skipped: tuple[Skipped, ...]
     unchanged: int  # SKUs whose rendered rows did not change: nothing made
     settled: Settled
+    reports: tuple[str, ...] = ()  # store keys of the run reports' contact sheets (manifests beside them)
 
 
 def run_refresh(rt: Runtime, actor: str, feed: str | None = None) -> RefreshReport:
@@ -31,7 +32,9 @@ def run_refresh(rt: Runtime, actor: str, feed: str | None = None) -> RefreshRepo
 
     policy = rt.settings.load_prompt_policy()
     with rt.sessions.begin() as session:
-        before = settle(session, actor, rt.store)  # batches run since (the queue's, once approved and run)
+        before = settle(
+            session, actor, rt.store, rt.settings.catalogue_withdraw_retired
+        )  # batches run since (the queue's, once approved and run)
     imported = None
     if feed:
         with rt.sessions.begin() as session:
@@ -45,10 +48,21 @@ def run_refresh(rt: Runtime, actor: str, feed: str | None = None) -> RefreshRepo
             produce_batch(batch_id=batch.batch_id, actor=actor)
             produced.append(batch.batch_id)
     with rt.sessions.begin() as session:
-        after = settle(session, actor, rt.store)
+        after = settle(session, actor, rt.store, rt.settings.catalogue_withdraw_retired)
     rt.anchor(actor)
-    settled = Settled(*(a + b for a, b in zip(before.to_tuple(), after.to_tuple(), strict=True)))
-    return RefreshReport(imported, tuple(made), tuple(produced), tuple(plan.skipped), plan.unchanged, settled)
+    settled = Settled(
+        before.current + after.current,
+        before.superseded + after.superseded,
+        before.removed + after.removed,
+        before.failed + after.failed,
+        before.manifests + after.manifests,
+        tuple(sorted({*before.batches, *after.batches})),
+    )
+    from governance.catalogue import write_run_report
+
+    with rt.sessions() as session:
+        reports = tuple(write_run_report(session, rt.store, b)["html"] for b in settled.batches)
+    return RefreshReport(imported, tuple(made), tuple(produced), tuple(plan.skipped), plan.unchanged, settled, reports)
 
 
 @flow(name="catalogue-refresh", flow_run_name="catalogue-refresh-{actor}")

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     catalogue_feed: str | None = Field(
         None, description="the product feed (PIM export) the scheduled catalogue refresh imports first"
     )
+    catalogue_withdraw_retired: bool = Field(
+        False, description="withdraw the published images of superseded SKU sets and removed SKUs (needs auditor)"
+    )
     retention_policy: Path | None = Field(
         None, description="retention policy JSON (how long unpublished and withdrawn files are kept); default: example"
     )

@@ -868,17 +868,19 @@ class Settled(Result):
     removed: int
     failed: int
     manifests: int
-
-    def to_tuple(self) -> tuple[int, int, int, int, int]:
-        return (self.current, self.superseded, self.removed, self.failed, self.manifests)
+    batches: tuple[str, ...] = ()  # batches whose sets were settled now (each gets a run report)
 
 
-def settle(session: Session, actor: str | None, store: ObjectStore) -> Settled:
+def settle(session: Session, actor: str | None, store: ObjectStore, withdraw_retired: bool = False) -> Settled:
     """After runs: each SKU's newest made set current, the older superseded; a removed SKU's current set
-    removed; a failed batch's items failed; per-SKU manifests written for every SKU touched."""
+    removed; a failed batch's items failed; per-SKU manifests written for every SKU touched. With
+    `withdraw_retired` (ATELIER_CATALOGUE_WITHDRAW_RETIRED), the published images of superseded and
+    removed sets are withdrawn too (governance.withdraw: the acting user needs the auditor role)."""
     user = require_any_role(session, actor, ("requester", "operator", "admin"), "settle the catalogue")
     counts = {"current": 0, "superseded": 0, "removed": 0, "failed": 0}
     touched: set[str] = set()
+    settled_batches: set[str] = set()
+    retired: list[tuple[CatalogueItem, str]] = []  # (set, why) whose images leave publication by policy
     open_items = list(
         session.scalars(
             select(CatalogueItem)
@@ -888,6 +890,8 @@ def settle(session: Session, actor: str | None, store: ObjectStore) -> Settled:
     )
     for item in open_items:
         batch = session.get_one(Batch, item.batch_id)
+        if batch.status in ("failed", "completed"):
+            settled_batches.add(batch.id)
         if batch.status == "failed":
             item.state = "failed"
             counts["failed"] += 1
@@ -906,6 +910,7 @@ def settle(session: Session, actor: str | None, store: ObjectStore) -> Settled:
                 ):
                     older.state, older.superseded_by = "superseded", item.id
                     counts["superseded"] += 1
+                    retired.append((older, f"catalogue: SKU {item.sku} superseded by the set of batch {item.batch_id}"))
                 item.state = "current"
                 counts["current"] += 1
             touched.add(item.sku)
@@ -915,13 +920,96 @@ def settle(session: Session, actor: str | None, store: ObjectStore) -> Settled:
             item.state = "removed"
             counts["removed"] += 1
             touched.add(item.sku)
+            retired.append((item, f"catalogue: SKU {item.sku} removed from the product feed"))
     session.flush()
+    if withdraw_retired:
+        from governance.records import Prompt
+        from governance.withdraw import withdraw
+
+        for item, why in retired:
+            ids = list(
+                session.scalars(
+                    select(Image.id).join(Prompt, Prompt.id == Image.prompt_id)
+                    .where(Image.batch_id == item.batch_id, Prompt.row_id == item.row_id, Image.status == "published")
+                )
+            )  # fmt: skip
+            if ids:
+                withdraw(session, user.name, store, why, image_ids=ids)
     for sku in sorted(touched):
         manifest = sku_manifest(session, sku, store)
         store.put(MANIFEST_PREFIX + f"{sku}.json", _canonical(manifest).encode(), "application/json", {"sku": sku})
     if any(counts.values()):
         record_event(session, user.name, "catalogue.settled", "catalogue", "settle", {**counts, "skus": len(touched)})
-    return Settled(counts["current"], counts["superseded"], counts["removed"], counts["failed"], len(touched))
+    return Settled(
+        counts["current"], counts["superseded"], counts["removed"], counts["failed"], len(touched),
+        tuple(sorted(settled_batches)),
+    )  # fmt: skip
+
+
+REPORT_PREFIX = "catalogue/runs/"
+REPORT_COLUMNS = ["sku", "variant", "image_id", "status", "key", "sha256", "reasons"]
+
+
+def run_report_rows(session: Session, batch_id: str) -> list[dict[str, Any]]:
+    """One row per image of a catalogue batch: SKU, variant, image, status, key, SHA-256, quarantine reasons."""
+    from governance.records import Prompt
+
+    stmt = (
+        select(Prompt.row_id, Image)
+        .join(Image, Image.prompt_id == Prompt.id)
+        .where(Prompt.batch_id == batch_id)
+        .order_by(Prompt.row_id, Image.image_index)
+    )
+    return [
+        {"sku": sku, "variant": i.image_index, "image_id": i.id, "status": i.status, "key": i.store_key or "",
+         "sha256": i.sha256 or "", "reasons": "; ".join(str(r) for r in i.safety_reasons or [])}
+        for sku, i in session.execute(stmt)
+    ]  # fmt: skip
+
+
+def write_run_report(session: Session, store: ObjectStore, batch_id: str) -> dict[str, str]:
+    """The run's manifest (CSV and Parquet) and an HTML contact sheet (thumbnails by SKU, quarantines with
+    their reasons), published beside the images under catalogue/runs/<batch>/. Returns the keys."""
+    import base64
+    import csv
+    import html
+    import io
+
+    import pandas as pd
+
+    rows = run_report_rows(session, batch_id)
+    base = f"{REPORT_PREFIX}{batch_id}/"
+    out = io.StringIO()
+    writer = csv.DictWriter(out, REPORT_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    keys = {"csv": base + "manifest.csv", "parquet": base + "manifest.parquet", "html": base + "contact-sheet.html"}
+    store.put(keys["csv"], out.getvalue().encode("utf-8"), "text/csv", {"batch-id": batch_id})
+    frame = pd.DataFrame(rows, columns=REPORT_COLUMNS)
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    store.put(keys["parquet"], buf.getvalue(), "application/vnd.apache.parquet", {"batch-id": batch_id})
+    cards: dict[str, list[str]] = {}
+    for r in rows:
+        if r["key"] and r["status"] in ("published", "review"):
+            thumb = base64.b64encode(store.get(r["key"].rsplit(".", 1)[0] + ".thumb.jpg")).decode()
+            body = f'<img alt="{html.escape(r["sku"])} variant {r["variant"]}" src="data:image/jpeg;base64,{thumb}">'
+        else:
+            body = f'<p class="q">{html.escape(r["status"])}: {html.escape(r["reasons"] or "no file")}</p>'
+        cards.setdefault(r["sku"], []).append(
+            f"<figure>{body}<figcaption>{html.escape(r['image_id'])} ({html.escape(r['status'])})</figcaption></figure>"
+        )
+    sections = "".join(f"<section><h2>{html.escape(sku)}</h2>{''.join(c)}</section>" for sku, c in cards.items())
+    counts = {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})}
+    page = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>Catalogue run {html.escape(batch_id)}</title><style>body{{font-family:sans-serif}}"
+        "figure{display:inline-block;margin:4px;width:180px}img{max-width:176px}.q{color:#a00}</style></head><body>"
+        f"<h1>Catalogue run {html.escape(batch_id)}</h1><p>{html.escape(_canonical(counts))}</p>"
+        f"{sections}</body></html>"
+    )
+    store.put(keys["html"], page.encode("utf-8"), "text/html; charset=utf-8", {"batch-id": batch_id})
+    return keys
 
 
 @dataclass(frozen=True)

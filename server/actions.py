@@ -353,6 +353,18 @@ def image_bytes(c: Caller, image_id: str, thumbnail: bool = False) -> tuple[byte
     return c.rt.store.get(key, version), "image/png"
 
 
+def run_report(c: Caller, batch_id: str) -> bytes:
+    """A catalogue batch's contact sheet (governance.catalogue.write_run_report), from the store."""
+    from governance.catalogue import REPORT_PREFIX
+
+    with c.rt.sessions() as session:
+        batch = _batch(session, c, batch_id)
+    key = f"{REPORT_PREFIX}{batch.id}/contact-sheet.html"
+    if c.rt.store.sha256_of(key) is None:
+        raise NotFound(f"batch {batch.id} has no run report (catalogue batches get one once they have run)")
+    return c.rt.store.get(key)
+
+
 def batch_archive(c: Caller, batch_id: str) -> tuple[bytes, str]:
     """A zip of the batch's published images, named by row and reference, and manifest.json
     (every image's row, status, hashes and where it is stored)."""

@@ -141,6 +141,14 @@ def batch_download(who: Who, batch_id: str) -> Response:
     return Response(data, media_type="application/zip", headers=_attachment(name))
 
 
+@router.get("/batches/{batch_id}/report", openapi_extra=roles())
+def batch_report(who: Who, batch_id: str) -> Response:
+    """A catalogue run's contact sheet (HTML: thumbnails by SKU, quarantines with their reasons)."""
+    page = actions.run_report(who, batch_id)
+    csp = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+    return Response(page, media_type="text/html; charset=utf-8", headers={"Content-Security-Policy": csp})
+
+
 # ---------------------------------------------------------------- runs
 
 

@@ -57,11 +57,13 @@ def test_catalogue_refresh_makes_exactly_the_changed_skus(
     tmp_path: Path, database_url: str, tiny_models, s3_server: str, s3_env: str, prefect_server: str, monkeypatch
 ) -> None:
     monkeypatch.setenv("ATELIER_REVIEW_PURPOSES", "[]")
+    monkeypatch.setenv("ATELIER_CATALOGUE_WITHDRAW_RETIRED", "true")  # the policy: retired sets leave publication
     people = [("svc-catalogue", "requester"), ("maria", "requester"), ("omar", "approver"), ("ann", "auditor"),
               ("nina", "requester")]  # fmt: skip
     cli = s3_world(tmp_path, database_url, tiny_models, s3_server, s3_env, people)
     assert cli("users", "grant", "svc-catalogue", "--role", "operator", actor="admin")[0] == 0
     assert cli("users", "grant", "nina", "--role", "approver", actor="admin")[0] == 0
+    assert cli("users", "grant", "svc-catalogue", "--role", "auditor", actor="admin")[0] == 0  # withdraws by policy
 
     # bad feeds: every failing row and rule, exit 2, nothing stored
     bad = tmp_path / "bad.csv"
@@ -151,9 +153,31 @@ def test_catalogue_refresh_makes_exactly_the_changed_skus(
     assert by_status["submitted"]["skus"] == 1  # the rug: out of scope, waits for an approver
     assert report["settled"]["superseded"] == 3 and report["settled"]["removed"] == 1
 
-    for sku in ("LMP-1", "LMP-2", "LMP-3"):  # remade; the old set superseded, still on record
+    # the run report beside the images: manifest (CSV, Parquet) and a contact sheet by SKU
+    import io
+
+    import pandas as pd
+
+    run = by_status["approved"]["batch_id"]
+    sheet_key = f"p/catalogue/runs/{run}/contact-sheet.html"
+    assert report["reports"] == [sheet_key.removeprefix("p/")]
+    manifest_rows = pd.read_parquet(
+        io.BytesIO(s3.get_object(Bucket=s3_env, Key=f"p/catalogue/runs/{run}/manifest.parquet")["Body"].read())
+    )
+    assert sorted(manifest_rows["sku"]) == ["LMP-1", "LMP-2", "LMP-3", "LMP-7", "LMP-8"]
+    assert set(manifest_rows["status"]) == {"published"} and all(len(h) == 64 for h in manifest_rows["sha256"])
+    csv_text = s3.get_object(Bucket=s3_env, Key=f"p/catalogue/runs/{run}/manifest.csv")["Body"].read().decode()
+    assert (
+        csv_text.splitlines()[0] == "sku,variant,image_id,status,key,sha256,reasons" and len(csv_text.splitlines()) == 6
+    )
+    sheet = s3.get_object(Bucket=s3_env, Key=sheet_key)["Body"].read().decode()
+    assert sheet.count("<section>") == 5 and sheet.count("data:image/jpeg;base64,") == 5 and "<script" not in sheet
+
+    for sku in ("LMP-1", "LMP-2", "LMP-3"):  # remade; the old set superseded (and, by policy, withdrawn)
         found = sets(cli, sku)
         assert [s["state"] for s in found] == ["current", "superseded"], (sku, found)
+        assert [i["status"] for i in found[1]["images"]] == ["withdrawn"]
+        assert [i["status"] for i in found[0]["images"]] == ["published"]
         assert found[0]["batch_id"] == by_status["approved"]["batch_id"]
         assert [i["image_id"] for i in manifest(sku)["images"]] == [found[0]["images"][0]["image_id"]]
     for sku in ("LMP-7", "LMP-8"):
@@ -161,6 +185,7 @@ def test_catalogue_refresh_makes_exactly_the_changed_skus(
     for sku in ("LMP-4", "LMP-5"):  # untouched: the same set as after refresh 1
         assert sets(cli, sku) == first[sku]
     assert [s["state"] for s in sets(cli, "LMP-6")] == ["removed"] and manifest("LMP-6")["status"] == "removed"
+    assert [i["status"] for i in sets(cli, "LMP-6")[0]["images"]] == ["withdrawn"]
     assert [s["state"] for s in sets(cli, "RUG-1")] == ["waiting"]
     rug_batch = by_status["submitted"]["batch_id"]
     shown = cli.json("batch", "show", rug_batch, actor="omar")
