@@ -842,7 +842,10 @@ def template_add(
     import json as _json
 
     from governance.catalogue import add_template
+    from governance.users import require_role
 
+    with rt.sessions() as session:  # who may, before what the file says
+        require_role(session, me.user, "requester", "add prompt templates")
     try:
         spec = _json.loads(file.read_text(encoding="utf-8"))
     except OSError as exc:

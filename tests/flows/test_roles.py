@@ -57,6 +57,18 @@ MATRIX: list[tuple[list[str], set[str], int | None]] = [
     (["hold", "list"], {"auditor", "admin"}, 0),
     (["retention", "show"], {"auditor", "admin"}, 0),
     (["retention", "apply", "--dry-run"], {"auditor", "admin"}, 0),
+    (["catalogue", "import", "{bad}"], {"requester"}, 2),
+    (["catalogue", "template", "add", "{file}"], {"requester"}, 2),
+    (["catalogue", "template", "list"], ANYONE, 0),
+    (["catalogue", "preview"], ANYONE, 0),
+    (
+        ["catalogue", "approve", "no-such@1", "--template-sha256", STALE, "--categories", "x", "--max-images", "1"],
+        {"approver"},
+        3,
+    ),  # fmt: skip
+    (["catalogue", "revoke", NO_BATCH, "--reason", "done"], {"approver", "admin"}, 3),
+    (["catalogue", "refresh"], set(), None),  # needs requester and operator together: no single role may
+    (["catalogue", "images", "--sku", "NO-SKU"], ANYONE, 3),
     (["review", "accept", NO_BATCH], {"reviewer"}, 3),
     (["review", "reject", NO_BATCH, "--reason", "no"], {"reviewer"}, 3),
     (["trace", NO_BATCH], ANYONE, 3),
