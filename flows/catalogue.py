@@ -5,6 +5,7 @@ superseded and removed ones, per-SKU manifests). governance.catalogue says what 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from prefect import flow, get_run_logger
 from flows.runtime import Runtime, active_settings
 from governance.catalogue import ImportResult, MadeBatch, Settled, Skipped
 from governance.results import Result
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -29,8 +32,14 @@ class RefreshReport(Result):
 def run_refresh(rt: Runtime, actor: str, feed: str | None = None) -> RefreshReport:
     from flows.produce import produce_batch
     from governance.catalogue import import_feed, make_batches, plan_refresh, settle
+    from governance.users import require_role
 
     policy = rt.settings.load_prompt_policy()
+    with rt.sessions() as session:  # every role the refresh needs, before any work
+        require_role(session, actor, "requester", "refresh the catalogue")
+        require_role(session, actor, "operator", "refresh the catalogue")
+        if rt.settings.catalogue_withdraw_retired:
+            require_role(session, actor, "auditor", "withdraw retired catalogue images")
     with rt.sessions.begin() as session:
         before = settle(
             session, actor, rt.store, rt.settings.catalogue_withdraw_retired
@@ -60,9 +69,16 @@ def run_refresh(rt: Runtime, actor: str, feed: str | None = None) -> RefreshRepo
     )
     from governance.catalogue import write_run_report
 
-    with rt.sessions() as session:
-        reports = tuple(write_run_report(session, rt.store, b)["html"] for b in settled.batches)
-    return RefreshReport(imported, tuple(made), tuple(produced), tuple(plan.skipped), plan.unchanged, settled, reports)
+    reports = []
+    for batch_id in settled.batches:  # a report that cannot be written is said, and the refresh stands
+        try:
+            with rt.sessions() as session:
+                reports.append(write_run_report(session, rt.store, batch_id)["html"])
+        except Exception as exc:  # noqa: BLE001
+            log.warning("catalogue run report for batch %s not written: %s", batch_id, exc)
+    return RefreshReport(
+        imported, tuple(made), tuple(produced), tuple(plan.skipped), plan.unchanged, settled, tuple(reports)
+    )
 
 
 @flow(name="catalogue-refresh", flow_run_name="catalogue-refresh-{actor}")

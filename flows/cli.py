@@ -993,6 +993,8 @@ def catalogue_refresh(
     with rt.sessions() as session:  # clear refusals before Prefect starts
         require_role(session, me.user, "requester", "refresh the catalogue")
         require_role(session, me.user, "operator", "refresh the catalogue")
+        if rt.settings.catalogue_withdraw_retired:
+            require_role(session, me.user, "auditor", "withdraw retired catalogue images")
     preflight(rt)
     if not logging.getLogger().isEnabledFor(logging.INFO):
         logging.getLogger("prefect").setLevel(logging.WARNING)

@@ -21,7 +21,7 @@ from governance.users import require_role
 
 if TYPE_CHECKING:
     from governance.approvals import PriorDecision
-    from governance.screening import Flag, PromptPolicy
+    from governance.screening import Flag, PromptPolicy, Screening
 
 
 class IntakeRejected(InvalidInput):
@@ -43,15 +43,22 @@ def _read(path: Path, limits: IntakeLimits | None = None) -> list[PromptRow]:
     return report.rows
 
 
-def _screen(path: Path, rows: list[PromptRow], policy: PromptPolicy | None) -> dict[str, Any]:
+def _screen(
+    path: Path, rows: list[PromptRow], policy: PromptPolicy | None, screened: Screening | None = None
+) -> dict[str, Any]:
     """Screen the rows under the prompt policy (the packaged one when none is given: screening never
     switches off). A `block` rule refuses the file like any intake failure, naming row, rule and the
-    matched text; `review` flags are kept with the batch for its approver."""
+    matched text; `review` flags are kept with the batch for its approver. `screened`: these exact rows,
+    screened already under `policy` by the caller (the catalogue screens every rendered row once)."""
     from governance.intake import RowFailure
     from governance.screening import load_prompt_policy, record_of, screen_rows
 
     policy = policy or load_prompt_policy()
-    screening = screen_rows(policy, rows)
+    if screened is not None and (screened.policy_sha256 != policy.sha256 or any(
+        f.row > len(rows) or rows[f.row - 1].row_id != f.row_id for f in screened.flags
+    )):  # fmt: skip
+        raise ValueError("screened rows do not match the batch's rows or policy")
+    screening = screened if screened is not None else screen_rows(policy, rows)
     if screening.blocked:
         failures = [
             RowFailure(
@@ -109,13 +116,14 @@ def submit_rows(
     use_category: str = DEFAULT_USE_CATEGORY,
     licence_ids: Sequence[str] = (DEFAULT_MODEL_LICENCE,),
     review_required: bool = False,
+    screened: Screening | None = None,
 ) -> Batch:
     """Store validated rows as a SUBMITTED batch of `user` (a requester), screened first: the common
     end of `submit_batch` and of batches the catalogue renders (governance.catalogue)."""
     if purpose not in PURPOSES:
         raise InvalidInput(f"unknown purpose {purpose!r}: choose one of {', '.join(PURPOSES)}")
     check_use_category(session, use_category, licence_ids)
-    screening = _screen(Path(source_name), rows, policy)
+    screening = _screen(Path(source_name), rows, policy, screened)
     batch = Batch(
         purpose=purpose,
         use_category=use_category,

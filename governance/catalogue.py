@@ -28,6 +28,7 @@ scope's limits and period, or an approver approved the batch itself as any batch
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -43,6 +44,7 @@ from sqlalchemy.orm import Session
 
 from governance.audit import record_event
 from governance.errors import InvalidInput, InvalidState, NotFound, PermissionDenied
+from governance.holds import active_holds
 from governance.records import (
     Approval,
     Batch,
@@ -64,7 +66,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from governance.intake import PromptRow, RowFailure
-    from governance.screening import PromptPolicy
+    from governance.screening import Flag, PromptPolicy
     from governance.store import ObjectStore
 
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z"
@@ -341,22 +343,71 @@ def check_template_syntax(body: str) -> None:
         raise InvalidInput(f"the template is longer than {TEMPLATE_MAX_CHARS} characters")
     try:
         tree = _environment().parse(body)
+        found = list(tree.find_all(nodes.Node))
+        depth = _filter_depth(tree)
     except TemplateSyntaxError as exc:
         raise InvalidInput(f"template syntax error on line {exc.lineno}: {exc.message}") from None
-    for node in tree.find_all(nodes.Node):
+    except RecursionError:
+        raise InvalidInput("the template nests too deeply") from None
+    if depth > MAX_FILTER_DEPTH:
+        raise InvalidInput(f"filters nest {depth} deep; at most {MAX_FILTER_DEPTH}")
+    for node in found:
         if not isinstance(node, allowed):
             raise InvalidInput(
                 f"templates may not use {type(node).__name__} (line {getattr(node, 'lineno', '?')}): only product "
                 f"fields, the filters {', '.join(ALLOWED_FILTERS)}, if/else and ~ are allowed"
             )
-        if isinstance(node, nodes.Filter) and node.name not in ALLOWED_FILTERS:
-            raise InvalidInput(f"filter {node.name!r} is not allowed; use {', '.join(ALLOWED_FILTERS)}")
+        if isinstance(node, nodes.Filter):
+            _check_filter(node)
+        if isinstance(node, nodes.Test) and node.name not in ALLOWED_TESTS:
+            raise InvalidInput(f"test {node.name!r} is not allowed; use {', '.join(ALLOWED_TESTS)}")
         if isinstance(node, nodes.Name) and (node.ctx != "load" or node.name in RESERVED_NAMES):
             raise InvalidInput(f"{node.name!r} is not a product field: templates reach product fields only")
         if isinstance(node, nodes.Getattr | nodes.Getitem):
             target = node.node
             if not (isinstance(target, nodes.Name) and target.name == "product"):
                 raise InvalidInput("only product.FIELD (or a field by name) may be looked up in a template")
+            if isinstance(node, nodes.Getitem) and not isinstance(node.arg, nodes.Const):
+                raise InvalidInput("product[...] takes a field name in quotes")
+
+
+# What each allowed filter may take: constant arguments only, bounded, and none that grows text without
+# bound (replace never lengthens: `new` no longer than a non-empty `old`; truncate to 3..2000 characters).
+FILTER_ARGS: dict[str, tuple[int, int]] = {  # name -> (fewest, most) positional arguments
+    "lower": (0, 0), "upper": (0, 0), "title": (0, 0), "capitalize": (0, 0), "trim": (0, 0),
+    "default": (0, 1), "replace": (2, 2), "truncate": (1, 1),
+}  # fmt: skip
+ALLOWED_TESTS = ("defined", "undefined", "none", "string")
+MAX_FILTER_DEPTH = 4
+MAX_RENDERED_CHARS = 4000
+
+
+def _filter_depth(node: Any) -> int:
+    from jinja2 import nodes
+
+    below = max((_filter_depth(child) for child in node.iter_child_nodes()), default=0)
+    return below + (1 if isinstance(node, nodes.Filter) else 0)
+
+
+def _check_filter(node: Any) -> None:
+    from jinja2 import nodes
+
+    if node.name not in FILTER_ARGS:
+        raise InvalidInput(f"filter {node.name!r} is not allowed; use {', '.join(ALLOWED_FILTERS)}")
+    fewest, most = FILTER_ARGS[node.name]
+    if node.kwargs or node.dyn_args or node.dyn_kwargs or not fewest <= len(node.args) <= most:
+        raise InvalidInput(f"filter {node.name!r} takes {fewest}..{most} plain arguments")
+    if not all(isinstance(a, nodes.Const) and isinstance(a.value, str | int) for a in node.args):
+        raise InvalidInput(f"filter {node.name!r}: its arguments must be constants (text or a number)")
+    values = [a.value for a in node.args]
+    if any(isinstance(v, str) and len(v) > 200 for v in values):
+        raise InvalidInput(f"filter {node.name!r}: arguments of at most 200 characters")
+    if node.name == "replace" and not (
+        all(isinstance(v, str) for v in values) and values[0] and len(values[1]) <= len(values[0])
+    ):
+        raise InvalidInput("replace(OLD, NEW): OLD not empty, NEW no longer than OLD (text never grows)")
+    if node.name == "truncate" and not (isinstance(values[0], int) and 3 <= values[0] <= 2000):
+        raise InvalidInput("truncate(N): N a whole number from 3 to 2000")
 
 
 @functools.lru_cache(maxsize=256)
@@ -369,12 +420,44 @@ def render_text(body: str, sku: str, fields: dict[str, str]) -> str:
     """The template rendered for one product (whitespace collapsed); InvalidInput naming the problem."""
     from jinja2 import TemplateError
 
-    context: dict[str, Any] = {**fields, "sku": sku, "product": {**fields, "sku": sku}}
+    context: dict[str, Any] = {**fields, "sku": sku, "product": _Fields({**fields, "sku": sku})}
     try:
         out = _compiled(body).render(context)
+    except InvalidInput:
+        raise
     except TemplateError as exc:
         raise InvalidInput(f"SKU {sku}: {exc.message or type(exc).__name__}") from None
+    except Exception as exc:  # noqa: BLE001 - a template's mistake is one line, never a traceback
+        raise InvalidInput(f"SKU {sku}: the template failed ({type(exc).__name__}: {exc})") from None
+    if len(out) > MAX_RENDERED_CHARS:
+        raise InvalidInput(f"SKU {sku}: the rendered prompt is longer than {MAX_RENDERED_CHARS} characters")
     return " ".join(out.split())
+
+
+def sample_fields(body: str) -> dict[str, str]:
+    """A product with every field the template names (a trial rendering before it is stored)."""
+    from jinja2 import meta, nodes
+
+    tree = _environment().parse(body)
+    names = set(meta.find_undeclared_variables(tree)) - {"product", "sku"}
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        key = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
+        if isinstance(key, str):
+            names.add(key)
+    return {name: "Sample" for name in names}
+
+
+class _Fields:
+    """The product as templates see it: fields by name, and nothing else (a dict would also offer its
+    methods, `product.items` rendering a Python repr that changes every run)."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: dict[str, str]):
+        self._values = values
+
+    def __getitem__(self, name: str) -> str:
+        return self._values[name]
 
 
 def _check_params(params: Any) -> dict[str, Any]:
@@ -462,6 +545,7 @@ def add_template(session: Session, actor: str | None, spec: Any) -> tuple[Templa
         if (unsafe := first_unsafe(text)) is not None:
             raise InvalidInput(f"the {what} holds control or invisible characters at {unsafe[0]}: write plain text")
     check_template_syntax(body)
+    render_text(body, "SAMPLE-1", sample_fields(body))  # a trial rendering: argument mistakes show now
     params, match = _check_params(spec.get("params", {})), _check_match(spec.get("match", {}))
     content = {"name": name, "body": body, "negative": negative, "params": params, "match": match}
     sha = _sha(content)
@@ -670,7 +754,15 @@ def standing_approvals(session: Session) -> list[StandingView]:
 
 
 def _live(s: StandingApproval, now: datetime) -> bool:
-    return s.revoked_at is None and s.valid_from <= now < s.valid_until and s.template.sha256 == s.template_sha256
+    """Not revoked, in its period, its template unchanged, and its approver still an active approver."""
+    approver = s.approver
+    return (
+        s.revoked_at is None
+        and s.valid_from <= now < s.valid_until
+        and s.template.sha256 == s.template_sha256
+        and approver.disabled_at is None
+        and "approver" in approver.role_names
+    )
 
 
 def check_standing(session: Session, batch: Batch, approval: Approval) -> None:
@@ -682,18 +774,23 @@ def check_standing(session: Session, batch: Batch, approval: Approval) -> None:
         raise InvalidState(f"batch {batch.id}: its standing approval is gone; it must be approved again")
     now = utcnow()
     if not _live(standing, now):
-        why = "revoked" if standing.revoked_at else "out of its period or its template changed"
+        why = "revoked" if standing.revoked_at else "out of its period, its template changed or its approver gone"
         raise InvalidState(f"batch {batch.id}: standing approval {standing.id} is {why}; it must be approved again")
     if standing.template.author_id == approval.decided_by_id or standing.approver_id != approval.decided_by_id:
         raise PermissionDenied(f"batch {batch.id}: its standing approval was not given by another approver")
     items = {i.row_id: i for i in session.scalars(select(CatalogueItem).where(CatalogueItem.batch_id == batch.id))}
+    versions = select(ProductVersion.id, ProductVersion.fields).join(
+        CatalogueItem, CatalogueItem.product_version_id == ProductVersion.id
+    )
+    categories: dict[str, dict[str, Any] | None] = {  # one query: the batch's product versions
+        vid: fields for vid, fields in session.execute(versions.where(CatalogueItem.batch_id == batch.id))
+    }
     images = 0
     for prompt in batch.prompts:
         item = items.get(prompt.row_id)
         if item is None or item.template_id != standing.template_id or item.standing_approval_id != standing.id:
             raise InvalidState(f"batch {batch.id}: row {prompt.row_id} is not from template {standing.template_id}")
-        version = session.get(ProductVersion, item.product_version_id)
-        category = (version.fields or {}).get("category") if version else None
+        category = (categories.get(item.product_version_id) or {}).get("category")
         if category not in standing.categories:
             raise InvalidState(f"batch {batch.id}: row {prompt.row_id} ({category}) is outside the approved scope")
         images += prompt.num_images
@@ -711,6 +808,7 @@ class Planned:
     template: PromptTemplate
     render_sha256: str
     category: str
+    flags: tuple[Flag, ...] = ()  # the prompt policy's review flags on this row (screened once, in the plan)
 
 
 @dataclass(frozen=True)
@@ -725,6 +823,8 @@ class Plan:
     queue: list[Planned] = field(default_factory=list)  # the ordinary approval queue
     skipped: list[Skipped] = field(default_factory=list)
     unchanged: int = 0
+    policy_version: str = ""
+    policy_sha256: str = ""
 
 
 def plan_refresh(session: Session, policy: PromptPolicy, now: datetime | None = None) -> Plan:
@@ -773,6 +873,10 @@ def plan_refresh(session: Session, policy: PromptPolicy, now: datetime | None = 
     screening = screen_rows(policy, [p.row for p in rendered])
     blocked = {f.row_id: f for f in screening.blocked}
     flagged = {f.row_id for f in screening.to_review}
+    plan.policy_sha256 = screening.policy_sha256
+    plan.policy_version = screening.policy_version
+    for p in rendered:
+        p.flags = tuple(f for f in screening.flags if f.row_id == p.row.row_id)
     live = [s for s in session.scalars(select(StandingApproval)) if _live(s, now)]
     used: dict[str, int] = {}
     for p in rendered:
@@ -809,6 +913,7 @@ def make_batches(
     """One batch per standing approval (approved by it) and one for the queue (submitted), each split
     into batches of at most `max_rows` rows (the intake limit in force)."""
     from governance.batches import submit_rows
+    from governance.screening import Screening
 
     user = require_role(session, actor, "requester", "make catalogue batches")
     made: list[MadeBatch] = []
@@ -822,7 +927,15 @@ def make_batches(
             continue
         rows = [p.row for p in planned]
         source = "catalogue refresh" + (f" (standing approval {standing_id})" if standing_id else "")
-        batch = submit_rows(session, user, rows, "catalogue", source, policy, use_category="product-catalogue")
+        screened = None
+        if plan.policy_sha256 == policy.sha256:  # screened in the plan: the flags renumbered to this batch
+            screened = Screening(
+                plan.policy_version,
+                plan.policy_sha256,
+                tuple(dataclasses.replace(f, row=n) for n, p in enumerate(planned, start=1) for f in p.flags),
+            )
+        batch = submit_rows(session, user, rows, "catalogue", source, policy, use_category="product-catalogue",
+                            screened=screened)  # fmt: skip
         for p in planned:
             session.add(
                 CatalogueItem(
@@ -927,12 +1040,15 @@ def settle(session: Session, actor: str | None, store: ObjectStore, withdraw_ret
         from governance.withdraw import withdraw
 
         for item, why in retired:
-            ids = list(
+            found = list(
                 session.scalars(
-                    select(Image.id).join(Prompt, Prompt.id == Image.prompt_id)
+                    select(Image).join(Prompt, Prompt.id == Image.prompt_id)
                     .where(Image.batch_id == item.batch_id, Prompt.row_id == item.row_id, Image.status == "published")
                 )
             )  # fmt: skip
+            held = active_holds(session, found)  # a legal hold keeps them published: left, and counted
+            counts["held"] = counts.get("held", 0) + len(held)
+            ids = [i.id for i in found if i.id not in held]
             if ids:
                 withdraw(session, user.name, store, why, image_ids=ids)
     for sku in sorted(touched):
@@ -991,8 +1107,9 @@ def write_run_report(session: Session, store: ObjectStore, batch_id: str) -> dic
     store.put(keys["parquet"], buf.getvalue(), "application/vnd.apache.parquet", {"batch-id": batch_id})
     cards: dict[str, list[str]] = {}
     for r in rows:
-        if r["key"] and r["status"] in ("published", "review"):
-            thumb = base64.b64encode(store.get(r["key"].rsplit(".", 1)[0] + ".thumb.jpg")).decode()
+        thumb_key = r["key"].rsplit(".", 1)[0] + ".thumb.jpg" if r["key"] else ""
+        if r["status"] == "published" and store.sha256_of(thumb_key) is not None:  # never one waiting for review
+            thumb = base64.b64encode(store.get(thumb_key)).decode()
             body = f'<img alt="{html.escape(r["sku"])} variant {r["variant"]}" src="data:image/jpeg;base64,{thumb}">'
         else:
             body = f'<p class="q">{html.escape(r["status"])}: {html.escape(r["reasons"] or "no file")}</p>'

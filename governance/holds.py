@@ -119,25 +119,31 @@ def require_not_held(session: Session, images: Iterable[Image], doing: str) -> N
 
 
 def objects_of(image: Image) -> list[tuple[str, str | None]]:
-    """The stored objects an image has now, as (key, version id): what a hold must keep."""
+    """The stored objects an image may have now, as (key, version id): what a hold must keep (some may
+    be absent: a thumbnail of an image published before thumbnails existed, review copies removed)."""
+    from governance.withdraw import review_copies
+
     if image.status == "expired":
         return []
     out: list[tuple[str, str | None]] = []
     if image.status == "withdrawn" and image.withdrawal:
-        out.append((image.withdrawal["evidence_key"], image.withdrawal.get("evidence_version_id")))
+        if image.expiry is None:  # retention deleted the evidence copy
+            out.append((image.withdrawal["evidence_key"], image.withdrawal.get("evidence_version_id")))
     elif image.store_key:
         out.append((image.store_key, image.store_version_id))
         out.append((image.store_key.rsplit(".", 1)[0] + ".thumb.jpg", None))
+        out += [(key, None) for key in review_copies(image)]
     if image.provenance_key:
         out.append((image.provenance_key, None))
     return out
 
 
 def lock_objects(store: ObjectStore, image: Image, on: bool) -> bool:
-    """Set (or clear) the store's legal hold on every object of the image; False when the store cannot."""
+    """Set (or clear) the store's legal hold on every object the image has; False when the store cannot."""
     locked = False
     for key, version in objects_of(image):
-        locked = store.legal_hold(key, version, on) or locked
+        if store.sha256_of(key) is not None:
+            locked = store.legal_hold(key, version, on) or locked
     return locked
 
 

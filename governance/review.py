@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from governance.audit import record_event
 from governance.errors import InvalidInput, InvalidState, NotFound, PermissionDenied
-from governance.holds import lock_if_held
+from governance.holds import active_holds, lock_if_held
 from governance.records import Image, User, utcnow
 from governance.results import Result
 from governance.store import ObjectStore
@@ -138,7 +138,11 @@ def accept(
         image.store_url = store.url
         image.review = {"decision": "accepted", "by": user.name, "at": now, "reason": ""}
         session.flush()
-        lock_if_held(session, store, image)
+        if active_holds(session, [image]):
+            lock_if_held(session, store, image)  # held: the copies under review/ stay too, held
+        else:
+            for copy in (waiting_key, prov_waiting, thumb_of(waiting_key)):  # moved, not copied
+                store.purge(copy)
         record_event(
             session,
             user.name,

@@ -16,6 +16,7 @@ and reported (`held`) while the others are withdrawn, so a recall is not stopped
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from governance.audit import record_event
-from governance.errors import InvalidInput, InvalidState, NotFound
+from governance.errors import GovernanceCheckFailed, InvalidInput, InvalidState, NotFound
 from governance.holds import active_holds, require_not_held
 from governance.records import Image, LegalHold, utcnow
 from governance.results import Result
@@ -34,6 +35,22 @@ from governance.users import require_any_role
 from governance.webhooks import enqueue
 
 EVIDENCE_PREFIX = "withdrawn/"
+
+
+def review_copies(image: Image) -> list[str]:
+    """Where a reviewed image waited (review/: file, provenance record, thumbnail), for images that were
+    accepted after review: removed at acceptance unless a legal hold kept them."""
+    from governance.review import REVIEW_PREFIX, thumb_of
+
+    if not (image.review and image.review.get("decision") == "accepted" and image.store_key):
+        return []
+    waiting = REVIEW_PREFIX + image.store_key.removeprefix("images/")
+    keys = [waiting, thumb_of(waiting)]
+    if image.provenance_key:
+        keys.append(REVIEW_PREFIX + image.provenance_key.removeprefix("images/"))
+    return keys
+
+
 MAX_PER_ACT = 100_000
 
 
@@ -104,7 +121,16 @@ def withdraw(
             continue
         key = image.store_key or ""
         evidence_key = EVIDENCE_PREFIX + key.removeprefix("images/")
-        data = store.get(key, image.store_version_id)
+        present = store.sha256_of(key) is not None
+        if present:
+            data = store.get(key, image.store_version_id)
+        else:  # an earlier withdrawal removed the file, then its transaction rolled back: finish it
+            data = store.get(evidence_key) if store.sha256_of(evidence_key) is not None else b""
+            if hashlib.sha256(data).hexdigest() != image.sha256:
+                raise GovernanceCheckFailed(
+                    f"image {image.id}: its file is gone from {store.location(key)} and no evidence copy with its "
+                    "SHA-256 exists; nothing was changed (restore the object from a backup, then withdraw again)"
+                )
         evidence = store.put(evidence_key, data, "image/png", {"image-id": image.id, "withdrawn-by": user.name})
         withdrawal = {
             "by": user.name,
@@ -124,8 +150,11 @@ def withdraw(
                 "application/json",
                 {"image-id": image.id, "withdrawn": "true"},
             )
-        store.delete(key, image.store_version_id)
-        store.delete(key.rsplit(".", 1)[0] + ".thumb.jpg")
+        if present:
+            store.delete(key, image.store_version_id)
+        store.purge(key.rsplit(".", 1)[0] + ".thumb.jpg")  # every version: no hidden copy behind a marker
+        for copy in review_copies(image):  # the reviewed image's waiting copies, if still there
+            store.purge(copy)
         image.status = "withdrawn"
         image.withdrawal = withdrawal
         session.flush()

@@ -101,6 +101,8 @@ class Server:
         self.throttle = LoginThrottle(settings.login_max_failures)
         self.launcher = RunLauncher(self.rt)
         self.courier = WebhookCourier(self.rt)  # published, reviewed and withdrawn images, to downstream systems
+        if settings.webhook_url:
+            self.courier.poke()  # at start: what was left pending before a restart goes out, and retries follow
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
 
     def authenticate(self, request: Request, form_csrf: str | None) -> Caller:
