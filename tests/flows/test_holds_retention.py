@@ -116,9 +116,19 @@ def test_a_legal_hold_stops_withdrawal_and_s3_refuses_the_delete(
     assert cli.json("hold", "list", actor="ann") == []
     listed = cli.json("hold", "list", "--all", actor="ann")
     assert [(h["released_by"], h["release_reason"]) for h in listed] == [("ann", "matter settled")]
+    # a withdrawal cut short after it removed the file (its transaction rolled back): no evidence copy,
+    # nothing changes and it says so; with the evidence copy in place, withdrawing again finishes it
+    evidence_key = key.replace("p/images/", "p/withdrawn/")
+    body = s3.get_object(Bucket=s3_env, Key=key, VersionId=version)["Body"].read()
+    s3.delete_object(Bucket=s3_env, Key=key, VersionId=version)
+    code, _, err = cli("image", "withdraw", ids[0], "--reason", "model recall", actor="ann")
+    assert code == 6 and "no evidence copy" in err and len(err.strip().splitlines()) == 1
+    assert {t["image_id"]: t["status"] for t in images_of(cli, batch)}[ids[0]] == "published"
+    s3.put_object(Bucket=s3_env, Key=evidence_key, Body=body)
     code, out, err = cli("image", "withdraw", ids[0], "--reason", "model recall", actor="ann")
     assert code == 0 and "1 image(s) withdrawn" in out, err
-    assert versions(s3, s3_env, key) == []
+    assert versions(s3, s3_env, key) == [] and versions(s3, s3_env, evidence_key)
+    assert cli.json("trace", ids[0], actor="ann")["status"] == "withdrawn"
 
     assert cli.json("audit", "verify", actor="ann")["ok"]
     engine = create_engine(database_url)
