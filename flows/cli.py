@@ -1190,7 +1190,9 @@ def retention_apply(
         + (f", {report.remaining} left for the next run" if report.remaining else "")
     )
     print_table([d.to_dict() for d in report.expired], ["image_id", "status", "purpose", "rule", "days"])
-    return ExitCode.OK
+    for f in report.failed:
+        print(f"not expired: image {f.image_id} ({f.rule}): {f.error}", file=sys.stderr)
+    return ExitCode.GOVERNANCE_CHECK_FAILED if report.failed else ExitCode.OK
 
 
 def deliver_webhooks(rt: Runtime, wait_up_to: float = 10.0) -> None:

@@ -14,8 +14,9 @@ from datetime import datetime
 from prefect import flow, get_run_logger
 
 from flows.runtime import Runtime, active_settings
+from governance.errors import PermissionDenied
 from governance.records import utcnow
-from governance.retention import Due, Held, RetentionReport, due, expire, require_runner
+from governance.retention import Due, Failed, Held, RetentionReport, due, expire, require_runner
 
 MAX_PER_RUN = 10_000
 
@@ -31,6 +32,7 @@ def run_retention(
     todo, remaining = listed[:limit], max(0, len(listed) - limit)
     expired: list[Due] = []
     held: list[Held] = []
+    failed: list[Failed] = []
     if dry_run:
         from governance.holds import active_holds
         from governance.records import Image
@@ -42,9 +44,15 @@ def run_retention(
         expired = [d for d in todo if d.image_id not in holds]
     else:
         for item in todo:
-            with rt.sessions.begin() as session:
-                user = require_runner(session, actor)  # still allowed: a role removed mid-run stops it
-                done = expire(session, user, rt.store, item.image_id, policy, now)
+            try:
+                with rt.sessions.begin() as session:
+                    user = require_runner(session, actor)  # still allowed: a role removed mid-run stops it
+                    done = expire(session, user, rt.store, item.image_id, policy, now)
+            except PermissionDenied:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one image that cannot go does not stop the others
+                failed.append(Failed(item.image_id, item.rule, f"{type(exc).__name__}: {exc}"[:300]))
+                continue
             if isinstance(done, Held):
                 held.append(done)
             elif done is not None:
@@ -52,7 +60,7 @@ def run_retention(
         if expired:
             rt.anchor(actor)
     return RetentionReport(
-        policy.version, policy.sha256, now.isoformat(), dry_run, tuple(expired), tuple(held), remaining
+        policy.version, policy.sha256, now.isoformat(), dry_run, tuple(expired), tuple(held), remaining, tuple(failed)
     )
 
 
@@ -60,6 +68,8 @@ def run_retention(
 def apply_retention(actor: str, dry_run: bool = False, limit: int = MAX_PER_RUN) -> RetentionReport:
     """Expire what the retention policy says is due, skipping held images (the scheduled deployment)."""
     report = run_retention(Runtime(active_settings()), actor, dry_run, limit)
+    for f in report.failed:
+        get_run_logger().error("image %s not expired (%s): %s", f.image_id, f.rule, f.error)
     get_run_logger().info(
         "retention %s: %d expired, %d held, %d remaining%s",
         report.policy,

@@ -875,8 +875,11 @@ def plan_refresh(session: Session, policy: PromptPolicy, now: datetime | None = 
     flagged = {f.row_id for f in screening.to_review}
     plan.policy_sha256 = screening.policy_sha256
     plan.policy_version = screening.policy_version
+    by_row: dict[str, list[Flag]] = {}
+    for f in screening.flags:
+        by_row.setdefault(f.row_id, []).append(f)
     for p in rendered:
-        p.flags = tuple(f for f in screening.flags if f.row_id == p.row.row_id)
+        p.flags = tuple(by_row.get(p.row.row_id, ()))
     live = [s for s in session.scalars(select(StandingApproval)) if _live(s, now)]
     used: dict[str, int] = {}
     for p in rendered:

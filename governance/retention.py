@@ -159,6 +159,13 @@ class Held(Result):
 
 
 @dataclass(frozen=True)
+class Failed(Result):
+    image_id: str
+    rule: str
+    error: str  # why its files could not be deleted (the store refused, e.g. an S3 legal hold): it stays due
+
+
+@dataclass(frozen=True)
 class RetentionReport(Result):
     policy: str
     policy_sha256: str
@@ -167,6 +174,7 @@ class RetentionReport(Result):
     expired: tuple[Due, ...]  # done now (or, in a dry run, what would be)
     held: tuple[Held, ...]  # due, kept by a legal hold
     remaining: int  # due beyond this run's limit: the next run takes them
+    failed: tuple[Failed, ...] = ()  # due, but could not be expired now: said, and tried again next run
 
 
 def due_one(image: Image, purpose: str, policy: RetentionPolicy, now: datetime) -> Due | None:
