@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import or_, select
-from sqlalchemy.orm import Session, defaultload, lazyload
+from sqlalchemy.orm import Session, aliased, defaultload, lazyload
 
 from governance.errors import InvalidInput, NotFound
 from governance.holds import HoldView
@@ -134,17 +134,23 @@ def trace_images(session: Session, image_ids: Sequence[str]) -> list[ImageTrace]
 
     catalogue: dict[tuple[str, str], dict[str, Any]] = {}  # (batch id, row id) -> the SKU's lineage
     batch_ids = sorted({batch.id for _, batch, _, _ in loaded.values()})
+    approver = aliased(User)
     for chunk in _chunked(batch_ids):
-        for item in session.scalars(select(CatalogueItem).where(CatalogueItem.batch_id.in_(chunk))):
-            standing = session.get(StandingApproval, item.standing_approval_id) if item.standing_approval_id else None
-            template = session.get(PromptTemplate, item.template_id)
+        stmt_lineage = (
+            select(CatalogueItem, PromptTemplate.sha256, approver.name)
+            .join(PromptTemplate, PromptTemplate.id == CatalogueItem.template_id)
+            .outerjoin(StandingApproval, StandingApproval.id == CatalogueItem.standing_approval_id)
+            .outerjoin(approver, approver.id == StandingApproval.approver_id)
+            .where(CatalogueItem.batch_id.in_(chunk))
+        )
+        for item, template_sha, approved_by in session.execute(stmt_lineage):
             catalogue[(item.batch_id, item.row_id)] = {
                 "sku": item.sku,
                 "product_version_id": item.product_version_id,
                 "template_id": item.template_id,
-                "template_sha256": template.sha256 if template else None,
+                "template_sha256": template_sha,
                 "standing_approval_id": item.standing_approval_id,
-                "standing_approved_by": standing.approver.name if standing else None,
+                "standing_approved_by": approved_by,
                 "set_state": item.state,
             }
 

@@ -313,6 +313,33 @@ def retention_due(c: Caller) -> Any:
     return {"rules": [r.to_dict() for r in policy.rules], **report.to_dict()}
 
 
+def catalogue_templates(c: Caller) -> tuple[Any, Any]:
+    from governance.catalogue import standing_approvals, templates
+
+    with c.rt.sessions() as session:
+        return templates(session), standing_approvals(session)
+
+
+def approve_template(
+    c: Caller, template_id: str, sha256: str, categories: list[str], max_images: int, days: int
+) -> Any:
+    from governance.catalogue import approve_template as approve
+
+    with c.rt.sessions.begin() as session:
+        view = approve(session, c.user, template_id, sha256, categories, max_images, days)
+    _anchor(c)
+    return view
+
+
+def revoke_standing(c: Caller, standing_id: str, reason: str) -> Any:
+    from governance.catalogue import revoke_standing as revoke
+
+    with c.rt.sessions.begin() as session:
+        view = revoke(session, c.user, standing_id, reason)
+    _anchor(c)
+    return view
+
+
 def quarantined(c: Caller, limit: int = 200) -> list[ImageCard]:
     with c.rt.sessions() as session:
         stmt = select(Image).where(Image.status == "quarantined").order_by(Image.created_at.desc()).limit(limit)

@@ -36,6 +36,8 @@ NAV = [  # (path, label, roles that see it; empty: everyone signed in)
     ("/search", "Search", ("auditor", "admin")),
     ("/impact", "Impact", ("auditor", "admin")),
     ("/reports", "Export and reports", ("auditor", "admin")),
+    ("/holds", "Legal holds", ("auditor", "admin")),
+    ("/catalogue/templates", "Catalogue templates", ("approver", "requester", "admin")),
     ("/verify", "Verify a file", ()),
     ("/ledger", "Ledger", ("auditor", "admin", "operator")),
     ("/admin/users", "Users", ("admin",)),
@@ -255,10 +257,69 @@ def gallery(
 
 
 @router.get("/images/{image_id}", openapi_extra=roles())
-def image_page(request: Request, who: Who, image_id: str, check: bool = False) -> HTMLResponse:
+def image_page(request: Request, who: Who, image_id: str, check: bool = False, note: str | None = None) -> HTMLResponse:
     t = actions.image_trace(who, image_id)
     checked = actions.check_published(who, t.image_id).to_dict() if check and t.status == "published" else None
-    return render(request, "image.html", who, t=t, checked=checked)
+    return render(request, "image.html", who, t=t, checked=checked, note=note)
+
+
+@router.post("/images/{image_id}/hold", openapi_extra=roles("auditor", "admin"))
+def place_hold(who: Who, image_id: str, reason: Annotated[str, Form(min_length=1, max_length=2000)]) -> Response:
+    act = actions.hold_place(who, reason, [image_id], None)
+    placed = act.holds[0].hold_id[:8] if act.holds else "already in place"
+    return back(f"/images/{image_id}", f"legal hold {placed}: nothing deletes this image's files until released")
+
+
+@router.post("/holds/{hold_id}/release", openapi_extra=roles("auditor", "admin"))
+def release_hold(
+    who: Who,
+    hold_id: str,
+    reason: Annotated[str, Form(min_length=1, max_length=2000)],
+    image_id: Annotated[str | None, Form(max_length=64)] = None,
+) -> Response:
+    actions.hold_release(who, hold_id, reason)
+    return back(f"/images/{image_id}" if image_id else "/holds", f"legal hold {hold_id[:8]} released")
+
+
+@router.post("/images/{image_id}/withdraw", openapi_extra=roles("auditor", "admin"))
+def withdraw(
+    request: Request, who: Who, image_id: str, reason: Annotated[str, Form(min_length=1, max_length=2000)]
+) -> Response:
+    done = actions.withdraw_images(who, reason, [image_id], None, None)
+    server_of(request).courier.poke()
+    return back(f"/images/{image_id}", "withdrawn" if done.withdrawn else "already withdrawn: nothing changed")
+
+
+@router.get("/catalogue/templates", openapi_extra=roles("approver", "requester", "admin"))
+def templates_page(request: Request, who: Who, note: str | None = None) -> HTMLResponse:
+    found, standing = actions.catalogue_templates(who)
+    return render(request, "templates.html", who, templates=found, standing=standing, note=note)
+
+
+@router.post("/catalogue/templates/{template_id}/approve", openapi_extra=roles("approver"))
+def approve_template(
+    who: Who,
+    template_id: str,
+    template_sha256: Annotated[str, Form(max_length=64)],
+    categories: Annotated[str, Form(min_length=1, max_length=2000)],
+    max_images: Annotated[int, Form(ge=1, le=100_000)],
+    days: Annotated[int, Form(ge=1, le=366)] = 90,
+) -> Response:
+    view = actions.approve_template(who, template_id, template_sha256, categories.split(","), max_images, days)
+    return back("/catalogue/templates", f"standing approval {view.standing_approval_id[:8]} of {view.template_id}")
+
+
+@router.post("/catalogue/standing/{standing_id}/revoke", openapi_extra=roles("approver", "admin"))
+def revoke_standing(
+    who: Who, standing_id: str, reason: Annotated[str, Form(min_length=1, max_length=2000)]
+) -> Response:
+    view = actions.revoke_standing(who, standing_id, reason)
+    return back("/catalogue/templates", f"standing approval {view.standing_approval_id[:8]} revoked")
+
+
+@router.get("/holds", openapi_extra=roles("auditor", "admin"))
+def holds_page(request: Request, who: Who, note: str | None = None) -> HTMLResponse:
+    return render(request, "holds.html", who, holds=actions.holds(who, False, None), note=note)
 
 
 @router.get("/images/{image_id}/thumbnail", openapi_extra=roles())

@@ -195,6 +195,32 @@ def test_journey_of_every_role_in_chromium(browser: Any, producing_console: Cons
     assert verdict == "derived", ann.locator("main").inner_text()
     assert image_id in ann.locator("main").inner_text()
     shot(ann, "auditor-verify")
+
+    # auditor: a legal hold from the image page stops a withdrawal; released, the withdrawal goes ahead
+    ann.goto(f"{console.base}/images/{image_id}")
+    ann.get_by_label("Legal matter").fill("matter 2026-17")
+    ann.get_by_role("button", name="Place a legal hold").click()
+    assert "legal hold" in ann.locator(".note").inner_text()
+    assert "matter 2026-17" in ann.locator("#holds").inner_text()
+    shot(ann, "auditor-hold")
+    ann.get_by_label("Reason for withdrawal").fill("likeness complaint")
+    ann.get_by_role("button", name="Withdraw this image").click()
+    refusal = ann.locator(".error").inner_text()
+    assert "under legal hold" in refusal, refusal
+    ann.goto(f"{console.base}/holds")
+    assert image_id[:8] in ann.locator("main").inner_text()
+    ann.get_by_label("Why it ends").fill("matter settled")
+    ann.get_by_role("button", name="Release hold").click()
+    assert (
+        "released" in ann.locator(".note").inner_text() and "No active legal hold" in ann.locator("main").inner_text()
+    )
+    ann.goto(f"{console.base}/images/{image_id}")
+    ann.get_by_label("Reason for withdrawal").fill("likeness complaint")
+    ann.get_by_role("button", name="Withdraw this image").click()
+    assert "withdrawn" in ann.locator(".note").first.inner_text()
+    assert "likeness complaint" in ann.locator("#withdrawal").inner_text()
+    assert ann.locator("h1 .status").inner_text().lower() == "withdrawn"  # CSS shows it in capitals
+    shot(ann, "auditor-withdrawn")
     for page in (ann, ann.context.new_page()):
         page.goto(console.base + "/ledger?check=1")
     shot(page, "auditor-ledger")
