@@ -171,12 +171,15 @@ def place(
 
         batch = get_batch(session, batch_id)
         targets: list[tuple[str, str]] = [("batch", batch.id)]
-        images = list(session.scalars(select(Image).where(Image.batch_id == batch.id)))
+        # the rows locked: a retention run or a withdrawal deciding on one of them now waits for this hold
+        stmt = select(Image).where(Image.batch_id == batch.id).order_by(Image.id).with_for_update(of=Image)
+        images = list(session.scalars(stmt))
     else:
         ids = list(dict.fromkeys(image_ids or []))
         if len(ids) > MAX_IMAGES_PER_HOLD_ACT:
             raise InvalidInput(f"{len(ids)} images: at most {MAX_IMAGES_PER_HOLD_ACT} per hold; hold their batch")
-        found = {i.id: i for i in session.scalars(select(Image).where(Image.id.in_(ids)))}
+        rows = select(Image).where(Image.id.in_(ids)).order_by(Image.id).with_for_update(of=Image)
+        found = {i.id: i for i in session.scalars(rows)}
         missing = [i for i in ids if i not in found]
         if missing:
             raise NotFound(f"no image {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))

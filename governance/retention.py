@@ -214,7 +214,8 @@ def expire(
 ) -> Due | Held | None:
     """Expire one image if a rule still says so and no hold keeps it: its files first (every version),
     then the record and the event. None when it is no longer due (decided otherwise meanwhile)."""
-    image = session.get(Image, image_id)
+    # the row locked until this transaction ends: a hold being placed on it waits, or is seen here
+    image = session.scalars(select(Image).where(Image.id == image_id).with_for_update(of=Image)).first()
     if image is None:
         return None
     item = due_one(image, image.prompt.batch.purpose, policy, now)

@@ -69,7 +69,8 @@ def _targets(
         raise InvalidInput("name the images to withdraw, or one model version (--impact-of), or one licence")
     if image_ids:
         ids = list(dict.fromkeys(image_ids))
-        found = {i.id: i for i in session.scalars(select(Image).where(Image.id.in_(ids)))}
+        locked = select(Image).where(Image.id.in_(ids)).order_by(Image.id).with_for_update(of=Image)
+        found = {i.id: i for i in session.scalars(locked)}
         missing = [i for i in ids if i not in found]
         if missing:
             raise NotFound(f"no image {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
@@ -82,7 +83,8 @@ def _targets(
 
     hit = impact(session, model_version=model_version, licence=licence)
     ids = [str(row[0]) for row in hit.images]  # IMPACT_COLUMNS: the image id first
-    return list(session.scalars(select(Image).where(Image.id.in_(ids)).order_by(Image.id))) if ids else []
+    locked = select(Image).where(Image.id.in_(ids)).order_by(Image.id).with_for_update(of=Image)
+    return list(session.scalars(locked)) if ids else []
 
 
 def withdraw(
