@@ -8,9 +8,11 @@ acts is established from an API token (`ATELIER_TOKEN` or the file `atelier logi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -451,8 +453,6 @@ def keys_init(
 ) -> int:
     """Create a local test CA, C2PA and checkpoint signer, audit key and watermark key (development
     only, NOT FOR PRODUCTION). Comes first: every act after it is an authenticated audit event."""
-    import contextlib
-
     from governance.credentials import init_test_ca
     from governance.watermark import ensure_development_key
 
@@ -982,12 +982,7 @@ def catalogue_refresh(
 ) -> int:
     """Import, diff, render, screen, make batches and run those a standing approval covers, as the
     scheduled Prefect flow does (a user with the requester and operator roles)."""
-    from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED as ANALYTICS
-    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP
-    from prefect.settings import temporary_settings
-
     from flows.catalogue import catalogue_refresh as refresh_flow
-    from flows.runtime import using_settings
     from governance.users import require_role
 
     with rt.sessions() as session:  # clear refusals before Prefect starts
@@ -996,9 +991,7 @@ def catalogue_refresh(
         if rt.settings.catalogue_withdraw_retired:
             require_role(session, me.user, "auditor", "withdraw retired catalogue images")
     preflight(rt)
-    if not logging.getLogger().isEnabledFor(logging.INFO):
-        logging.getLogger("prefect").setLevel(logging.WARNING)
-    with using_settings(rt.settings), temporary_settings({STARTUP: max(STARTUP.value(), 180), ANALYTICS: False}):
+    with flows_in_process(rt):
         report = refresh_flow(actor=me.user, feed=str(feed) if feed else None)
     deliver_webhooks(rt)
     if json:
@@ -1163,12 +1156,7 @@ def retention_apply(
 ) -> int:
     """Apply the retention policy now, as the scheduled Prefect flow does (auditors, admins): the files of
     due images deleted (every version), records marked, each an audit event; held images skipped."""
-    from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED as ANALYTICS
-    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP
-    from prefect.settings import temporary_settings
-
     from flows.retention import apply_retention, run_retention
-    from flows.runtime import using_settings
     from governance.retention import require_runner
 
     with rt.sessions() as session:
@@ -1177,9 +1165,7 @@ def retention_apply(
     if dry_run:
         report = run_retention(rt, me.user, dry_run=True)
     else:
-        if not logging.getLogger().isEnabledFor(logging.INFO):
-            logging.getLogger("prefect").setLevel(logging.WARNING)
-        with using_settings(rt.settings), temporary_settings({STARTUP: max(STARTUP.value(), 180), ANALYTICS: False}):
+        with flows_in_process(rt):
             report = apply_retention(actor=me.user)
     if json:
         print_json(report)
@@ -1277,11 +1263,27 @@ def preflight(rt: Runtime) -> None:
         raise GovernanceCheckFailed(f"object store {rt.store.url} cannot be reached: {reason}") from None
 
 
-def run_batches(rt: Runtime, actor: str, batch_ids: list[str], progress: bool = False) -> list[RunSummary]:
-    """Pre-flight each batch (clear refusals before Prefect starts), then run the flow for it."""
-    import contextlib
+@contextlib.contextmanager
+def flows_in_process(rt: Runtime) -> Iterator[None]:
+    """Run Prefect flows in this process with the CLI's settings. Without -v, Prefect's per-task lines are
+    off. Prefect's ephemeral server migrates its own database on a first start: 20 s is not enough on a
+    busy laptop (a configured value, environment or profile, wins). Its telemetry heartbeat is off: it
+    raced the server's own SQLite migrations ("database is locked", a 70-line traceback) and has
+    nothing to report from a governed pipeline anyway."""
+    from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED as ANALYTICS
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP
+    from prefect.settings import temporary_settings
 
     from flows.runtime import using_settings
+
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        logging.getLogger("prefect").setLevel(logging.WARNING)
+    with using_settings(rt.settings), temporary_settings({STARTUP: max(STARTUP.value(), 180), ANALYTICS: False}):
+        yield
+
+
+def run_batches(rt: Runtime, actor: str, batch_ids: list[str], progress: bool = False) -> list[RunSummary]:
+    """Pre-flight each batch (clear refusals before Prefect starts), then run the flow for it."""
     from governance.approvals import require_runnable
     from governance.batches import get_batch
     from governance.users import require_role
@@ -1293,20 +1295,10 @@ def run_batches(rt: Runtime, actor: str, batch_ids: list[str], progress: bool = 
         for batch_id in batch_ids:
             require_runnable(get_batch(session, batch_id), policy)
     preflight(rt)
-    from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED as ANALYTICS
-    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as STARTUP
-    from prefect.settings import temporary_settings
-
     from flows.produce import produce_batch  # Prefect, torch and diffusers: only once the run can go ahead
 
-    if not logging.getLogger().isEnabledFor(logging.INFO):  # without -v: Prefect's per-task lines off
-        logging.getLogger("prefect").setLevel(logging.WARNING)
     results = []
-    # Prefect's ephemeral server migrates its own database on a first start: 20 s is not enough on a
-    # busy laptop. A configured value (environment or profile) wins. Its telemetry heartbeat is off:
-    # it raced the server's own SQLite migrations ("database is locked", a 70-line traceback) and
-    # has nothing to report from a governed pipeline anyway.
-    with using_settings(rt.settings), temporary_settings({STARTUP: max(STARTUP.value(), 180), ANALYTICS: False}):
+    with flows_in_process(rt):
         for batch_id in batch_ids:
             with ProgressMonitor(rt, batch_id) if progress else contextlib.nullcontext():
                 results.append(produce_batch(batch_id=batch_id, actor=actor, token_id=rt.token_id))

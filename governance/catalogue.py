@@ -53,13 +53,14 @@ from governance.records import (
     Image,
     Product,
     ProductVersion,
+    Prompt,
     PromptTemplate,
     StandingApproval,
     User,
     utcnow,
 )
 from governance.results import Result
-from governance.text import first_unsafe
+from governance.text import first_unsafe, plain_reason
 from governance.users import require_any_role, require_role
 
 if TYPE_CHECKING:
@@ -739,10 +740,9 @@ def revoke_standing(session: Session, actor: str | None, standing_id: str, reaso
     standing = session.get(StandingApproval, standing_id)
     if standing is None:
         raise NotFound(f"no standing approval {standing_id}")
-    if not (reason or "").strip() or first_unsafe(reason) is not None:
-        raise InvalidInput("revoking needs a plain-text reason")
+    reason = plain_reason(reason, "revoking a standing approval needs a reason")
     if standing.revoked_at is None:
-        standing.revoked_at, standing.revoke_reason = utcnow(), reason.strip()
+        standing.revoked_at, standing.revoke_reason = utcnow(), reason
         session.flush()
         record_event(session, user.name, "template.approval_revoked", "standing_approval", standing.id,
                      {"reason": reason.strip()})  # fmt: skip
@@ -837,10 +837,13 @@ def plan_refresh(session: Session, policy: PromptPolicy, now: datetime | None = 
     now = now or utcnow()
     plan = Plan()
     candidates = _latest_templates(session)
+    # each SKU's latest set that did not fail: never a superseded one (a newer set superseded it), so the
+    # history of superseded and failed sets is not read at all
     latest_items: dict[str, CatalogueItem] = {}
-    for item in session.scalars(select(CatalogueItem).order_by(CatalogueItem.created_at, CatalogueItem.id)):
-        if item.state != "failed":
-            latest_items[item.sku] = item
+    live_states = ("pending", "waiting", "current", "removed")
+    stmt = select(CatalogueItem).where(CatalogueItem.state.in_(live_states))
+    for item in session.scalars(stmt.order_by(CatalogueItem.created_at, CatalogueItem.id)):
+        latest_items[item.sku] = item
     rendered: list[Planned] = []
     for product in session.scalars(select(Product).where(Product.removed.is_(False)).order_by(Product.sku)):
         fields = product.version.fields or {}
@@ -1000,46 +1003,58 @@ def settle(session: Session, actor: str | None, store: ObjectStore, withdraw_ret
     open_items = list(
         session.scalars(
             select(CatalogueItem)
-            .where(CatalogueItem.state.in_(("pending", "waiting")))
+            .join(Batch, Batch.id == CatalogueItem.batch_id)
+            .where(CatalogueItem.state.in_(("pending", "waiting")), Batch.status.in_(("completed", "failed")))
             .order_by(CatalogueItem.created_at, CatalogueItem.id)
         )
     )
+    # set-based, whatever the number of SKUs: the batches' outcomes, the rows that made an image, and
+    # the sets current now for the SKUs concerned (a query per thousand, not a few per SKU)
+    batch_ids = sorted({i.batch_id for i in open_items})
+    skus = sorted({i.sku for i in open_items})
+    failed_batches: set[str] = set()
+    made: set[tuple[str, str]] = set()  # (batch id, row id) with an image published or waiting for review
+    current: dict[str, list[CatalogueItem]] = {}
+    for i in range(0, len(batch_ids), 1000):
+        chunk = batch_ids[i : i + 1000]
+        failed_batches |= set(session.scalars(select(Batch.id).where(Batch.id.in_(chunk), Batch.status == "failed")))
+        rows = (
+            select(Prompt.batch_id, Prompt.row_id)
+            .join(Image, Image.prompt_id == Prompt.id)
+            .where(Prompt.batch_id.in_(chunk), Image.status.in_(("published", "review")))
+            .distinct()
+        )
+        made |= {(b, r) for b, r in session.execute(rows)}
+    for i in range(0, len(skus), 1000):
+        stmt = select(CatalogueItem).where(CatalogueItem.sku.in_(skus[i : i + 1000]), CatalogueItem.state == "current")
+        for older in session.scalars(stmt):
+            current.setdefault(older.sku, []).append(older)
     for item in open_items:
-        batch = session.get_one(Batch, item.batch_id)
-        if batch.status in ("failed", "completed"):
-            settled_batches.add(batch.id)
-        if batch.status == "failed":
+        settled_batches.add(item.batch_id)
+        touched.add(item.sku)
+        if item.batch_id in failed_batches or (item.batch_id, item.row_id) not in made:
             item.state = "failed"
             counts["failed"] += 1
-            touched.add(item.sku)
-        elif batch.status == "completed":
-            published = session.scalar(
-                select(Image.id).where(Image.batch_id == batch.id, Image.status.in_(("published", "review")))
-                .join(Image.prompt).where(Image.prompt.has(row_id=item.row_id)).limit(1)
-            )  # fmt: skip
-            if published is None:
-                item.state = "failed"
-                counts["failed"] += 1
-            else:
-                for older in session.scalars(
-                    select(CatalogueItem).where(CatalogueItem.sku == item.sku, CatalogueItem.state == "current")
-                ):
-                    older.state, older.superseded_by = "superseded", item.id
-                    counts["superseded"] += 1
-                    retired.append((older, f"catalogue: SKU {item.sku} superseded by the set of batch {item.batch_id}"))
-                item.state = "current"
-                counts["current"] += 1
-            touched.add(item.sku)
-    removed_skus = set(session.scalars(select(Product.sku).where(Product.removed.is_(True))))
-    for item in session.scalars(select(CatalogueItem).where(CatalogueItem.state == "current")):
-        if item.sku in removed_skus:
-            item.state = "removed"
-            counts["removed"] += 1
-            touched.add(item.sku)
-            retired.append((item, f"catalogue: SKU {item.sku} removed from the product feed"))
+            continue
+        for older in current.get(item.sku, []):
+            older.state, older.superseded_by = "superseded", item.id
+            counts["superseded"] += 1
+            retired.append((older, f"catalogue: SKU {item.sku} superseded by the set of batch {item.batch_id}"))
+        item.state = "current"
+        current[item.sku] = [item]
+        counts["current"] += 1
+    gone = (
+        select(CatalogueItem)
+        .join(Product, Product.sku == CatalogueItem.sku)
+        .where(CatalogueItem.state == "current", Product.removed.is_(True))
+    )
+    for item in session.scalars(gone):
+        item.state = "removed"
+        counts["removed"] += 1
+        touched.add(item.sku)
+        retired.append((item, f"catalogue: SKU {item.sku} removed from the product feed"))
     session.flush()
     if withdraw_retired:
-        from governance.records import Prompt
         from governance.withdraw import withdraw
 
         for item, why in retired:
@@ -1054,8 +1069,7 @@ def settle(session: Session, actor: str | None, store: ObjectStore, withdraw_ret
             ids = [i.id for i in found if i.id not in held]
             if ids:
                 withdraw(session, user.name, store, why, image_ids=ids)
-    for sku in sorted(touched):
-        manifest = sku_manifest(session, sku, store)
+    for sku, manifest in sku_manifests(session, sorted(touched), store).items():
         store.put(MANIFEST_PREFIX + f"{sku}.json", _canonical(manifest).encode(), "application/json", {"sku": sku})
     if any(counts.values()):
         record_event(session, user.name, "catalogue.settled", "catalogue", "settle", {**counts, "skus": len(touched)})
@@ -1071,8 +1085,6 @@ REPORT_COLUMNS = ["sku", "variant", "image_id", "status", "key", "sha256", "reas
 
 def run_report_rows(session: Session, batch_id: str) -> list[dict[str, Any]]:
     """One row per image of a catalogue batch: SKU, variant, image, status, key, SHA-256, quarantine reasons."""
-    from governance.records import Prompt
-
     stmt = (
         select(Prompt.row_id, Image)
         .join(Image, Image.prompt_id == Prompt.id)
@@ -1089,9 +1101,7 @@ def run_report_rows(session: Session, batch_id: str) -> list[dict[str, Any]]:
 def write_run_report(session: Session, store: ObjectStore, batch_id: str) -> dict[str, str]:
     """The run's manifest (CSV and Parquet) and an HTML contact sheet (thumbnails by SKU, quarantines with
     their reasons), published beside the images under catalogue/runs/<batch>/. Returns the keys."""
-    import base64
     import csv
-    import html
     import io
 
     import pandas as pd
@@ -1108,12 +1118,28 @@ def write_run_report(session: Session, store: ObjectStore, batch_id: str) -> dic
     buf = io.BytesIO()
     frame.to_parquet(buf, index=False)
     store.put(keys["parquet"], buf.getvalue(), "application/vnd.apache.parquet", {"batch-id": batch_id})
+    thumbs: dict[str, bytes] = {}
+    for r in rows:  # published thumbnails only: never one waiting for review
+        thumb_key = r["key"].rsplit(".", 1)[0] + ".thumb.jpg" if r["key"] else ""
+        if r["status"] == "published" and store.sha256_of(thumb_key) is not None:
+            thumbs[r["image_id"]] = store.get(thumb_key)
+    page = contact_sheet_html(batch_id, rows, thumbs)
+    store.put(keys["html"], page.encode("utf-8"), "text/html; charset=utf-8", {"batch-id": batch_id})
+    return keys
+
+
+def contact_sheet_html(batch_id: str, rows: list[dict[str, Any]], thumbs: dict[str, bytes]) -> str:
+    """The contact sheet: thumbnails (JPEG bytes by image id) grouped by SKU, the others with their status
+    and reasons. Every value escaped; no script. Thumbnails sit on grey in a frame, so a product shot on
+    pure white still shows where it ends."""
+    import base64
+    import html
+
     cards: dict[str, list[str]] = {}
     for r in rows:
-        thumb_key = r["key"].rsplit(".", 1)[0] + ".thumb.jpg" if r["key"] else ""
-        if r["status"] == "published" and store.sha256_of(thumb_key) is not None:  # never one waiting for review
-            thumb = base64.b64encode(store.get(thumb_key)).decode()
-            body = f'<img alt="{html.escape(r["sku"])} variant {r["variant"]}" src="data:image/jpeg;base64,{thumb}">'
+        if r["image_id"] in thumbs:
+            data = base64.b64encode(thumbs[r["image_id"]]).decode()
+            body = f'<img alt="{html.escape(r["sku"])} variant {r["variant"]}" src="data:image/jpeg;base64,{data}">'
         else:
             body = f'<p class="q">{html.escape(r["status"])}: {html.escape(r["reasons"] or "no file")}</p>'
         cards.setdefault(r["sku"], []).append(
@@ -1121,15 +1147,15 @@ def write_run_report(session: Session, store: ObjectStore, batch_id: str) -> dic
         )
     sections = "".join(f"<section><h2>{html.escape(sku)}</h2>{''.join(c)}</section>" for sku, c in cards.items())
     counts = {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})}
-    page = (
+    return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f"<title>Catalogue run {html.escape(batch_id)}</title><style>body{{font-family:sans-serif}}"
-        "figure{display:inline-block;margin:4px;width:180px}img{max-width:176px}.q{color:#a00}</style></head><body>"
+        "figure{display:inline-block;margin:4px;width:180px;vertical-align:top}"
+        "img{display:block;max-width:176px;background:#e6e6e6;border:1px solid #999}"
+        "figcaption{font-size:11px;word-break:break-all}.q{color:#a00}</style></head><body>"
         f"<h1>Catalogue run {html.escape(batch_id)}</h1><p>{html.escape(_canonical(counts))}</p>"
         f"{sections}</body></html>"
     )
-    store.put(keys["html"], page.encode("utf-8"), "text/html; charset=utf-8", {"batch-id": batch_id})
-    return keys
 
 
 @dataclass(frozen=True)
@@ -1156,8 +1182,6 @@ class SkuSet(Result):
 
 def sku_sets(session: Session, sku: str, store: ObjectStore | None = None) -> list[SkuSet]:
     """Every image set made for a SKU, newest first (the current one says so)."""
-    from governance.records import Prompt
-
     items = list(
         session.scalars(select(CatalogueItem).where(CatalogueItem.sku == sku).order_by(CatalogueItem.created_at.desc()))
     )
@@ -1181,16 +1205,49 @@ def sku_sets(session: Session, sku: str, store: ObjectStore | None = None) -> li
     return out
 
 
-def sku_manifest(session: Session, sku: str, store: ObjectStore | None = None) -> dict[str, Any]:
-    """What downstream systems read at `catalogue/skus/<sku>.json`: the SKU's current images."""
-    sets = sku_sets(session, sku, store)
-    product = session.get(Product, sku)
-    current = next((s for s in sets if s.state == "current"), None)
-    return {
-        "sku": sku,
-        "status": "removed" if product is not None and product.removed else ("current" if current else "none"),
-        "template_id": current.template_id if current else None,
-        "product_version_id": current.product_version_id if current else None,
-        "images": [i.to_dict() for i in current.images if i.status == "published"] if current else [],
-        "updated_at": utcnow().isoformat(),
-    }
+def sku_manifests(session: Session, skus: Sequence[str], store: ObjectStore | None = None) -> dict[str, dict[str, Any]]:
+    """What downstream systems read at `catalogue/skus/<sku>.json`, for many SKUs at once (two queries per
+    thousand SKUs, not a few per SKU): each SKU's status and its current set's published images."""
+    out: dict[str, dict[str, Any]] = {}
+    now = utcnow().isoformat()
+    wanted = sorted(set(skus))
+    for i in range(0, len(wanted), 1000):
+        chunk = wanted[i : i + 1000]
+        removed = set(session.scalars(select(Product.sku).where(Product.sku.in_(chunk), Product.removed.is_(True))))
+        current = {
+            item.sku: item
+            for item in session.scalars(
+                select(CatalogueItem).where(CatalogueItem.sku.in_(chunk), CatalogueItem.state == "current")
+            )
+        }
+        images: dict[str, list[dict[str, Any]]] = {}
+        if current:
+            stmt = (
+                select(CatalogueItem.sku, Image)
+                .join(Prompt, (Prompt.batch_id == CatalogueItem.batch_id) & (Prompt.row_id == CatalogueItem.row_id))
+                .join(Image, Image.prompt_id == Prompt.id)
+                .where(CatalogueItem.id.in_([c.id for c in current.values()]), Image.status == "published")
+                .order_by(Image.image_index)
+            )
+            for sku, image in session.execute(stmt):
+                images.setdefault(sku, []).append(
+                    SkuImage(
+                        image.id,
+                        image.image_index,
+                        image.status,
+                        image.store_key,
+                        store.location(image.store_key) if store and image.store_key else None,
+                        image.sha256,
+                    ).to_dict()
+                )
+        for sku in chunk:
+            item = current.get(sku)
+            out[sku] = {
+                "sku": sku,
+                "status": "removed" if sku in removed else ("current" if item else "none"),
+                "template_id": item.template_id if item else None,
+                "product_version_id": item.product_version_id if item else None,
+                "images": images.get(sku, []),
+                "updated_at": now,
+            }
+    return out

@@ -24,7 +24,7 @@ from governance.errors import InvalidInput, InvalidState, NotFound
 from governance.records import Image, LegalHold, utcnow
 from governance.results import Result
 from governance.store import ObjectStore
-from governance.text import describe, first_unsafe
+from governance.text import plain_reason
 from governance.users import require_any_role
 
 HOLDERS = ("auditor", "admin")
@@ -66,17 +66,6 @@ class HoldAct(Result):
     already: tuple[str, ...]  # hold ids that already were (placed with that reason; released)
     images: int  # images covered by the holds acted on
     store_locked: bool  # the store enforces it too (S3 Object Lock legal hold)
-
-
-def _text(value: str, what: str) -> str:
-    value = (value or "").strip()
-    if not value:
-        raise InvalidInput(f"{what} needs a reason (the legal matter)")
-    if (unsafe := first_unsafe(value)) is not None:
-        raise InvalidInput(f"the reason contains {describe(unsafe[1])}: write it as plain text")
-    if len(value) > 2000:
-        raise InvalidInput("the reason is longer than 2000 characters")
-    return value
 
 
 def active_holds(session: Session, images: Iterable[Image]) -> dict[str, LegalHold]:
@@ -142,8 +131,7 @@ def lock_objects(store: ObjectStore, image: Image, on: bool) -> bool:
     """Set (or clear) the store's legal hold on every object the image has; False when the store cannot."""
     locked = False
     for key, version in objects_of(image):
-        if store.sha256_of(key) is not None:
-            locked = store.legal_hold(key, version, on) or locked
+        locked = store.legal_hold(key, version, on) or locked  # an absent object is skipped by the store
     return locked
 
 
@@ -163,7 +151,7 @@ def place(
     batch_id: str | None = None,
 ) -> HoldAct:
     user = require_any_role(session, actor, HOLDERS, "place legal holds")
-    reason = _text(reason, "a legal hold")
+    reason = plain_reason(reason, "a legal hold needs a reason (the legal matter)")
     if (not image_ids) == (batch_id is None):
         raise InvalidInput("name the images to hold, or one batch (--batch)")
     if batch_id is not None:
@@ -223,7 +211,7 @@ def place(
 
 def release(session: Session, actor: str | None, store: ObjectStore, hold_ids: Sequence[str], reason: str) -> HoldAct:
     user = require_any_role(session, actor, HOLDERS, "release legal holds")
-    reason = _text(reason, "releasing a legal hold")
+    reason = plain_reason(reason, "releasing a legal hold needs a reason (the legal matter)")
     ids = list(dict.fromkeys(hold_ids))
     if not ids:
         raise InvalidInput("name the holds to release (`atelier hold list` shows their ids)")

@@ -23,7 +23,6 @@ says so, so a run cut short is finished by the next.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -33,8 +32,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from governance.audit import record_event
-from governance.errors import InvalidInput
 from governance.holds import active_holds, objects_of
+from governance.policyfile import read_policy_file
 from governance.records import Batch, Image, Purpose, User, utcnow
 from governance.results import Result
 from governance.store import ObjectStore
@@ -71,25 +70,7 @@ class RetentionPolicy:
 def load_retention_policy(path: Path | str | None = None) -> RetentionPolicy:
     """Read and check a retention policy file; every problem is one line naming the field."""
     p = Path(path) if path else DEFAULT_RETENTION_POLICY
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise InvalidInput(
-            f"retention policy {p} cannot be read ({exc.strerror}); fix ATELIER_RETENTION_POLICY"
-        ) from None
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"retention policy {p} is not valid JSON: {exc}") from None
-
-    def bad(where: str, why: str) -> InvalidInput:
-        return InvalidInput(f"retention policy {p}: {where} {why}")
-
-    if not isinstance(data, dict) or not isinstance(data.get("version"), str) or not data["version"].strip():
-        raise bad("version", "must be a non-empty string")
-    unknown = set(data) - {"version", "description", "rules"}
-    if unknown:
-        raise bad(", ".join(sorted(unknown)), "is not a policy field (version, description, rules)")
+    raw, data, bad = read_policy_file(p, "retention policy", "ATELIER_RETENTION_POLICY")
     rules_in = data.get("rules")
     if not isinstance(rules_in, list):
         raise bad("rules", "must be a list (empty: nothing expires)")

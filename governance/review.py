@@ -24,7 +24,7 @@ from governance.holds import active_holds, lock_if_held
 from governance.records import Image, User, utcnow
 from governance.results import Result
 from governance.store import ObjectStore
-from governance.text import describe, first_unsafe
+from governance.text import plain_reason
 from governance.users import require_role
 from governance.webhooks import enqueue
 
@@ -181,13 +181,7 @@ def reject(
     """Reject reviewed images with a reason: never published (their files stay under review/ as
     evidence until retention removes them)."""
     user = require_role(session, actor, "reviewer", "review images")
-    reason = (reason or "").strip()
-    if not reason:
-        raise InvalidInput("a rejection needs a reason")
-    if (unsafe := first_unsafe(reason)) is not None:
-        raise InvalidInput(f"the reason contains {describe(unsafe[1])}: write it as plain text")
-    if len(reason) > 2000:
-        raise InvalidInput("the reason is longer than 2000 characters")
+    reason = plain_reason(reason, "a rejection needs a reason")
     images = _images(session, image_ids, batch_id)
     _check(user, images)
     now = utcnow().isoformat()

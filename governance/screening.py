@@ -25,7 +25,6 @@ Every language's rules apply to every prompt (a prompt's language is not declare
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -33,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from governance.errors import InvalidInput, InvalidState
+from governance.errors import InvalidState
+from governance.policyfile import read_policy_file
 from governance.results import Result
 
 POLICIES_DIR = Path(__file__).resolve().parent / "policies"
@@ -166,23 +166,7 @@ def _compact(term: str) -> str:
 def load_prompt_policy(path: Path | str | None = None) -> PromptPolicy:
     """Read and check a prompt policy file; every problem is one line naming the field."""
     p = Path(path) if path else DEFAULT_PROMPT_POLICY
-    try:
-        raw = p.read_bytes()
-    except OSError as exc:
-        raise InvalidInput(f"prompt policy {p} cannot be read ({exc.strerror}); fix ATELIER_PROMPT_POLICY") from None
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"prompt policy {p} is not valid JSON: {exc}") from None
-
-    def bad(where: str, why: str) -> InvalidInput:
-        return InvalidInput(f"prompt policy {p}: {where} {why}")
-
-    if not isinstance(data, dict) or not isinstance(data.get("version"), str) or not data["version"].strip():
-        raise bad("version", "must be a non-empty string")
-    unknown = set(data) - {"version", "description", "rules"}
-    if unknown:
-        raise bad(", ".join(sorted(unknown)), "is not a policy field (version, description, rules)")
+    raw, data, bad = read_policy_file(p, "prompt policy", "ATELIER_PROMPT_POLICY")
     rules_in = data.get("rules")
     if not isinstance(rules_in, list) or not rules_in:
         raise bad("rules", "must be a non-empty list")

@@ -258,13 +258,21 @@ class S3Store:
     def legal_hold(self, key: str, version_id: str | None, on: bool) -> bool:
         """Set or clear the S3 Object Lock legal hold on the object (that version, or the current one):
         while ON, S3 refuses to delete or overwrite that version, whoever asks. False when the bucket
-        has no Object Lock (then only the database's hold stands)."""
+        has no Object Lock (then only the database's hold stands), or when there is no such object (a
+        thumbnail never made, a copy already removed): nothing to hold."""
+        from botocore.exceptions import ClientError
+
         if not self.object_lock():
             return False
         extra = {"VersionId": version_id} if version_id else {}
-        self.client.put_object_legal_hold(
-            Bucket=self.bucket, Key=self._key(key), LegalHold={"Status": "ON" if on else "OFF"}, **extra
-        )
+        try:
+            self.client.put_object_legal_hold(
+                Bucket=self.bucket, Key=self._key(key), LegalHold={"Status": "ON" if on else "OFF"}, **extra
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NoSuchVersion", "NotFound"):
+                return False
+            raise
         return True
 
     def sha256_of(self, key: str) -> str | None:

@@ -56,6 +56,24 @@ def first_unsafe(text: str) -> tuple[int, str] | None:
     return (m.start(), m.group()) if m else None
 
 
+REASON_MAX_CHARS = 2000
+
+
+def plain_reason(value: str | None, missing: str) -> str:
+    """A reason a person gives for a decision (a rejection, a withdrawal, a legal hold), stripped: not
+    empty (`missing` says so), plain text, at most REASON_MAX_CHARS. InvalidInput naming the problem."""
+    from governance.errors import InvalidInput
+
+    value = (value or "").strip()
+    if not value:
+        raise InvalidInput(missing)
+    if (unsafe := first_unsafe(value)) is not None:
+        raise InvalidInput(f"the reason contains {describe(unsafe[1])}: write it as plain text")
+    if len(value) > REASON_MAX_CHARS:
+        raise InvalidInput(f"the reason is longer than {REASON_MAX_CHARS} characters")
+    return value
+
+
 def escape_unsafe(text: str, *, one_line: bool = False) -> str:
     """``text`` with every unsafe character written out as a visible escape (``\\x1b``, ``\\u202e``);
     with ``one_line``, TAB and LF too (a table cell)."""

@@ -30,7 +30,7 @@ from governance.holds import active_holds, require_not_held
 from governance.records import Image, LegalHold, utcnow
 from governance.results import Result
 from governance.store import ObjectStore
-from governance.text import describe, first_unsafe
+from governance.text import plain_reason
 from governance.users import require_any_role
 from governance.webhooks import enqueue
 
@@ -97,13 +97,7 @@ def withdraw(
     licence: str | None = None,
 ) -> Withdrawn:
     user = require_any_role(session, actor, ("auditor", "admin"), "withdraw images")
-    reason = (reason or "").strip()
-    if not reason:
-        raise InvalidInput("a withdrawal needs a reason")
-    if (unsafe := first_unsafe(reason)) is not None:
-        raise InvalidInput(f"the reason contains {describe(unsafe[1])}: write it as plain text")
-    if len(reason) > 2000:
-        raise InvalidInput("the reason is longer than 2000 characters")
+    reason = plain_reason(reason, "a withdrawal needs a reason")
     images = _targets(session, image_ids, model_version, licence)
     if len(images) > MAX_PER_ACT:
         raise InvalidInput(f"{len(images)} images: at most {MAX_PER_ACT} per withdrawal")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 
 import boto3
@@ -125,8 +126,12 @@ def test_catalogue_refresh_makes_exactly_the_changed_skus(
     assert template_in["facets"]["atelierTemplate"]["standingApprovalId"] == standing["standing_approval_id"]
     assert template_in["facets"]["atelierTemplate"]["author"] == "maria"
     assert {o["facets"]["atelierSku"]["sku"] for o in done[0]["outputs"]} == {sku for sku, *_ in V1}
-    if (SPEC_DIR / "OpenLineage.json").is_file():  # ../shared holds the spec; without it the shape checks above stand
+    if (SPEC_DIR / "OpenLineage.json").is_file():
         OpenLineageValidator(SPEC_DIR).check(done[0])
+    else:  # said, not silent: the shape checks above stand, the schema check does not
+        warnings.warn(
+            f"OpenLineage spec not found at {SPEC_DIR} (../shared absent): event not schema-checked", stacklevel=1
+        )
     s3 = boto3.client("s3", endpoint_url=s3_server)
 
     def manifest(sku: str) -> dict:
