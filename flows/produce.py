@@ -49,7 +49,15 @@ from governance.claims import (
 )
 from governance.licences import record_model_version
 from governance.lineage import LineageError, emit_run_event, open_sink
-from governance.publish import MarkedImage, SafetyContext, credential_manifest, finalize_image, mark_and_encode
+from governance.pipelines import PipelineConfig, batch_configs, config_of, engine_needs, image_slot, pick_config
+from governance.publish import (
+    EngineTime,
+    MarkedImage,
+    SafetyContext,
+    credential_manifest,
+    finalize_image,
+    mark_and_encode,
+)
 from governance.records import Approval, Batch, Run
 from governance.records import Image as ImageRecord
 from governance.runs import (
@@ -90,6 +98,7 @@ class Checked:
     safety: SafetyResult
     marked: Future[MarkedImage] | None = None
     chunk_id: str = ""
+    engine_time: EngineTime | None = None  # its share of its configuration's generate call
 
 
 @task(name="start-run", cache_policy=NO_CACHE)
@@ -126,37 +135,67 @@ def start_run_task(rt: Runtime, batch_id: str, actor: str, flow_run_id: str, wor
     return _transaction(rt, "start-run", open_run)
 
 
+def _engine_clock(device: str) -> Callable[[], float]:
+    """A clock for engine time: on a GPU it waits for the queued kernels first, so a configuration's
+    time is the GPU's work on it, not the time to queue it."""
+    if not device.startswith("cuda"):
+        return time.perf_counter
+    import torch
+
+    def clock() -> float:
+        torch.cuda.synchronize()
+        return time.perf_counter()
+
+    return clock
+
+
 @task(name="generate-chunk", cache_policy=NO_CACHE)
-def generate_chunk_task(rt: Runtime, chunk: list[PlannedImage]) -> tuple[list[Checked], float, float]:
-    """Generate one chunk (base -> refiner) and score it against the safety policy.
+def generate_chunk_task(
+    rt: Runtime, chunk: list[PlannedImage], configs: dict[str, PipelineConfig] | None = None
+) -> tuple[list[Checked], float, float]:
+    """Generate one chunk (base alone, or base -> refiner, per image's configuration) and score it
+    against the safety policy. Each configuration's images are generated in a call of their own, timed,
+    and each image records its share of that time (cost per image, per configuration).
 
     Returns the checked images, the seconds in the engine and the seconds in the safety check."""
     from sdxl_core.engine import ImageRequest
 
     prompts = _transaction(rt, "read prompts", lambda s: prompts_by_id(s, sorted({p.prompt_id for p in chunk})))
-    requests = []
-    for planned in chunk:
+    groups: dict[str, list[tuple[int, ImageRequest]]] = {}
+    for position, planned in enumerate(chunk):
         p = prompts[planned.prompt_id]
-        requests.append(
-            ImageRequest(
-                prompt=p.prompt,
-                negative_prompt=p.negative_prompt,
-                seed=image_seed(p.seed, planned.image_index),
-                width=p.width,
-                height=p.height,
-                steps=p.steps,
-                guidance_scale=p.guidance_scale,
-                refiner_split=p.refiner_split,
-            )
+        config = pick_config(configs or batch_configs(None), p.pipeline, p.num_images, planned.image_index)
+        request = ImageRequest(
+            prompt=p.prompt,
+            negative_prompt=p.negative_prompt,
+            seed=image_seed(p.seed, image_slot(p.num_images, planned.image_index)),  # the same in every configuration
+            width=p.width,
+            height=p.height,
+            steps=p.steps,
+            guidance_scale=p.guidance_scale,
+            refiner_split=p.refiner_split if config.refiner else None,
         )
-    t0 = time.perf_counter()
-    generated = rt.engine.generate(requests)
+        groups.setdefault(config.name, []).append((position, request))
+    engine = rt.engine
+    clock = _engine_clock(engine.config.device)
+    results: list[Any] = [None] * len(chunk)
+    times: list[EngineTime | None] = [None] * len(chunk)
+    engine_s = 0.0
+    for members in groups.values():
+        t0 = clock()
+        generated = engine.generate([r for _, r in members])
+        seconds = clock() - t0
+        engine_s += seconds
+        for (position, _), g in zip(members, generated, strict=True):
+            results[position] = g
+            times[position] = EngineTime(seconds / len(members), engine.config.device)
     t1 = time.perf_counter()
-    verdicts = rt.safety.check([g.pixels for g in generated])
+    verdicts = rt.safety.check([g.pixels for g in results])
     checked = [
-        Checked(planned, g.request.seed, g.pixels, v) for planned, g, v in zip(chunk, generated, verdicts, strict=True)
+        Checked(planned, g.request.seed, g.pixels, v, engine_time=t)
+        for planned, g, v, t in zip(chunk, results, verdicts, times, strict=True)
     ]
-    return checked, t1 - t0, time.perf_counter() - t1
+    return checked, engine_s, time.perf_counter() - t1
 
 
 @task(name="publish-ready", cache_policy=NO_CACHE)
@@ -198,6 +237,7 @@ def publish_ready_task(
                 item.safety,
                 ctx,
                 marked=marked,
+                engine_time=item.engine_time,
             )
 
         try:
@@ -214,14 +254,20 @@ def publish_ready_task(
     return finished, waited
 
 
-def _manifests(rt: Runtime, run_id: str, image_ids: list[str]) -> dict[str, dict[str, Any]]:
+def _manifests(rt: Runtime, run_id: str, planned: list[PlannedImage]) -> dict[str, dict[str, Any]]:
     def read(session: Session) -> dict[str, dict[str, Any]]:
         run = session.get(Run, run_id)
         assert run is not None
         approval = session.get(Approval, run.approval_id)
         batch = session.get(Batch, run.batch_id)
         assert approval is not None and batch is not None
-        return {i: credential_manifest(i, batch, approval, run) for i in image_ids}
+        prompts = prompts_by_id(session, sorted({p.prompt_id for p in planned}))
+        out = {}
+        for p in planned:
+            prompt = prompts[p.prompt_id]
+            config = config_of(batch.pipelines, prompt.pipeline, prompt.num_images, p.image_index)
+            out[p.image_id] = credential_manifest(p.image_id, batch, approval, run, config)
+        return out
 
     return _transaction(rt, "read manifests", read)
 
@@ -343,6 +389,8 @@ def produce_batch(batch_id: str, actor: str, token_id: str | None = None) -> Run
     rt = Runtime(active_settings(), token_id=token_id)
     flow_run_id = str(get_run_context().flow_run.id)  # type: ignore[union-attr]
     worker = f"{socket.gethostname()}:{os.getpid()}:{flow_run_id[:8]}"
+    configs = _transaction(rt, "read configurations", lambda s: batch_configs(get_batch(s, batch_id).pipelines))
+    rt.needs = engine_needs(list(configs.values()))  # a batch of base-only configurations loads no refiner
     run_id = start_run_task(rt, batch_id, actor, flow_run_id, worker)
     plan = {p.image_id: p for p in _transaction(rt, "read plan", lambda s: planned_images(get_batch(s, batch_id)))}
     logger.info(
@@ -354,7 +402,8 @@ def produce_batch(batch_id: str, actor: str, token_id: str | None = None) -> Run
     )
     pool = BoundedPool(rt.settings.postprocess_workers, max_pending=2 * rt.settings.chunk_size)
     worker_loop = ChunkWorker(
-        _PrefectSteps(rt, run_id, actor, worker, batch_id, plan, pool), pool_wait_seconds=lambda: pool.wait_seconds
+        _PrefectSteps(rt, run_id, actor, worker, batch_id, plan, pool, configs),
+        pool_wait_seconds=lambda: pool.wait_seconds,
     )
     try:
         emit_lineage_task(rt, run_id, "START")  # lineage
@@ -387,6 +436,7 @@ class _PrefectSteps:
     batch_id: str
     plan: dict[str, PlannedImage]
     pool: BoundedPool
+    configs: dict[str, PipelineConfig] | None = None  # the batch's pinned configurations
     next_anchor: float = 0.0  # when the next periodic anchor is due (time.monotonic())
 
     def __post_init__(self) -> None:
@@ -396,14 +446,15 @@ class _PrefectSteps:
         return claim_chunk_task(self.rt, self.batch_id, self.worker, self.plan, finished, in_flight)
 
     def generate(self, chunk: list[PlannedImage]) -> tuple[list[Checked], float, float]:
-        return generate_chunk_task(self.rt, chunk)
+        return generate_chunk_task(self.rt, chunk, self.configs)
 
     def submit_marks(self, items: list[Checked]) -> None:
         """Hand the images that passed safety to the after-decode pool (their manifests read in one go)."""
         passed = [item for item in items if item.safety.verdict == "passed"]
         if not passed:
             return
-        manifests = _manifests(self.rt, self.run_id, [item.planned.image_id for item in passed])
+        manifests = _manifests(self.rt, self.run_id, [item.planned for item in passed])
+
         for item in passed:
             image_id = item.planned.image_id
             item.marked = self.pool.submit(

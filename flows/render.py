@@ -255,9 +255,11 @@ def print_reproduction(out: Reproduction) -> None:
         )
     r, e = out.request, out.engine
     print(
-        f"regenerated with run {out.run_id}'s settings: sampler {e.scheduler}, {e.dtype} on {e.device} "
-        f"(run: {e.recorded_device}), seed {r['seed']}, {r['width']}x{r['height']}, {r['steps']} steps, "
-        f"guidance {r['guidance_scale']}, split {r['refiner_split']}; model hashes equal to the run's"
+        f"regenerated with run {out.run_id}'s settings: configuration {out.pipeline}, sampler {e.scheduler}, "
+        f"{e.dtype} on {e.device} (run: {e.recorded_device}), seed {r['seed']}, {r['width']}x{r['height']}, "
+        f"{r['steps']} steps, guidance {r['guidance_scale']}, "
+        + (f"split {r['refiner_split']}" if r["refiner_split"] is not None else "base alone (no refiner)")
+        + "; model hashes equal to the run's"
     )
     for note in out.notes:
         print(f"note: {note}")

@@ -74,6 +74,7 @@ class Reproduction(Result):
     request: dict[str, Any]  # the prompt row's fields and micro-conditioning used
     engine: ReproductionEngine
     notes: tuple[str, ...]
+    pipeline: str = "base+refiner"  # the configuration replayed (its stages: the base alone, or base + refiner)
 
     @property
     def matches(self) -> bool:
@@ -108,6 +109,7 @@ def _key_for(rt: Runtime, image_id: str, scheme: str, key_id: str | None) -> wat
 
 def reproduce_image(rt: Runtime, image_id: str) -> Reproduction:
     """Regenerate ``image_id`` and compare it with its published file; see the module docstring."""
+    from governance.pipelines import config_of, image_slot
     from governance.publish import pixels_sha256
     from sdxl_core.engine import MICRO_CONDITIONING, ROLES, EngineConfig, ImageRequest, SDXLEngine, WeightHashMismatch
     from sdxl_core.seeds import image_seed
@@ -124,8 +126,11 @@ def reproduce_image(rt: Runtime, image_id: str) -> Reproduction:
         recorded: dict[str, Any] = dict(run.engine or {})
         expected = {mv.role: mv.sha256 for mv in run.model_versions if mv.role in ROLES}
         seed = int(image.seed)
-        if seed != image_seed(prompt.seed, image.image_index):
-            notes.append(f"stored seed {seed} is not image_seed({prompt.seed}, {image.image_index}); used as stored")
+        slot = image_slot(prompt.num_images, image.image_index)
+        if seed != image_seed(prompt.seed, slot):
+            notes.append(f"stored seed {seed} is not image_seed({prompt.seed}, {slot}); used as stored")
+        # the configuration the batch pinned for this image: the base alone loads and runs no refiner
+        config_used = config_of(prompt.batch.pipelines, prompt.pipeline, prompt.num_images, image.image_index)
         fields: dict[str, Any] = {
             "prompt": prompt.prompt,
             "negative_prompt": prompt.negative_prompt,
@@ -134,7 +139,7 @@ def reproduce_image(rt: Runtime, image_id: str) -> Reproduction:
             "height": prompt.height,
             "steps": prompt.steps,
             "guidance_scale": prompt.guidance_scale,
-            "refiner_split": prompt.refiner_split,
+            "refiner_split": prompt.refiner_split if config_used.refiner else None,
         }
         run_id, store_key, payload = run.id, image.store_key, int(image.watermark_payload, 16)
         scheme, key_id = image.watermark_scheme or watermark.SCHEME_DWTDCT, image.watermark_key_id
@@ -148,7 +153,7 @@ def reproduce_image(rt: Runtime, image_id: str) -> Reproduction:
         )
 
     # 2. The run's engine settings on the current models; their hashes must be the run's.
-    base, refiner = rt.model_sources()
+    base, refiner = rt.model_sources(refiner=config_used.refiner)
     current = rt.settings.engine_config(base, refiner)
     config = EngineConfig.from_record(
         recorded.get("config") or recorded,  # runs recorded before the full description: device and dtype
@@ -212,4 +217,5 @@ def reproduce_image(rt: Runtime, image_id: str) -> Reproduction:
             models={c.role: c.sha256 for c in engine.components},
         ),
         notes=tuple(notes),
+        pipeline=config_used.name,
     )

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from governance.audit import AuditKeyRing
     from governance.credentials import ContentCredentials
     from governance.ledger import CheckpointSigner
+    from governance.pipelines import EngineNeeds
     from governance.records import AuditAnchor
     from governance.safety import SafetyChecker
     from governance.watermark import WatermarkKey
@@ -70,6 +71,9 @@ def quiet_model_libraries() -> None:
 class Runtime:
     settings: Settings
     token_id: str | None = None  # the authenticated caller's API token: recorded on the audit events it causes
+    # what the batch being run needs of the engine (its pipeline configurations): the refiner or not, and
+    # a sampler or dtype a configuration pins; None: base + refiner with the worker's settings
+    needs: EngineNeeds | None = None
     _sessions: sessionmaker[Session] | None = field(default=None, repr=False)
 
     @property
@@ -93,7 +97,8 @@ class Runtime:
         """This runtime acting with `token_id`: the same database engine (no second pool) and key ring,
         sessions whose events name that token. (Sharing `sessions` itself would not: the token is in
         the sessionmaker's `info`.)"""
-        other = Runtime(self.settings, token_id)
+        other = Runtime(self.settings, token_id, self.needs)
+
         other._sessions = make_sessionmaker(
             self.sessions.kw["bind"],
             audit_keys=lambda: self.audit_keys,
@@ -184,31 +189,51 @@ class Runtime:
         s = self.settings
         return open_store(s.store_url_resolved, s.s3_endpoint_url, s.s3_timeout_seconds, s.s3_max_attempts)
 
-    def model_sources(self) -> tuple[str, str]:
+    def model_sources(self, refiner: bool = True) -> tuple[str, str | None]:
+        """(base, refiner) models to load; the refiner None when not wanted (base-only configurations),
+        so a team trying the base alone needs no refiner weights."""
         quiet_model_libraries()
         s = self.settings
-        if s.base_model and s.refiner_model:
-            return s.base_model, s.refiner_model
+        if s.base_model and (s.refiner_model or not refiner):
+            return s.base_model, s.refiner_model if refiner else None
         if s.base_model or s.refiner_model:
             from governance.errors import InvalidInput
 
-            raise InvalidInput("set both ATELIER_BASE_MODEL and ATELIER_REFINER_MODEL, or neither (tiny models)")
+            raise InvalidInput(
+                "set both ATELIER_BASE_MODEL and ATELIER_REFINER_MODEL, or neither (tiny models); "
+                "ATELIER_BASE_MODEL alone runs batches of base-only configurations only"
+            )
         from sdxl_core.tiny import ensure_tiny_models
 
-        base, refiner = ensure_tiny_models(s.models_dir)
-        return str(base), str(refiner)
+        base, tiny_refiner = ensure_tiny_models(s.models_dir)
+        return str(base), str(tiny_refiner) if refiner else None
 
     @property
     def engine(self) -> SDXLEngine:
+        """The engine for `needs` (default base + refiner), loaded once per worker process. A base-only
+        batch never loads the refiner: it gets a base-only engine, or the base of a full engine this
+        worker holds already (nothing loaded again; the refiner left out of what the run records)."""
+        from dataclasses import replace
+
         from governance.errors import GovernanceCheckFailed, InvalidInput
         from sdxl_core.engine import SDXLEngine, WeightHashMismatch
 
-        base, refiner = self.model_sources()
+        needs = self.needs
+        with_refiner = needs is None or needs.refiner
+        base, refiner = self.model_sources(refiner=with_refiner)
         try:
             config = self.settings.engine_config(base, refiner)
+            if needs is not None and (needs.scheduler or needs.dtype):  # pinned by the configuration
+                config = replace(
+                    config, scheduler=needs.scheduler or config.scheduler, dtype=needs.dtype or config.dtype
+                )
             key = repr(config)
+            if key not in _engines and not with_refiner:
+                for engine in _engines.values():
+                    if engine.refiner is not None and repr(engine.without_refiner().config) == key:
+                        return engine.without_refiner()
             if key not in _engines:
-                log.info("loading SDXL base %s and refiner %s on %s", base, refiner, config.device)
+                log.info("loading SDXL base %s and refiner %s on %s", base, refiner or "(none)", config.device)
                 _engines[key] = SDXLEngine.load(config)
         except WeightHashMismatch as exc:  # ATELIER_MODEL_SHA256: refuse the run before any GPU work
             raise GovernanceCheckFailed(str(exc)) from None

@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
     from governance.intake import IntakeLimits
+    from governance.pipelines import PipelineSet
     from governance.retention import RetentionPolicy
     from governance.screening import PromptPolicy
     from sdxl_core.engine import EngineConfig
@@ -66,6 +67,12 @@ class Settings(BaseSettings):
     )
     catalogue_withdraw_retired: bool = Field(
         False, description="withdraw the published images of superseded SKU sets and removed SKUs (needs auditor)"
+    )
+    pipelines: Path | None = Field(
+        None, description="pipeline configurations JSON (base, base+refiner, ...); default: the packaged file"
+    )
+    gpu_hour_price: float | None = Field(
+        None, ge=0, description="price of one GPU-hour (any currency): cost per image and per accepted image"
     )
     retention_policy: Path | None = Field(
         None, description="retention policy JSON (how long unpublished and withdrawn files are kept); default: example"
@@ -167,7 +174,7 @@ class Settings(BaseSettings):
     def keys_dir(self) -> Path:
         return self.data_dir / "keys"
 
-    def engine_config(self, base: str, refiner: str) -> EngineConfig:
+    def engine_config(self, base: str, refiner: str | None) -> EngineConfig:
         """The SDXL engine's config for these base and refiner models (paths or hub ids) from the settings."""
         from sdxl_core.engine import EngineConfig
 
@@ -216,6 +223,12 @@ class Settings(BaseSettings):
         from governance.screening import load_prompt_policy
 
         return load_prompt_policy(self.prompt_policy)
+
+    def load_pipelines(self) -> PipelineSet:
+        """The pipeline configurations in force for new batches; an unreadable or invalid file is an error."""
+        from governance.pipelines import default_pipelines, load_pipelines
+
+        return load_pipelines(self.pipelines) if self.pipelines else default_pipelines()
 
     def load_retention_policy(self) -> RetentionPolicy:
         """The retention policy in force; an unreadable or invalid file is an error, never a skip."""

@@ -15,12 +15,14 @@ from governance.audit import record_event
 from governance.errors import InvalidInput, InvalidState
 from governance.intake import IntakeError, IntakeLimits, IntakeReport, PromptRow, content_sha256, load_prompts
 from governance.licences import DEFAULT_MODEL_LICENCE, DEFAULT_USE_CATEGORY, check_use_category
+from governance.pipelines import DEFAULT_PIPELINE
 from governance.records import PURPOSES, Approval, Batch, Image, Prompt, Run, User, prompt_id_for, utcnow
 from governance.results import Result
 from governance.users import require_role
 
 if TYPE_CHECKING:
     from governance.approvals import PriorDecision
+    from governance.pipelines import PipelineSet
     from governance.screening import Flag, PromptPolicy, Screening
 
 
@@ -33,9 +35,20 @@ class IntakeRejected(InvalidInput):
         self.report = report
 
 
-def _read(path: Path, limits: IntakeLimits | None = None) -> list[PromptRow]:
+def _read(
+    path: Path,
+    limits: IntakeLimits | None = None,
+    pipelines: PipelineSet | None = None,
+    default_pipeline: str | None = None,
+) -> list[PromptRow]:
+    if default_pipeline is not None:  # the batch's --pipeline: known names, one line otherwise
+        from governance.pipelines import default_pipelines, split_names
+
+        known = pipelines or default_pipelines()
+        for name in split_names(default_pipeline):
+            known.get(name)
     try:
-        report = load_prompts(path, limits)
+        report = load_prompts(path, limits, pipelines, default_pipeline)
     except IntakeError as exc:
         raise InvalidInput(str(exc)) from None
     if not report.ok:
@@ -91,9 +104,13 @@ def submit_batch(
     limits: IntakeLimits | None = None,
     policy: PromptPolicy | None = None,
     review_required: bool = False,
+    pipelines: PipelineSet | None = None,
+    default_pipeline: str | None = None,
 ) -> Batch:
     """Validate and screen a prompt file and store it as a SUBMITTED batch (nothing is stored on any
-    failure; `policy`: the prompt policy in force, default the packaged one).
+    failure; `policy`: the prompt policy in force, default the packaged one; `pipelines`: the pipeline
+    configurations in force, default the packaged ones; `default_pipeline`: the configuration(s) of rows
+    whose `pipeline` cell is empty, default base+refiner).
 
     `use_category` is the declared use; it is refused when unknown or prohibited by any of
     `licence_ids`, the licences configured for the models (see governance.licences).
@@ -102,8 +119,10 @@ def submit_batch(
     if purpose not in PURPOSES:
         raise InvalidInput(f"unknown purpose {purpose!r}: choose one of {', '.join(PURPOSES)}")
     check_use_category(session, use_category, licence_ids)
-    rows = _read(path, limits)
-    return submit_rows(session, user, rows, purpose, path.name, policy, use_category, licence_ids, review_required)
+    rows = _read(path, limits, pipelines, default_pipeline)
+    return submit_rows(
+        session, user, rows, purpose, path.name, policy, use_category, licence_ids, review_required, pipelines=pipelines
+    )
 
 
 def submit_rows(
@@ -117,6 +136,7 @@ def submit_rows(
     licence_ids: Sequence[str] = (DEFAULT_MODEL_LICENCE,),
     review_required: bool = False,
     screened: Screening | None = None,
+    pipelines: PipelineSet | None = None,
 ) -> Batch:
     """Store validated rows as a SUBMITTED batch of `user` (a requester), screened first: the common
     end of `submit_batch` and of batches the catalogue renders (governance.catalogue)."""
@@ -132,6 +152,7 @@ def submit_rows(
         content_sha256=content_sha256(rows),
         screening=screening,
         review_required=review_required,
+        pipelines=_pipelines_record(rows, pipelines),
     )
     session.add(batch)
     session.flush()
@@ -149,13 +170,21 @@ def submit_rows(
             "source": source_name,
             "content_sha256": batch.content_sha256,
             "prompts": len(rows),
-            "images": sum(r.num_images for r in rows),
+            "images": sum(r.num_images * len(r.pipelines) for r in rows),
+            "pipelines": sorted(batch.pipelines["configurations"]) if batch.pipelines else [],
             "screening": {"policy": screening["policy"], "sha256": screening["sha256"], "flags": screening["flags"]},
             "review_required": review_required,
         },
     )
     session.flush()
     return batch
+
+
+def _pipelines_record(rows: Sequence[PromptRow], pipelines: PipelineSet | None) -> dict[str, Any]:
+    """The definitions of the configurations the rows name, as a batch pins them."""
+    from governance.pipelines import default_pipelines
+
+    return (pipelines or default_pipelines()).record_for([n for r in rows for n in r.pipelines])
 
 
 def edit_batch(
@@ -165,6 +194,8 @@ def edit_batch(
     path: Path,
     limits: IntakeLimits | None = None,
     policy: PromptPolicy | None = None,
+    pipelines: PipelineSet | None = None,
+    default_pipeline: str | None = None,
 ) -> Batch:
     """Replace a batch's prompts with a new file. Any approval is voided: it pinned the old content."""
     batch = get_batch(session, batch_id)
@@ -173,7 +204,7 @@ def edit_batch(
         raise InvalidState(f"only the requester ({batch.requested_by.name}) can edit batch {batch.id}")
     if batch.status not in ("submitted", "approved", "rejected"):
         raise InvalidState(f"batch {batch.id} is {batch.status}; only a batch that has not run can be edited")
-    rows = _read(path, limits)
+    rows = _read(path, limits, pipelines, default_pipeline)
     screening = _screen(path, rows, policy)
     old_hash = batch.content_sha256
     from governance.approvals import describe_rejection, rejections_of
@@ -191,6 +222,7 @@ def edit_batch(
     batch.content_sha256 = content_sha256(rows)
     batch.source_name = path.name
     batch.screening = screening
+    batch.pipelines = _pipelines_record(rows, pipelines)
     for approval in batch.approvals:
         if approval.voided_at is None:
             approval.voided_at = utcnow()
@@ -243,6 +275,7 @@ def stored_row(p: Prompt) -> PromptRow:
         refiner_split=p.refiner_split,
         num_images=p.num_images,
         ref=p.ref,
+        pipeline=p.pipeline or DEFAULT_PIPELINE,
     )
 
 
@@ -361,11 +394,17 @@ class BatchDetail(Result):
         }
 
 
+def images_per_row() -> Any:
+    """SQL: the images a prompt row plans, num_images per configuration it names (comma-separated)."""
+    commas = func.length(Prompt.pipeline) - func.length(func.replace(Prompt.pipeline, ",", ""))
+    return Prompt.num_images * (1 + func.coalesce(commas, 0))
+
+
 def batch_progress(session: Session, batch_id: str) -> BatchProgress:
     """Images planned, published, quarantined, rate and ETA, from aggregates only (cheap enough to
     poll every second on a batch of any size: `atelier run`'s progress bar does)."""
     planned = int(
-        session.scalar(select(func.coalesce(func.sum(Prompt.num_images), 0)).where(Prompt.batch_id == batch_id)) or 0
+        session.scalar(select(func.coalesce(func.sum(images_per_row()), 0)).where(Prompt.batch_id == batch_id)) or 0
     )
     counts: dict[str, int] = {
         status: n

@@ -8,7 +8,7 @@ and authenticated body (``governance.audit``). ``audit verify`` then checks ever
 governed table against the latest digest the ledger holds for it (:func:`check_records`).
 
 Governed: users (+ user_roles), API tokens, licences, model versions, batches, prompts, approvals,
-runs (+ run_model_versions), images, legal holds, the catalogue (imports, product versions,
+runs (+ run_model_versions), images, legal holds, preference judgements, the catalogue (imports, product versions,
 products, templates, standing approvals, items). Operational, never bound: work_chunks (leases
 change on every claim and renewal; what a chunk did is audited as chunk.* events), audit_events and
 audit_anchors (the ledger itself), webhook_deliveries (an outbox; the change it reports is bound by its
@@ -83,6 +83,7 @@ KINDS: tuple[Kind, ...] = (
     Kind("run", "runs", (Child("run_model_versions", "run_id", "model_version_id"),)),
     Kind("image", "images"),
     Kind("legal_hold", "legal_holds"),
+    Kind("preference", "preferences"),
     Kind("catalogue_import", "catalogue_imports"),
     Kind("product_version", "product_versions"),
     Kind("product", "products"),

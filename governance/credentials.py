@@ -377,9 +377,13 @@ def manifest_for(
     models: list[dict[str, Any]],
     licences: list[str],
     software_version: str,
+    pipeline: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The manifest every Atelier image carries: c2pa.created by a trained model, and the Atelier record."""
+    """The manifest every Atelier image carries: c2pa.created by a trained model, and the Atelier record
+    (with the pipeline configuration that made it: `{"name", "stages"}`)."""
     agents = ", ".join(f"{m['role']}={m['name']}" for m in models)
+    stages = "+".join((pipeline or {}).get("stages") or ["base", "refiner"])
+    extra = {"pipeline": pipeline} if pipeline else {}
     return {
         "claim_generator_info": [{"name": "atelier", "version": software_version}],
         "title": title,
@@ -392,7 +396,7 @@ def manifest_for(
                         {
                             "action": "c2pa.created",
                             "digitalSourceType": DIGITAL_SOURCE_TYPE,
-                            "softwareAgent": {"name": f"Atelier SDXL base+refiner ({agents})"},
+                            "softwareAgent": {"name": f"Atelier SDXL {stages} ({agents})"},
                         }
                     ]
                 },
@@ -405,6 +409,7 @@ def manifest_for(
                     "approval_id": approval_id,
                     "models": [{"role": m["role"], "sha256": m["sha256"]} for m in models],
                     "licences": licences,
+                    **extra,
                 },
             },
         ],

@@ -38,12 +38,15 @@ from typing import TYPE_CHECKING, Any
 
 from governance.deferred_imports import deferring
 from governance.errors import InvalidInput
+from governance.pipelines import DEFAULT_PIPELINE, MAX_PER_ROW, PipelineSet, default_pipelines, split_names
 from governance.text import UNSAFE, UNSAFE_CLASS, describe, first_unsafe
 
 if TYPE_CHECKING:
     from types import ModuleType
 
     import pandas as pd
+
+    from governance.pipelines import PipelineConfig
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +56,7 @@ logger = logging.getLogger(__name__)
 PROMPT_MAX_CHARS = 2000
 ROW_ID_MAX_CHARS = 128
 REF_MAX_CHARS = 256
+PIPELINE_MAX_CHARS = 200
 SEED_MIN, SEED_MAX = 0, 2**32 - 1
 SIZE_MIN, SIZE_MAX = 256, 2048  # SDXL range; the downstream watermark needs >= 256 px
 SIZE_MULTIPLE = 8  # the VAE works on 1/8 of the image size
@@ -101,7 +105,12 @@ COLUMNS: tuple[_Column, ...] = (
     _Column("refiner_split", "float", required=False, default=0.8),
     _Column("num_images", "int", required=False, default=1),
     _Column("ref", "text", required=False, default=""),
+    # the pipeline configuration(s) of the row (governance.pipelines): "base", or "base,base+refiner"
+    # to compare them on the same seeds; empty: the batch's --pipeline, else base+refiner
+    _Column("pipeline", "text", required=False, default=DEFAULT_PIPELINE),
 )
+# Defaults a row takes from its configuration(s) rather than from the column (when its cell is empty).
+_CONFIG_DEFAULTS = ("steps", "guidance_scale", "refiner_split")
 COLUMN_NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 REQUIRED_COLUMNS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.required)
 _BY_NAME = {c.name: c for c in COLUMNS}
@@ -121,6 +130,7 @@ _MAX_LENGTHS = {
     "prompt": PROMPT_MAX_CHARS,
     "negative_prompt": PROMPT_MAX_CHARS,
     "ref": REF_MAX_CHARS,
+    "pipeline": PIPELINE_MAX_CHARS,
 }
 
 _FIX_HINT = {
@@ -172,9 +182,19 @@ class PromptRow:
     refiner_split: float
     num_images: int
     ref: str  # external reference (SKU, campaign id); may be ""
+    # configuration name(s), comma-separated (governance.pipelines); the default is left out of
+    # to_dict, so a row of the default configuration hashes as rows did before configurations existed
+    pipeline: str = DEFAULT_PIPELINE
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if out["pipeline"] == DEFAULT_PIPELINE:
+            del out["pipeline"]
+        return out
+
+    @property
+    def pipelines(self) -> list[str]:
+        return split_names(self.pipeline)
 
 
 @dataclass(frozen=True)
@@ -382,16 +402,26 @@ def _cell_text(value: Any) -> str | None:
 # Validation
 
 
-def load_prompts(path: Path, limits: IntakeLimits | None = None) -> IntakeReport:
+def load_prompts(
+    path: Path,
+    limits: IntakeLimits | None = None,
+    pipelines: PipelineSet | None = None,
+    default_pipeline: str | None = None,
+) -> IntakeReport:
     """Read and validate a prompt table. Raises `IntakeError` only for an unreadable or oversized file."""
-    return validate_prompt_table(read_prompt_table(path, limits))
+    return validate_prompt_table(read_prompt_table(path, limits), pipelines, default_pipeline)
 
 
-def validate_prompt_table(df: pd.DataFrame) -> IntakeReport:
+def validate_prompt_table(
+    df: pd.DataFrame, pipelines: PipelineSet | None = None, default_pipeline: str | None = None
+) -> IntakeReport:
     """Check every row of a prompt table against the intake rules and type the good ones.
 
     Cells may be text, numbers or missing; missing or blank cells of optional columns take the
-    column default. Every failing (row, rule) is reported; `rows` is filled only when none fail.
+    column default, except steps, guidance and split, which take the defaults of the row's pipeline
+    configuration(s) (`pipelines`, default the packaged file; a row whose `pipeline` cell is empty
+    names `default_pipeline`, else base+refiner). Every failing (row, rule) is reported; `rows` is
+    filled only when none fail.
     """
     # 1. normalise headers: strip whitespace, keep the first of duplicated names
     table_failures: list[RowFailure] = []
@@ -408,13 +438,19 @@ def validate_prompt_table(df: pd.DataFrame) -> IntakeReport:
     frame = frame.iloc[:, keep]
     frame.columns = [names[p] for p in keep]
 
-    # 2. build the frame Great Expectations checks: known columns typed, helpers derived
-    checked, texts = _checked_frame(frame)
+    # 2. each row's pipeline configurations, and the defaults they give the row
+    configs, canonical, row_defaults, pipeline_failures = _row_configurations(
+        frame, pipelines or default_pipelines(), default_pipeline or DEFAULT_PIPELINE
+    )
 
-    # 3. one suite over the whole table, each expectation tagged with its rule and column;
-    # 4. validate it, then map every unexpected index back to a row failure
+    # 3. build the frame Great Expectations checks: known columns typed, helpers derived
+    checked, texts = _checked_frame(frame, row_defaults, [",".join(c) for c in canonical])
+
+    # 4. one suite over the whole table, each expectation tagged with its rule and column;
+    # 5. validate it, then map every unexpected index back to a row failure
     result = _validate(checked, frame.columns)
-    failures = table_failures + _failures_from_result(result, checked, texts)
+    failures = table_failures + _failures_from_result(result, checked, texts) + pipeline_failures
+    failures += _configuration_fit(checked, texts, configs)
     failures.sort(key=_failure_order)
     if failures:
         return IntakeReport(rows=[], failures=failures)
@@ -430,7 +466,127 @@ def _mod_col(column: str) -> str:
     return f" mod{SIZE_MULTIPLE}:{column}"
 
 
-def _checked_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[str | None]]]:
+def _row_configurations(
+    frame: pd.DataFrame, pipelines: PipelineSet, default_pipeline: str
+) -> tuple[list[list[PipelineConfig]], list[list[str]], list[dict[str, float]], list[RowFailure]]:
+    """Each row's configurations (the known ones), its names as given, the defaults they give its empty cells, and the
+    failures: unknown or repeated names, too many, and configurations whose defaults disagree where
+    the row leaves the value to them (a comparison runs every configuration on the same values)."""
+    n = len(frame)
+
+    def cells(name: str) -> list[str | None]:
+        if name not in frame.columns:
+            return [None] * n
+        return [(t.strip() or None) if t is not None else None for t in map(_cell_text, frame[name].tolist())]
+
+    row_ids, names_cells = cells("row_id"), cells("pipeline")
+    given = {name: cells(name) for name in _CONFIG_DEFAULTS}
+    configs: list[list[PipelineConfig]] = []
+    canonical: list[list[str]] = []
+    defaults: list[dict[str, float]] = []
+    failures: list[RowFailure] = []
+    for i in range(n):
+        cell = names_cells[i] or default_pipeline
+        names = split_names(cell)
+        row: list[PipelineConfig] = []
+
+        def fail(rule: str, message: str, i: int = i) -> None:
+            failures.append(RowFailure(i + 1, row_ids[i], "pipeline", rule, message))
+
+        for name in dict.fromkeys(names):
+            if name in pipelines.configs:
+                row.append(pipelines.configs[name])
+            elif len(name) <= PIPELINE_MAX_CHARS:
+                fail("pipeline_unknown", _safe_line(_pipeline_unknown(name, pipelines)))
+        if len(set(names)) != len(names):
+            fail("pipeline_duplicate", f"{_show(cell)} names a configuration twice; name each once")
+        if len(names) > MAX_PER_ROW:
+            fail("pipeline_too_many", f"{len(names)} configurations; a row compares at most {MAX_PER_ROW}")
+        values: dict[str, float] = {}
+        for name in _CONFIG_DEFAULTS:
+            if given[name][i] is not None or not row:
+                continue
+            options = {getattr(c, name) for c in row if not (name == "refiner_split" and not c.refiner)}
+            options.discard(None)
+            if len(options) > 1:
+                shown = ", ".join(f"{c.name} {getattr(c, name)}" for c in row if getattr(c, name) is not None)
+                fail(
+                    "pipeline_defaults_differ",
+                    f"the configurations default {name} differently ({shown}); give {name} in this row so "
+                    "every configuration runs on the same values",
+                )
+            elif options:
+                values[name] = float(options.pop())
+        configs.append(row)
+        canonical.append(names)
+        defaults.append(values)
+    return configs, canonical, defaults, failures
+
+
+def _pipeline_unknown(name: str, pipelines: PipelineSet) -> str:
+    from governance.pipelines import unknown_message
+
+    return unknown_message(name, pipelines.names)
+
+
+def _safe_line(text: str) -> str:
+    from governance.text import escape_unsafe
+
+    return escape_unsafe(text, one_line=True)
+
+
+def _configuration_fit(
+    checked: pd.DataFrame, texts: dict[str, list[str | None]], configs: list[list[PipelineConfig]]
+) -> list[RowFailure]:
+    """Every configuration of a row can make it: its size lies in each one's sides, and a split is
+    given only where a configuration has the refiner. The batch's configurations share one engine."""
+    from governance.pipelines import engine_needs
+
+    failures: list[RowFailure] = []
+    row_ids = checked["row_id"].tolist() if "row_id" in checked.columns else [None] * len(checked)
+    for i, row in enumerate(configs):
+        for side in ("width", "height"):
+            value = checked[side][i] if side in checked.columns else math.nan
+            if math.isnan(value) or not SIZE_MIN <= value <= SIZE_MAX:
+                continue  # not a number, or outside SDXL's range: size_range says so already
+            outside = [c for c in row if not c.min_side <= value <= c.max_side]
+            if outside:
+                c = outside[0]
+                also = " (a comparison row needs a size every configuration makes)" if len(row) > 1 else ""
+                failures.append(
+                    RowFailure(
+                        i + 1,
+                        row_ids[i],
+                        side,
+                        "pipeline_size",
+                        f"{_num(value)} is outside {c.min_side}..{c.max_side}, the sides configuration {c.name} "
+                        f"makes{also}",
+                    )
+                )
+        if row and not any(c.refiner for c in row) and texts.get("refiner_split", [None] * (i + 1))[i] is not None:
+            names = ", ".join(c.name for c in row)
+            failures.append(
+                RowFailure(
+                    i + 1,
+                    row_ids[i],
+                    "refiner_split",
+                    "refiner_split_unused",
+                    f"configuration {names} runs no refiner, so refiner_split would mean nothing; leave it empty",
+                )
+            )
+    used = {c.name: c for row in configs for c in row}
+    try:
+        engine_needs(list(used.values()))
+    except InvalidInput as exc:
+        failures.append(RowFailure(None, None, "pipeline", "pipeline_engine", str(exc)))
+    return failures
+
+
+def _checked_frame(
+    frame: pd.DataFrame,
+    row_defaults: Sequence[dict[str, float]] | None = None,
+    pipeline_cells: Sequence[str] | None = None,
+) -> tuple[pd.DataFrame, dict[str, list[str | None]]]:
     """The frame GX checks: known columns (text as str/None, numbers as float64 with NaN), the raw
     text of each numeric column for the type check, width/height modulo 8, and unknown columns.
 
@@ -452,14 +608,19 @@ def _checked_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[st
         if column.kind == "text":
             keep_spaces = column.name in ("prompt", "negative_prompt")
             values = [(v if keep_spaces else v.strip()) if v is not None and v.strip() else column.default for v in raw]
+            if column.name == "pipeline" and pipeline_cells is not None:
+                values = list(pipeline_cells)  # canonical: "a,b", the batch's default where empty
             checked[column.name] = pd.Series(values, dtype=object)
             texts[column.name] = values
             continue
         text = [v.strip() or None if v is not None else None for v in raw]
         pattern = re.compile(_INT_PATTERN if column.kind == "int" else _FLOAT_PATTERN)
+        defaults = [
+            (row_defaults[i] if row_defaults else {}).get(column.name, column.default) for i in range(n)
+        ]  # the row's configuration(s) give steps, guidance and split their defaults
         numbers_ = [
-            float(v) if v is not None and pattern.match(v) else (math.nan if column.required or v else column.default)
-            for v in text
+            float(v) if v is not None and pattern.match(v) else (math.nan if column.required or v else defaults[i])
+            for i, v in enumerate(text)
         ]
         number = pd.Series(numbers_, dtype="float64")
         checked[column.name] = number
@@ -553,7 +714,7 @@ def _build_suite(checked: pd.DataFrame, input_columns: Sequence[str]) -> Any:
             expectations.append(
                 gxe.ExpectColumnValueLengthsToBeBetween(column=name, max_value=limit, meta=tag("max_length", name))
             )
-    for name in ("row_id", "ref"):
+    for name in ("row_id", "ref", "pipeline"):
         if name in present:
             expectations.append(
                 gxe.ExpectColumnValuesToMatchRegex(column=name, regex=_ONE_LINE_PATTERN, meta=tag("one_line", name))

@@ -11,10 +11,10 @@ from governance.errors import InvalidInput
 
 
 def read_policy_file(
-    path: Path, what: str, setting: str
+    path: Path, what: str, setting: str, body: str = "rules"
 ) -> tuple[bytes, dict[str, Any], Callable[[str, str], InvalidInput]]:
     """The file's bytes (its SHA-256 is what decisions record), its JSON object with a non-empty
-    `version` and no fields but version, description and rules, and `bad(where, why)` that makes the
+    `version` and no fields but version, description and `body` (its rules), and `bad(where, why)` that makes the
     one-line refusal naming the file and the field. `what`: "prompt policy"; `setting`: the variable
     that points at the file."""
     try:
@@ -31,7 +31,7 @@ def read_policy_file(
 
     if not isinstance(data, dict) or not isinstance(data.get("version"), str) or not data["version"].strip():
         raise bad("version", "must be a non-empty string")
-    unknown = set(data) - {"version", "description", "rules"}
+    unknown = set(data) - {"version", "description", body}
     if unknown:
-        raise bad(", ".join(sorted(unknown)), "is not a policy field (version, description, rules)")
+        raise bad(", ".join(sorted(unknown)), f"is not a policy field (version, description, {body})")
     return raw, data, bad

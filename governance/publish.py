@@ -28,6 +28,7 @@ from governance.credentials import ContentCredentials, CredentialReport, manifes
 from governance.errors import GovernanceCheckFailed
 from governance.holds import lock_if_held
 from governance.licences import obligations_for
+from governance.pipelines import PipelineConfig, batch_configs, config_of, image_pipeline, models_of
 from governance.records import Approval, Batch, Image, ModelVersion, Prompt, Run, image_id_for, utcnow
 from governance.safety import SafetyResult
 from governance.store import ObjectStore, image_key, provenance_key
@@ -110,7 +111,9 @@ def provenance_document(
     safety_ctx: SafetyContext,
     check: watermark.WatermarkCheck,
 ) -> dict[str, Any]:
-    licences = {mv.licence.id: mv.licence for mv in run.model_versions}
+    config = config_of(batch.pipelines, prompt.pipeline, prompt.num_images, image_index)
+    models = models_of(run.model_versions, config)
+    licences = {mv.licence.id: mv.licence for mv in models}
     return {
         "schema": PROVENANCE_SCHEMA,
         "image_id": image_id,
@@ -139,9 +142,10 @@ def provenance_document(
         },
         "image_index": image_index,
         "seed": str(seed),
+        "pipeline": {**config.record(), "pinned_by": _pinned_by(batch)},
         "run_id": run.id,
-        "models": [_model_record(mv) for mv in run.model_versions],
-        "licence_obligations": obligations_for(run.model_versions),
+        "models": [_model_record(mv) for mv in models],
+        "licence_obligations": obligations_for(models),
         "licences": [
             {
                 "id": lic.id,
@@ -170,6 +174,21 @@ def provenance_document(
     }
 
 
+def _pinned_by(batch: Batch) -> dict[str, Any]:
+    """Which configuration file the batch pinned its definitions from (None: before configurations)."""
+    record = batch.pipelines or {}
+    return {"version": record.get("version"), "sha256": record.get("sha256")}
+
+
+@dataclass(frozen=True)
+class EngineTime:
+    """What one image cost on the worker: its share of its configuration's generate call, in seconds
+    (synchronised with the GPU where one ran), and the device."""
+
+    seconds: float
+    device: str
+
+
 def _image_record(
     image_id: str,
     prompt: Prompt,
@@ -181,8 +200,12 @@ def _image_record(
     safety_ctx: SafetyContext,
     status: str,
     reasons: list[str],
+    engine_time: EngineTime | None = None,
 ) -> Image:
     return Image(
+        pipeline=image_pipeline(prompt.pipeline, prompt.num_images, image_index),
+        engine_seconds=None if engine_time is None else round(engine_time.seconds, 6),
+        engine_device=None if engine_time is None else engine_time.device,
         id=image_id,
         prompt_id=prompt.id,
         batch_id=prompt.batch_id,
@@ -299,16 +322,23 @@ def _software_version() -> str:
         return "dev"
 
 
-def credential_manifest(image_id: str, batch: Batch, approval: Approval, run: Run) -> dict[str, Any]:
+def credential_manifest(
+    image_id: str, batch: Batch, approval: Approval, run: Run, config: PipelineConfig | None = None
+) -> dict[str, Any]:
+    """The C2PA manifest of one image; `config`: the pipeline configuration that made it (default: the
+    batch's only configuration, or base + refiner)."""
     software = _software_version()
+    config = config or next(iter(batch_configs(batch.pipelines).values()))
+    models = models_of(run.model_versions, config)
     return manifest_for(
         title=f"{image_id}.png",
         image_id=image_id,
         batch_id=batch.id,
         approval_id=approval.id,
-        models=[_model_record(mv) for mv in sorted(run.model_versions, key=lambda m: m.role)],
-        licences=sorted({mv.licence_id for mv in run.model_versions}),
+        models=[_model_record(mv) for mv in sorted(models, key=lambda m: m.role)],
+        licences=sorted({mv.licence_id for mv in models}),
         software_version=software,
+        pipeline={"name": config.name, "stages": list(config.stages)},
     )
 
 
@@ -327,11 +357,12 @@ def finalize_image(
     marked: MarkedImage | None = None,
     signer: ContentCredentials | None = None,
     watermark_key: watermark.WatermarkKey | None = None,
+    engine_time: EngineTime | None = None,
 ) -> Image:
     """Quarantine or publish one generated image; returns its record (the existing one on a re-run).
 
     `marked` is what `mark_and_encode` gave when the caller already ran it in a pool; otherwise it
-    runs here, with `signer` and `watermark_key`.
+    runs here, with `signer` and `watermark_key`. `engine_time`: what generating it cost on the worker.
     """
     image_id = image_id_for(prompt.id, image_index)
     existing = session.get(Image, image_id)
@@ -351,6 +382,7 @@ def finalize_image(
             safety_ctx,
             list(safety.reasons),
             check=None,
+            engine_time=engine_time,
         )
     batch = session.get(Batch, prompt.batch_id)
     assert batch is not None
@@ -359,8 +391,9 @@ def finalize_image(
             raise GovernanceCheckFailed("no C2PA signer: images cannot be published without content credentials")
         if watermark_key is None:
             raise GovernanceCheckFailed("no watermark key: images cannot be published without an identifying mark")
+        config = config_of(batch.pipelines, prompt.pipeline, prompt.num_images, image_index)
         marked = mark_and_encode(
-            image_id, pixels, signer, credential_manifest(image_id, batch, approval, run), watermark_key
+            image_id, pixels, signer, credential_manifest(image_id, batch, approval, run, config), watermark_key
         )
     if marked.image_id != image_id:
         raise ValueError(f"marked image {marked.image_id} handed in for image {image_id}")
@@ -375,7 +408,19 @@ def finalize_image(
         reasons.append(f"C2PA manifest did not validate ({marked.credentials.state}): {detail}")
     if reasons:
         return _quarantine(
-            session, actor, image_id, prompt, run, image_index, seed, pixels, safety, safety_ctx, reasons, check=check
+            session,
+            actor,
+            image_id,
+            prompt,
+            run,
+            image_index,
+            seed,
+            pixels,
+            safety,
+            safety_ctx,
+            reasons,
+            check=check,
+            engine_time=engine_time,
         )
 
     key, prov_key = image_key(image_id, marked.pixels_sha256), provenance_key(image_id, marked.pixels_sha256)
@@ -406,7 +451,9 @@ def finalize_image(
         "model-sha256": ",".join(f"{mv.role}={mv.sha256[:16]}" for mv in run.model_versions),
     }
     status = "review" if reviewed else "published"
-    record = _image_record(image_id, prompt, run, image_index, seed, pixels, safety, safety_ctx, status, [])
+    record = _image_record(
+        image_id, prompt, run, image_index, seed, pixels, safety, safety_ctx, status, [], engine_time
+    )
     record.watermark_payload = f"{check.expected:012x}"
     record.watermark_matched_bits = check.matched_bits
     record.sha256 = sha256
@@ -417,7 +464,9 @@ def finalize_image(
     record.watermark_key_id = check.key_id
     record.phash = marked.phash
     record.pixels_sha256 = marked.pixels_sha256
-    record.licence_obligations = obligations_for(run.model_versions)
+    record.licence_obligations = obligations_for(models_of(run.model_versions, config_of(
+        batch.pipelines, prompt.pipeline, prompt.num_images, image_index
+    )))  # fmt: skip
     record.c2pa_manifest = marked.credentials.label
     # The record goes in before the upload: it claims the image id. A second worker finalizing the
     # same image (its lease ran out while it was merely slow) waits on this row and then fails
@@ -453,6 +502,7 @@ def finalize_image(
             "version_id": stored.version_id,
             "watermark_matched_bits": check.matched_bits,
             "safety_verdict": safety.verdict,
+            "pipeline": record.pipeline,
             "c2pa_manifest": marked.credentials.label,
             "phash": marked.phash,
         },
@@ -482,8 +532,11 @@ def _quarantine(
     safety_ctx: SafetyContext,
     reasons: list[str],
     check: watermark.WatermarkCheck | None,
+    engine_time: EngineTime | None = None,
 ) -> Image:
-    record = _image_record(image_id, prompt, run, image_index, seed, pixels, safety, safety_ctx, "quarantined", reasons)
+    record = _image_record(
+        image_id, prompt, run, image_index, seed, pixels, safety, safety_ctx, "quarantined", reasons, engine_time
+    )
     if check is not None:
         record.watermark_payload = f"{check.expected:012x}"
         record.watermark_matched_bits = check.matched_bits

@@ -260,6 +260,10 @@ class Batch(Base):
     # the prompt policy it was screened under and the review flags it raised (governance.screening):
     # {"policy": version, "sha256": ..., "flags": [...]}; None before screening existed (migration 0009)
     screening: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # the pipeline configurations its rows name, as defined when it was submitted (governance.pipelines):
+    # {"version", "sha256", "configurations": {name: definition}}; a run uses these, not the file in
+    # force later. None: stored before configurations existed (base + refiner, the worker's settings)
+    pipelines: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     requested_by: Mapped[User] = relationship(lazy="joined")
     prompts: Mapped[list[Prompt]] = relationship(
@@ -286,8 +290,17 @@ class Prompt(Base):
     refiner_split: Mapped[float] = mapped_column(Float)
     num_images: Mapped[int] = mapped_column(Integer)
     ref: Mapped[str] = mapped_column(String(200), default="", index=True)
+    # configuration name(s), comma-separated; NULL is the default base+refiner (rows stored before
+    # configurations existed keep their record digests)
+    pipeline: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
     batch: Mapped[Batch] = relationship(back_populates="prompts")
+
+    @property
+    def pipelines(self) -> list[str]:
+        from governance.pipelines import row_pipelines
+
+        return row_pipelines(self.pipeline)
 
     def params(self) -> dict[str, Any]:
         return {
@@ -394,6 +407,12 @@ class Image(Base):
     withdrawal: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # retention: the rule and policy under which its files were deleted, when, and which objects
     expiry: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # the pipeline configuration that made it (NULL: made before configurations existed, base+refiner)
+    pipeline: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # seconds of engine time spent on it, measured on the worker (its share of its chunk's generate
+    # call for its configuration; GPU time where a GPU ran), and the device it ran on
+    engine_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    engine_device: Mapped[str | None] = mapped_column(String(40), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     prompt: Mapped[Prompt] = relationship(lazy="joined")
@@ -421,6 +440,29 @@ class LegalHold(Base):
 
     placed_by: Mapped[User] = relationship(foreign_keys=[placed_by_id], lazy="joined")
     released_by: Mapped[User | None] = relationship(foreign_keys=[released_by_id], lazy="joined")
+
+
+class Preference(Base):
+    """One blind pairwise judgement (governance.preference): two images of the same row and seed made
+    by two configurations, shown to one reviewer in a random left/right order that only this row
+    knows; `choice` is set once, when the reviewer picks (left, right or none)."""
+
+    __tablename__ = "preferences"
+    __table_args__ = (CheckConstraint("choice IN ('left', 'right', 'none')", name="choice_known"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id"), index=True)
+    prompt_id: Mapped[str] = mapped_column(ForeignKey("prompts.id"))
+    left_image_id: Mapped[str] = mapped_column(ForeignKey("images.id"))
+    right_image_id: Mapped[str] = mapped_column(ForeignKey("images.id"))
+    shown_to_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    shown_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    choice: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    shown_to: Mapped[User] = relationship(lazy="joined")
+    left: Mapped[Image] = relationship(foreign_keys=[left_image_id])
+    right: Mapped[Image] = relationship(foreign_keys=[right_image_id])
 
 
 class CatalogueImport(Base):

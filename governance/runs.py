@@ -114,7 +114,13 @@ def start_run(
 
 
 def planned_images(batch: Batch) -> list[PlannedImage]:
-    return [PlannedImage(image_id_for(p.id, i), p.id, i) for p in batch.prompts for i in range(p.num_images)]
+    """Every image the batch asks for: per row, num_images for each configuration it names, the
+    configuration at position c taking indices c * num_images ... (governance.pipelines)."""
+    return [
+        PlannedImage(image_id_for(p.id, i), p.id, i)
+        for p in batch.prompts
+        for i in range(p.num_images * len(p.pipelines))
+    ]
 
 
 def pending_images(session: Session, batch_id: str) -> list[PlannedImage]:

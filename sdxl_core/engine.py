@@ -2,7 +2,9 @@
 
 The two stages follow the diffusers SDXL guide's "ensemble of experts": the base pipeline denoises
 from pure noise to ``denoising_end=split`` and returns latents; the refiner, sharing the base's
-``text_encoder_2`` and ``vae``, continues from ``denoising_start=split`` and decodes.
+``text_encoder_2`` and ``vae``, continues from ``denoising_start=split`` and decodes. A request whose
+``refiner_split`` is None is the base alone: it runs every step and its VAE decodes. An engine loaded
+with ``refiner=None`` never loads (or hashes) the refiner, and makes base-only images only.
 
 Loading. A local diffusers folder, a hub id pinned to a commit, or a single ``.safetensors`` checkpoint
 in the original SDXL layout (``from_single_file`` with ``base_config``/``refiner_config``: a local
@@ -31,7 +33,7 @@ import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +96,8 @@ class ImageRequest:
     height: int
     steps: int
     guidance_scale: float
-    refiner_split: float  # in (0, 1): the base's denoising_end and the refiner's denoising_start
+    # in (0, 1): the base's denoising_end and the refiner's denoising_start; None: the base alone
+    refiner_split: float | None
     # SDXL micro-conditioning, with diffusers' defaults. Sizes are (height, width) as diffusers takes
     # them; None becomes the image's own (height, width), which is what diffusers uses for None.
     original_size: tuple[int, int] | None = None
@@ -145,7 +148,7 @@ class EngineConfig:
     """
 
     base: str
-    refiner: str
+    refiner: str | None  # None: base only, the refiner is neither loaded nor hashed
     revision: str | None = None
     device: str = "cpu"
     dtype: str = "float32"  # "float32" | "float16" | "bfloat16"
@@ -291,13 +294,18 @@ def check_request(request: ImageRequest) -> None:
         value = getattr(r, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < MIN_SIDE or value % 8:
             raise ValueError(f"{name} must be an int >= {MIN_SIDE} divisible by 8, got {value!r}")
-    if isinstance(r.steps, bool) or not isinstance(r.steps, int) or r.steps < 2:
-        raise ValueError(f"steps must be an int >= 2 (base and refiner each need one), got {r.steps!r}")
+    least = 1 if r.refiner_split is None else 2
+    if isinstance(r.steps, bool) or not isinstance(r.steps, int) or r.steps < least:
+        what = "the base alone needs one" if least == 1 else "base and refiner each need one"
+        raise ValueError(f"steps must be an int >= {least} ({what}), got {r.steps!r}")
     if not isinstance(r.guidance_scale, (int, float)) or not math.isfinite(r.guidance_scale) or r.guidance_scale < 0:
         raise ValueError(f"guidance_scale must be a finite number >= 0, got {r.guidance_scale!r}")
     split = r.refiner_split
-    if not isinstance(split, (int, float)) or not 0.0 < split < 1.0:
-        raise ValueError(f"refiner_split must be in (0, 1), got {split!r}; e.g. 0.8 gives 80% of the steps to the base")
+    if split is not None and (isinstance(split, bool) or not isinstance(split, (int, float)) or not 0.0 < split < 1.0):
+        raise ValueError(
+            f"refiner_split must be in (0, 1), or None for the base alone, got {split!r}; e.g. 0.8 gives 80% of the "
+            "steps to the base"
+        )
     for name, low in (("original_size", 1), ("target_size", 1), ("crops_coords_top_left", 0)):
         value = getattr(r, name)
         if not (
@@ -333,7 +341,7 @@ def _batch_key(r: ImageRequest) -> tuple[Any, ...]:
         r.height,
         r.steps,
         float(r.guidance_scale),
-        float(r.refiner_split),
+        None if r.refiner_split is None else float(r.refiner_split),
         r.negative_prompt == "",
         r.original_size,
         r.target_size,
@@ -343,7 +351,7 @@ def _batch_key(r: ImageRequest) -> tuple[Any, ...]:
     )
 
 
-def _hash_components(config: EngineConfig, base: _Model, refiner: _Model) -> list[ComponentInfo]:
+def _hash_components(config: EngineConfig, base: _Model, refiner: _Model | None) -> list[ComponentInfo]:
     """Hash the weight files of every component that will be loaded (cached by path, size, mtime)."""
     cache = WeightHashCache(Path(config.hash_cache) if config.hash_cache else None)
     whole_files: dict[Path, tuple[str, dict[str, str]]] = {}
@@ -362,6 +370,8 @@ def _hash_components(config: EngineConfig, base: _Model, refiner: _Model) -> lis
         ("text_encoder_2", base, "text_encoder_2"),
         ("vae", base, "vae"),
     ):
+        if model is None:
+            continue  # base only: the refiner is not loaded, so not hashed or recorded either
         if role == "vae" and config.vae is not None:
             folder = _vae_folder(config.vae)
             sha, files = hash_component_folder(folder, cache=cache)
@@ -396,6 +406,8 @@ def check_expected_hashes(components: Sequence[ComponentInfo], expected: Mapping
     """Raise WeightHashMismatch for the first component whose sha256 is not the expected one."""
     by_role = {c.role: c for c in components}
     for role, sha in expected.items():
+        if role not in by_role:
+            continue  # not loaded (the refiner of a base-only engine)
         component = by_role[role]
         if component.sha256 != sha:
             raise WeightHashMismatch(role, component.name, sha, component.sha256)
@@ -408,7 +420,7 @@ class SDXLEngine:
         self,
         config: EngineConfig,
         base: StableDiffusionXLPipeline,
-        refiner: StableDiffusionXLImg2ImgPipeline,
+        refiner: StableDiffusionXLImg2ImgPipeline | None,
         components: list[ComponentInfo],
     ) -> None:
         _check_config(config)
@@ -433,8 +445,12 @@ class SDXLEngine:
         dtype = DTYPES[config.dtype]
         # 1. Resolve both models to local folders or files (hub ids only at a pinned commit).
         base_model = _resolve_model(config.base, config.revision, config.base_config, "base")
-        refiner_model = _resolve_model(
-            config.refiner, config.refiner_revision or config.revision, config.refiner_config, "refiner"
+        refiner_model = (
+            None
+            if config.refiner is None
+            else _resolve_model(
+                config.refiner, config.refiner_revision or config.revision, config.refiner_config, "refiner"
+            )
         )
         # 2. Hash the weight files of every component we will load, and check the expected hashes.
         components = _hash_components(config, base_model, refiner_model)
@@ -465,18 +481,22 @@ class SDXLEngine:
                 base_model.folder, subfolder="vae", variant=config.variant, dtype=vae_dtype, local_files_only=True
             )
         base = _load_pipeline(StableDiffusionXLPipeline, base_model, config.variant, **common, **shared)
-        refiner = _load_pipeline(
-            StableDiffusionXLImg2ImgPipeline,
-            refiner_model,
-            config.variant,
-            text_encoder_2=base.text_encoder_2,
-            vae=base.vae,
-            **common,
+        refiner = (
+            None
+            if refiner_model is None
+            else _load_pipeline(
+                StableDiffusionXLImg2ImgPipeline,
+                refiner_model,
+                config.variant,
+                text_encoder_2=base.text_encoder_2,
+                vae=base.vae,
+                **common,
+            )
         )
         logger.info(
             "loaded base %s and refiner %s in %s on %s",
             base_model.source,
-            refiner_model.source,
+            refiner_model.source if refiner_model else "(none: base only)",
             config.dtype,
             config.device,
         )
@@ -495,9 +515,9 @@ class SDXLEngine:
             # loaded by another path (a single file keeps them in its memory map, unaligned) give other
             # last bits. Fresh, allocator-aligned copies make the numbers depend on the weights alone.
             # (Moving to a GPU makes fresh copies anyway.)
-            for module in _modules(self.base, self.refiner):
+            for module in _modules(*self._pipes()):
                 _own_aligned_storage(module)
-        for name, pipe in (("base", self.base), ("refiner", self.refiner)):
+        for name, pipe in zip(("base", "refiner"), self._pipes(), strict=False):
             # The sampler, on this pipeline's own schedule (the refiner's config is its own).
             pipe.scheduler = build_scheduler(self.config.scheduler, pipe.scheduler.config)
             pipe.to(self.device)
@@ -510,17 +530,20 @@ class SDXLEngine:
         # Pipelines may be handed over already prepared (benchmarks re-wrap them with compile=True):
         # each step below is applied once.
         fused = _attention_kind(self.base.unet) == FusedAttnProcessor2_0.__name__
+        unets = [pipe.unet for pipe in self._pipes()]
         if self.config.batch_invariant:
-            for module in (self.base.unet, self.refiner.unet, self.base.text_encoder, self.base.text_encoder_2):
+            for module in (*unets, self.base.text_encoder, self.base.text_encoder_2):
                 make_batch_invariant(module)
         if self.config.fuse_qkv and not fused:
             self.base.fuse_qkv_projections(unet=True, vae=True)
-            self.refiner.fuse_qkv_projections(unet=True, vae=False)  # the vae is the base's, fused already
+            if self.refiner is not None:
+                self.refiner.fuse_qkv_projections(unet=True, vae=False)  # the vae is the base's, fused already
             fused = True
         attention = _check_attention(self.base.unet, fused=fused, what="base unet")
-        _check_attention(self.refiner.unet, fused=fused, what="refiner unet")
+        if self.refiner is not None:
+            _check_attention(self.refiner.unet, fused=fused, what="refiner unet")
         if self.config.channels_last:
-            for module in (self.base.unet, self.refiner.unet, self.base.vae):
+            for module in (*unets, self.base.vae):
                 module.to(memory_format=torch.channels_last)
         if self.config.compile and not isinstance(self.base.unet, torch._dynamo.eval_frame.OptimizedModule):
             # Static shapes: every chunk is padded to max_batch_size (see _generate_chunk), so each
@@ -529,7 +552,8 @@ class SDXLEngine:
             if self.config.compile_mode:
                 kwargs["mode"] = self.config.compile_mode
             self.base.unet = torch.compile(self.base.unet, **kwargs)
-            self.refiner.unet = torch.compile(self.refiner.unet, **kwargs)
+            if self.refiner is not None:
+                self.refiner.unet = torch.compile(self.refiner.unet, **kwargs)
             self.base.vae.decode = torch.compile(self.base.vae.decode, **kwargs)
         self.options = {
             "attention": attention,
@@ -544,14 +568,48 @@ class SDXLEngine:
             "vae_tiling": self.config.vae_tiling,
             "decode": "one image at a time (VAE slicing)",
             "scheduler": self.config.scheduler,
+            "stages": list(self.stages),
         }
+
+    def _pipes(self) -> list[Any]:
+        return [self.base] if self.refiner is None else [self.base, self.refiner]
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """("base",) when the refiner is not loaded, else ("base", "refiner")."""
+        return ("base",) if self.refiner is None else ("base", "refiner")
+
+    def without_refiner(self) -> SDXLEngine:
+        """This engine as a base-only one: the same loaded base (nothing loaded again), no refiner,
+        and the refiner left out of ``components``, ``config`` and ``describe()``: what a run of base-only
+        configurations records when a worker already holds the full engine."""
+        if self.refiner is None:
+            return self
+        view = object.__new__(SDXLEngine)
+        view.__dict__.update(self.__dict__)
+        view.refiner = None
+        view.config = replace(
+            self.config,
+            refiner=None,
+            refiner_revision=None,
+            refiner_config=None,
+            expected_sha256={k: v for k, v in self.config.expected_sha256.items() if k != "refiner_unet"},
+        )
+        view.components = [c for c in self.components if c.role != "refiner_unet"]
+        view.options = {**self.options, "stages": ["base"]}
+        return view
 
     # --------------------------------------------------------------- generation
     def check_requests(self, requests: Sequence[ImageRequest]) -> None:
         """Check every request before any work: values, and prompt lengths against the tokenizers."""
         for r in requests:
             check_request(r)
-        for key in {(r.steps, float(r.refiner_split)) for r in requests}:
+        if self.refiner is None and any(r.refiner_split is not None for r in requests):
+            raise ValueError(
+                "this engine was loaded without the refiner (a base-only configuration): a request with a "
+                "refiner_split needs an engine loaded with one"
+            )
+        for key in {(r.steps, float(r.refiner_split)) for r in requests if r.refiner_split is not None}:
             base_steps, refiner_steps = self.stage_steps(*key)
             if base_steps < 1 or refiner_steps < 1:
                 raise ValueError(
@@ -617,25 +675,30 @@ class SDXLEngine:
             "target_size": first.target_size,
             "crops_coords_top_left": first.crops_coords_top_left,
         }
-        # 2. Base: pure noise -> latents at denoising_end=split.
+        # 2. Base: pure noise -> latents at denoising_end=split (every step for the base alone).
+        split = None if first.refiner_split is None else float(first.refiner_split)
         latents = self.base(
             **common,
             **sizes,
             width=first.width,
             height=first.height,
-            denoising_end=float(first.refiner_split),
+            denoising_end=split,
             output_type="latent",
         ).images
-        # 3. Refiner: from denoising_start=split to the end, still latents.
-        refined = self.refiner(
-            **common,
-            **sizes,
-            aesthetic_score=float(first.aesthetic_score),
-            negative_aesthetic_score=float(first.negative_aesthetic_score),
-            image=latents,
-            denoising_start=float(first.refiner_split),
-            output_type="latent",
-        ).images
+        if split is None:
+            refined = latents  # the base alone: its VAE decodes its own latents
+        else:
+            # 3. Refiner: from denoising_start=split to the end, still latents.
+            assert self.refiner is not None  # check_requests refuses a split without a refiner
+            refined = self.refiner(
+                **common,
+                **sizes,
+                aesthetic_score=float(first.aesthetic_score),
+                negative_aesthetic_score=float(first.negative_aesthetic_score),
+                image=latents,
+                denoising_start=split,
+                output_type="latent",
+            ).images
         # 4. Decode one image at a time (the VAE's convolutions are not batch-invariant on every
         #    backend; one at a time, an image's pixels are the same bits alone or in a batch), then
         #    uint8 HxWx3 on the device and one copy to the host.
@@ -662,7 +725,7 @@ class SDXLEngine:
         image = (image.float() / 2 + 0.5).clamp(0, 1)
         return (image * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
 
-    def warm_up(self, width: int, height: int, steps: int, guidance_scale: float, refiner_split: float) -> None:
+    def warm_up(self, width: int, height: int, steps: int, guidance_scale: float, refiner_split: float | None) -> None:
         """Run one full batch at this shape (compiles it when compile=True); call outside timed regions."""
         request = ImageRequest("warm-up", "", 0, width, height, steps, guidance_scale, refiner_split)
         self.generate([request] * self.config.max_batch_size)
@@ -685,7 +748,10 @@ class SDXLEngine:
                 "diffusers": diffusers.__version__,
                 "components": [c.__dict__ for c in self.components],
                 "scheduler": scheduler_record(self.base.scheduler, self.config.scheduler),
-                "refiner_scheduler": scheduler_record(self.refiner.scheduler, self.config.scheduler),
+                "refiner_scheduler": (
+                    None if self.refiner is None else scheduler_record(self.refiner.scheduler, self.config.scheduler)
+                ),
+                "stages": list(self.stages),
                 "micro_conditioning": {**defaults, "sizes_none_mean": "the image's (height, width), as in diffusers"},
             }
         )
@@ -695,7 +761,7 @@ class SDXLEngine:
         cls,
         config: EngineConfig,
         base: StableDiffusionXLPipeline,
-        refiner: StableDiffusionXLImg2ImgPipeline,
+        refiner: StableDiffusionXLImg2ImgPipeline | None,
         components: list[ComponentInfo] | None = None,
     ) -> SDXLEngine:
         """Wrap pipelines built in memory (benchmarks with random full-size weights): no weight files, so

@@ -205,6 +205,7 @@ CHANGED_CELL = {
     "refiner_split": 0.7,
     "num_images": 3,
     "ref": "X2",
+    "pipeline": "base",
 }
 
 
