@@ -528,6 +528,15 @@ def _print_intake_failures(exc: Any, json: bool) -> None:
         print(shown(exc.report.format_failures(), one_line=False), file=sys.stderr)
 
 
+Pipeline = Annotated[
+    str | None,
+    Parameter(
+        help="pipeline configuration(s) of rows whose `pipeline` cell is empty: base, base+refiner, or several "
+        "comma-separated to compare them on the same seeds (default base+refiner; ATELIER_PIPELINES lists them)"
+    ),
+]
+
+
 @_sub("batch").command(name="submit")
 def batch_submit(
     file: Annotated[Path, Parameter(help="CSV, JSON lines (.jsonl) or Parquet")],
@@ -545,6 +554,7 @@ def batch_submit(
         bool,
         Parameter(help="a reviewer accepts each image before it is published (always for ATELIER_REVIEW_PURPOSES)"),
     ] = False,
+    pipeline: Pipeline = None,
     json: Json = False,
     me: Me,
     rt: Runtime_,
@@ -564,6 +574,8 @@ def batch_submit(
                 limits=rt.settings.intake_limits(),
                 policy=rt.settings.load_prompt_policy(),
                 review_required=review or str(purpose) in rt.settings.review_purposes,
+                pipelines=rt.settings.load_pipelines(),
+                default_pipeline=pipeline,
             )
             batch_id, content = batch.id, batch.content_sha256
     except IntakeRejected as exc:
@@ -578,14 +590,21 @@ def batch_submit(
 
 
 @_sub("batch").command(name="edit")
-def batch_edit(batch_id: str, file: Path, /, *, me: Me, rt: Runtime_) -> int:
+def batch_edit(batch_id: str, file: Path, /, *, pipeline: Pipeline = None, me: Me, rt: Runtime_) -> int:
     """Replace a batch's prompts (the requester); voids its approval."""
     from governance.batches import IntakeRejected, edit_batch
 
     try:
         with rt.sessions.begin() as session:
             batch = edit_batch(
-                session, me.user, batch_id, file, rt.settings.intake_limits(), rt.settings.load_prompt_policy()
+                session,
+                me.user,
+                batch_id,
+                file,
+                rt.settings.intake_limits(),
+                rt.settings.load_prompt_policy(),
+                rt.settings.load_pipelines(),
+                pipeline,
             )
             print(f"batch {batch.id} edited (content sha256 {batch.content_sha256}); it needs a new approval")
     except IntakeRejected as exc:
@@ -674,8 +693,20 @@ def batch_show(batch_id: str, /, *, json: Json = False, me: Me, rt: Runtime_) ->
     print_kv(head)
     print(f"progress    {progress_line(detail.summary.full_progress())}")
     print()
-    columns = ["row_id", "seed", "width", "height", "steps", "guidance_scale", "refiner_split", "num_images", "ref"]
-    print_table([p.to_dict() for p in detail.prompts_detail], [*columns, "prompt", "negative_prompt"])
+    print(f"pipeline configurations (pinned from {detail.pipelines_version or 'before configurations'}):")
+    print_table(
+        [{**c, "stages": "+".join(c["stages"])} for c in detail.pipelines.values()],
+        ["name", "stages", "refiner_split", "scheduler", "dtype", "min_side", "max_side"],
+    )
+    print()
+    columns = ["row_id", "pipeline", "seed", "width", "height", "steps", "guidance_scale", "refiner_split"]
+    print_table(
+        [
+            {**p.to_dict(), "refiner_split": "-" if p.refiner_split is None else p.refiner_split}
+            for p in detail.prompts_detail
+        ],
+        [*columns, "num_images", "ref", "prompt", "negative_prompt"],
+    )
     summary = detail.summary
     if detail.flags:
         print(f"\nprompt-policy flags ({detail.screening_policy}): an approver acknowledges each")
@@ -1286,6 +1317,7 @@ def run_batches(rt: Runtime, actor: str, batch_ids: list[str], progress: bool = 
     """Pre-flight each batch (clear refusals before Prefect starts), then run the flow for it."""
     from governance.approvals import require_runnable
     from governance.batches import get_batch
+    from governance.pipelines import batch_configs, engine_needs
     from governance.users import require_role
 
     with rt.sessions() as session:
@@ -1293,7 +1325,10 @@ def run_batches(rt: Runtime, actor: str, batch_ids: list[str], progress: bool = 
         batch_ids = [get_batch(session, batch_id).id for batch_id in batch_ids]  # prefixes -> full ids
         policy = rt.settings.load_prompt_policy()
         for batch_id in batch_ids:
-            require_runnable(get_batch(session, batch_id), policy)
+            batch = get_batch(session, batch_id)
+            require_runnable(batch, policy)
+            # the models its configurations need are configured (a base-only worker has no refiner)
+            rt.model_sources(refiner=engine_needs(list(batch_configs(batch.pipelines).values())).refiner)
     preflight(rt)
     from flows.produce import produce_batch  # Prefect, torch and diffusers: only once the run can go ahead
 
@@ -1662,12 +1697,163 @@ def compliance_report(
     until = parse_when(to, end=True, field="to")
     with rt.sessions() as session:
         user = require_compliance_access(session, me.user, "write compliance reports")
-        summary = period_report(session, rt.store, since, until, out, max_thumbnails=thumbnails, generated_by=user.name)
+        summary = period_report(
+            session,
+            rt.store,
+            since,
+            until,
+            out,
+            max_thumbnails=thumbnails,
+            generated_by=user.name,
+            gpu_hour_price=rt.settings.gpu_hour_price,
+        )
     print(
         f"report {summary.path}: {summary.images} images ({summary.published} published, "
         f"{summary.quarantined} quarantined), {summary.approvals} approval decisions, "
         f"{summary.thumbnails} thumbnails"
     )
+    return ExitCode.OK
+
+
+# ---------------------------------------------------------------- configurations: compare and prefer
+
+Price = Annotated[
+    float | None,
+    Parameter(help="price of one GPU-hour for the cost columns (default ATELIER_GPU_HOUR_PRICE; none: no cost)"),
+]
+COST_COLUMNS = [
+    "pipeline",
+    "images",
+    "accepted",
+    "quarantine_rate",
+    "review_rejection_rate",
+    "seconds_per_image",
+    "images_per_second",
+    "cost_per_image",
+    "cost_per_accepted_image",
+]
+WIN_COLUMNS = ["a", "b", "judgements", "wins_a", "wins_b", "no_preference", "rate_a", "ci_low", "ci_high"]
+
+
+@app.command(name="compare")
+def compare(
+    batch_id: str,
+    /,
+    *,
+    price_per_gpu_hour: Price = None,
+    json: Json = False,
+    me: Me,
+    rt: Runtime_,
+) -> int:
+    """A batch's pipeline configurations side by side: each row and seed's image per configuration, engine
+    seconds, images per second, quarantine and review-rejection rates, cost per image and per accepted
+    image, and reviewers' blind preferences (win rates with 95% Wilson intervals)."""
+    from governance.batches import get_batch
+    from governance.compare import compare_batch, price_of, require_compare_access
+
+    price = price_of(price_per_gpu_hour, rt.settings.gpu_hour_price)
+    with rt.sessions() as session:
+        batch = get_batch(session, batch_id)
+        require_compare_access(session, me.user, batch)
+        result = compare_batch(session, batch, price)
+    if json:
+        print_json(result)
+        return ExitCode.OK
+    print(f"batch {result.batch_id}: configurations {', '.join(result.pipelines)}")
+    rows = []
+    for row in result.rows:
+        cells: dict[str, Any] = {"row_id": row.row_id, "seed": row.seed, "prompt": row.prompt}
+        for image in row.images:
+            cells[image.pipeline] = f"{image.image_id[:8]} {image.status}"
+        rows.append(cells)
+    print_table(rows, ["row_id", "seed", *result.pipelines, "prompt"])
+    if not result.same_seeds:
+        print("warning: some rows' images do not share their seed across configurations")
+    print("\ncost per configuration" + (f" at {price:g} per GPU-hour" if price is not None else " (no price given)"))
+    print_table([c.to_dict() for c in result.costs], COST_COLUMNS)
+    print("\nblind preference (A against B):")
+    print_table([w.to_dict() for w in result.preferences], WIN_COLUMNS)
+    return ExitCode.OK
+
+
+prefer_app = app.command(App(name="prefer", help="blind pairwise preference between pipeline configurations"))
+
+
+@_sub("prefer").command(name="next")
+def prefer_next(
+    batch_id: str,
+    /,
+    *,
+    out: Annotated[Path, Parameter(help="folder for the pair's two images (left.png, right.png)")] = Path("."),
+    json: Json = False,
+    me: Me,
+    rt: Runtime_,
+) -> int:
+    """The next blind pair of a comparison batch (reviewers, not on their own batch): writes its two
+    images, in random order and without metadata, and prints the pair id to pick with."""
+    from governance.errors import InvalidInput
+    from governance.preference import next_pair, pair_png
+
+    if not out.is_dir():
+        raise InvalidInput(f"--out {out} is not a folder; create it first")
+    with rt.sessions.begin() as session:
+        pair = next_pair(session, me.user, batch_id)
+        files = {side: pair_png(session, me.user, pair.pair_id, side, rt.store) for side in ("left", "right")}
+    for side, data in files.items():
+        (out / f"{side}.png").write_bytes(data)
+    if json:
+        print_json(pair)
+        return ExitCode.OK
+    print(f"pair {pair.pair_id} ({pair.remaining} left to judge in batch {pair.batch_id})")
+    print(f"prompt: {shown(pair.prompt)}")
+    print(f"images: {out / 'left.png'}  {out / 'right.png'}")
+    print(f"then: atelier prefer pick {pair.pair_id} left|right|none")
+    return ExitCode.OK
+
+
+@_sub("prefer").command(name="pick")
+def prefer_pick(
+    pair_id: str,
+    choice: Annotated[str, Parameter(help="left, right or none (no preference)")],
+    /,
+    *,
+    json: Json = False,
+    me: Me,
+    rt: Runtime_,
+) -> int:
+    """Record your pick for a pair you were shown (once; audited)."""
+    from governance.preference import record_pick
+
+    with rt.sessions.begin() as session:
+        pick = record_pick(session, me.user, pair_id, choice)
+    anchor_decision(rt, me)
+    if json:
+        print_json(pick)
+    else:
+        print(f"pair {pick.pair_id}: {pick.choice} recorded")
+    return ExitCode.OK
+
+
+@_sub("prefer").command(name="results")
+def prefer_results(
+    *,
+    batch: Annotated[str | None, Parameter(help="one batch (default: every judgement)")] = None,
+    json: Json = False,
+    me: Me,
+    rt: Runtime_,
+) -> int:
+    """Win rates per configuration pair from the audited picks, with 95% Wilson intervals."""
+    from governance.batches import get_batch
+    from governance.compliance import require_compliance_access
+    from governance.preference import win_rates
+
+    with rt.sessions() as session:
+        require_compliance_access(session, me.user, "read preference results")
+        rates = win_rates(session, batch_id=get_batch(session, batch).id if batch else None)
+    if json:
+        print_json(rates)
+    else:
+        print_table([w.to_dict() for w in rates], WIN_COLUMNS)
     return ExitCode.OK
 
 

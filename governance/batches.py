@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,7 @@ from governance.audit import record_event
 from governance.errors import InvalidInput, InvalidState
 from governance.intake import IntakeError, IntakeLimits, IntakeReport, PromptRow, content_sha256, load_prompts
 from governance.licences import DEFAULT_MODEL_LICENCE, DEFAULT_USE_CATEGORY, check_use_category
-from governance.pipelines import DEFAULT_PIPELINE
+from governance.pipelines import DEFAULT_PIPELINE, PipelineConfig, batch_configs
 from governance.records import PURPOSES, Approval, Batch, Image, Prompt, Run, User, prompt_id_for, utcnow
 from governance.results import Result
 from governance.users import require_role
@@ -367,8 +368,9 @@ class PromptDetail(Result):
     height: int
     steps: int
     guidance_scale: float
-    refiner_split: float
-    num_images: int
+    refiner_split: float | None  # None: none of the row's configurations runs the refiner
+    num_images: int  # per configuration
+    pipeline: str = DEFAULT_PIPELINE  # configuration name(s); several: a comparison on the same seeds
 
 
 @dataclass(frozen=True)
@@ -383,10 +385,15 @@ class BatchDetail(Result):
     # the prompt policy it was screened under, and the review flags an approver must acknowledge
     screening_policy: str | None = None
     flags: tuple[Flag, ...] = ()
+    # the definitions of the configurations the rows name, as pinned at submission (name -> definition)
+    pipelines: dict[str, Any] = field(default_factory=dict)
+    pipelines_version: str | None = None  # the configuration file they were pinned from (None: legacy)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             **self.summary.to_dict(),
+            "pipelines": self.pipelines,
+            "pipelines_version": self.pipelines_version,
             "prompts_detail": [p.to_dict() for p in self.prompts_detail],
             "decisions_on_content": [d.to_dict() for d in self.decisions_on_content],
             "screening_policy": self.screening_policy,
@@ -479,13 +486,23 @@ def batch_detail(session: Session, batch: Batch) -> BatchDetail:
     from governance.screening import flags_of
 
     screening = batch.screening or {}
+    configs = batch_configs(batch.pipelines)
     return BatchDetail(
         decisions_on_content=tuple(prior_decisions(session, batch.content_sha256)),
         summary=batch_summary(session, batch),
-        prompts_detail=tuple(PromptDetail(**stored_row(p).to_dict()) for p in batch.prompts),
+        prompts_detail=tuple(_prompt_detail(p, configs) for p in batch.prompts),
         screening_policy=f"{screening['policy']} ({screening['sha256'][:12]})" if screening else None,
         flags=flags_of(batch.screening),
+        pipelines={name: c.record() for name, c in configs.items()},
+        pipelines_version=(batch.pipelines or {}).get("version"),
     )
+
+
+def _prompt_detail(p: Prompt, configs: dict[str, PipelineConfig]) -> PromptDetail:
+    row = {**dataclasses.asdict(stored_row(p))}
+    if not any(configs[n].refiner for n in p.pipelines if n in configs):
+        row["refiner_split"] = None  # stored for the hash, but no configuration of the row uses it
+    return PromptDetail(**row)
 
 
 def list_batches(session: Session, status: str | None = None) -> list[Batch]:

@@ -655,8 +655,13 @@ def period_report(
     max_thumbnails: int = 60,
     thumbnail_px: int = 160,
     generated_by: str = "",
+    gpu_hour_price: float | None = None,
 ) -> ReportSummary:
-    """A self-contained HTML report of [since, until): counts, approvals, quarantines, licences, thumbnails."""
+    """A self-contained HTML report of [since, until): counts, approvals, quarantines, licences, cost and
+    preference per pipeline configuration, thumbnails."""
+    from governance.compare import costs
+    from governance.preference import win_rates
+
     if since >= until:
         raise InvalidInput(f"from {since.isoformat()} is not before to {until.isoformat()}")
     if not out.parent.is_dir():
@@ -751,6 +756,8 @@ def period_report(
         .group_by(User.name, User.disabled_at)
         .order_by(User.name)
     ).all()
+    config_costs = costs(session, gpu_hour_price, since=since, until=until)
+    preferences = win_rates(session, since=since, until=until)
     shown = session.execute(
         select(Image.id, Image.store_key, Prompt.ref, Prompt.row_id)
         .join(Prompt, Prompt.id == Image.prompt_id)
@@ -857,6 +864,58 @@ def period_report(
             [
                 (_iso(at), b, who, "; ".join(f"{f['row_id']} {f['rule']} ({f['matched']})" for f in flags or []))
                 for at, b, who, flags in acknowledged
+            ],
+        ),
+        "<h2>Pipeline configurations: cost per image and per accepted image</h2>",
+        "<p>Engine seconds are measured on the workers (GPU seconds where a GPU ran); "
+        + (
+            f"cost at {e(f'{gpu_hour_price:g}')} per GPU-hour."
+            if gpu_hour_price is not None
+            else "no price per GPU-hour was given (ATELIER_GPU_HOUR_PRICE), so no cost is shown."
+        )
+        + "</p>",
+        table(
+            [
+                "configuration",
+                "images",
+                "accepted",
+                "quarantine rate",
+                "review rejection rate",
+                "engine s / image",
+                "images / engine s",
+                "cost / image",
+                "cost / accepted image",
+            ],
+            [
+                (
+                    c.pipeline,
+                    c.images,
+                    c.accepted,
+                    c.quarantine_rate,
+                    c.review_rejection_rate,
+                    c.seconds_per_image,
+                    c.images_per_second,
+                    c.cost_per_image,
+                    c.cost_per_accepted_image,
+                )
+                for c in config_costs
+            ],
+        ),
+        "<h2>Blind preference between configurations (judgements decided in the period)</h2>",
+        table(
+            ["A", "B", "judgements", "A wins", "B wins", "no preference", "A win rate", "95% interval (Wilson)"],
+            [
+                (
+                    w.a,
+                    w.b,
+                    w.judgements,
+                    w.wins_a,
+                    w.wins_b,
+                    w.no_preference,
+                    w.rate_a,
+                    "" if w.ci_low is None else f"{w.ci_low:.3f} to {w.ci_high:.3f}",
+                )
+                for w in preferences
             ],
         ),
         "<h2>Licences of the published images</h2>",

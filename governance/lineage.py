@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session
 
 from governance.errors import GovernanceCheckFailed
 from governance.licences import restrictions_of
+from governance.pipelines import DEFAULT_PIPELINE, batch_configs
 from governance.records import (
     Approval,
     Batch,
@@ -257,6 +258,23 @@ class AtelierSkuDatasetFacet(Facet):
         return {"sku": self.sku, "productVersionId": self.product_version_id, "templateId": self.template_id}
 
 
+@dataclass(frozen=True)
+class AtelierPipelineDatasetFacet(Facet):
+    """The pipeline configuration that made an image: its name, stages, and measured engine seconds
+    (custom, 1-0-0; governance.pipelines)."""
+
+    SCHEMA_URL = f"{CUSTOM_FACETS_BASE}/1-0-0/AtelierPipelineDatasetFacet.json#/$defs/AtelierPipelineDatasetFacet"
+    name: str
+    stages: tuple[str, ...]
+    engine_seconds: float | None
+
+    def payload(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "stages": list(self.stages)}
+        if self.engine_seconds is not None:
+            out["engineSeconds"] = self.engine_seconds
+        return out
+
+
 def _custom_schema(name: str, base: str, properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -351,6 +369,12 @@ CUSTOM_FACET_SCHEMAS: dict[str, dict[str, Any]] = {
             "DatasetFacet",
             {"sku": _STR, "productVersionId": _STR, "templateId": _STR},
             ["sku", "productVersionId", "templateId"],
+        ),
+        _custom_schema(
+            "AtelierPipelineDatasetFacet",
+            "DatasetFacet",
+            {"name": _STR, "stages": _STRS, "engineSeconds": {"type": "number", "minimum": 0}},
+            ["name", "stages"],
         ),
     )
 }
@@ -529,13 +553,20 @@ def run_event(session: Session, run_id: str, event_type: str, error: str | None 
     outputs: list[Dataset] = []
     if event_type != "START":
         rows = session.execute(
-            select(Image.store_url, Image.store_key, Image.sha256, Prompt.row_id)
+            select(Image.store_url, Image.store_key, Image.sha256, Prompt.row_id, Image.pipeline, Image.engine_seconds)
             .join(Prompt, Prompt.id == Image.prompt_id)
             .where(Image.run_id == run.id, Image.status == "published")
             .order_by(Image.store_key)
         )
-        for url, key, sha, row_id in rows:
+        configs = batch_configs(batch.pipelines)
+        for url, key, sha, row_id, pipeline, engine_seconds in rows:
             facets: dict[str, Facet] = {"version": DatasetVersionDatasetFacet(sha or "")}
+            config = configs.get(pipeline or DEFAULT_PIPELINE)
+            stages = config.stages if config else ("base", "refiner")
+            facets["atelierPipeline"] = AtelierPipelineDatasetFacet(
+                pipeline or DEFAULT_PIPELINE, stages, engine_seconds
+            )
+
             if (item := items.get(row_id)) is not None:
                 facets["atelierSku"] = AtelierSkuDatasetFacet(item.sku, item.product_version_id, item.template_id)
             outputs.append(Dataset(url or "", key or "", facets))
@@ -546,8 +577,8 @@ def run_event(session: Session, run_id: str, event_type: str, error: str | None 
         {
             "jobType": JobTypeJobFacet(),
             "documentation": DocumentationJobFacet(
-                "Generate an approved prompt batch with SDXL base and refiner, check safety, watermark, "
-                "sign and publish the images."
+                "Generate an approved prompt batch with SDXL (the base alone, or base then refiner, as each "
+                "image's pipeline configuration says), check safety, watermark, sign and publish the images."
             ),
         },
     )

@@ -155,6 +155,9 @@ def finish_run(session: Session, actor: str, run_id: str, error: str | None = No
         "remaining": remaining,
         **({"error": error} if error else {}),
     }
+    from governance.compare import run_costs
+
+    run.summary["pipelines"] = run_costs(session, run.id)  # per configuration: images, accepted, engine seconds
     run.finished_at = utcnow()
     run.status = "failed" if error else "completed"
     batch.status = "completed" if remaining == 0 and not error else ("failed" if error else "approved")

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, aliased, defaultload, lazyload
 
 from governance.errors import InvalidInput, NotFound
 from governance.holds import HoldView
+from governance.pipelines import config_of, models_of
 from governance.records import (
     Approval,
     AuditEvent,
@@ -280,6 +281,8 @@ class ImageTrace(Result):
     legal_holds: tuple[HoldView, ...] = ()  # every hold on the image or its batch, active and released
     # catalogue images: SKU, its product version, the template version and the standing approval
     catalogue: dict[str, Any] | None = None
+    # the pipeline configuration that made it (as its batch pinned it) and what it cost on the worker
+    pipeline: dict[str, Any] | None = None
 
 
 def _trace_record(
@@ -292,6 +295,8 @@ def _trace_record(
     holds: list[HoldView],
 ) -> ImageTrace:
     prompt = image.prompt
+    config = config_of(batch.pipelines, prompt.pipeline, prompt.num_images, image.image_index)
+    models = models_of(models, config)
     return ImageTrace(
         image_id=image.id,
         status=image.status,
@@ -338,4 +343,10 @@ def _trace_record(
         withdrawal=image.withdrawal,
         expiry=image.expiry,
         legal_holds=tuple(sorted(holds, key=lambda h: h.placed_at)),
+        pipeline={
+            **config.record(),
+            "engine_seconds": image.engine_seconds,
+            "engine_device": image.engine_device,
+            "pinned_from": {k: (batch.pipelines or {}).get(k) for k in ("version", "sha256")},
+        },
     )

@@ -539,7 +539,9 @@ def report(c: Caller, since: str, until: str, out: Path) -> Any:
     start, end = parse_when(since, field="from"), parse_when(until, end=True, field="to")
     with c.rt.sessions() as session:
         user = require_compliance_access(session, c.user, "write compliance reports")
-        return period_report(session, c.rt.store, start, end, out, generated_by=user.name)
+        return period_report(
+            session, c.rt.store, start, end, out, generated_by=user.name, gpu_hour_price=c.rt.settings.gpu_hour_price
+        )
 
 
 # ---------------------------------------------------------------- users and tokens (admins)
