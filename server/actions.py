@@ -14,6 +14,7 @@ import json
 import re
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -108,7 +109,9 @@ class Submitted(Result):
     status: str
 
 
-def submit(c: Caller, name: str | None, data: bytes, purpose: str, use_category: str) -> Submitted:
+def submit(
+    c: Caller, name: str | None, data: bytes, purpose: str, use_category: str, pipeline: str | None = None
+) -> Submitted:
     from governance.batches import submit_batch
 
     s = c.rt.settings
@@ -122,6 +125,8 @@ def submit(c: Caller, name: str | None, data: bytes, purpose: str, use_category:
             [s.model_licence],
             s.intake_limits(),
             s.load_prompt_policy(),
+            pipelines=s.load_pipelines(),
+            default_pipeline=pipeline or None,
         )
         return Submitted(b.id, b.content_sha256, b.status)
 
@@ -214,10 +219,11 @@ def batch_images(c: Caller, batch_id: str, status: str | None = None, offset: in
         return [_card(i) for i in session.scalars(stmt)]
 
 
-def gallery_thumbnails(c: Caller, cards: list[ImageCard]) -> dict[str, str]:
+def gallery_thumbnails(c: Caller, cards: Sequence[Any]) -> dict[str, str]:
     """The stored thumbnails of these (already visible) cards as data: URIs, read from the store in
     parallel: a gallery page is one request, with one permission check, instead of 100 more. An image
-    published before thumbnails were made has none (the page shows its caption only)."""
+    published before thumbnails were made has none (the page shows its caption only). `cards`: anything
+    with an `image_id` and a `status` (gallery cards, compared images)."""
     import base64
     from concurrent.futures import ThreadPoolExecutor
 
@@ -621,3 +627,52 @@ def revoke_token(c: Caller, token_id: str) -> None:
     with c.rt.sessions.begin() as session:
         revoke(session, c.user, token_id)
     _anchor(c)
+
+
+# ---------------------------------------------------------------- configurations: compare and prefer
+
+
+def compare(c: Caller, batch_id: str) -> Any:
+    """A batch's configurations side by side with cost and preferences (governance.compare): its
+    requester, approvers, operators, auditors and admins; never a reviewer as such (they judge blind)."""
+    from governance.compare import compare_batch, require_compare_access
+
+    with c.rt.sessions() as session:
+        batch = _batch(session, c, batch_id)
+        require_compare_access(session, c.user, batch)
+        return compare_batch(session, batch, c.rt.settings.gpu_hour_price)
+
+
+def prefer_next(c: Caller, batch_id: str, base_url: str) -> Any:
+    """The caller's next blind pair of a batch (governance.preference)."""
+    from governance.preference import next_pair
+
+    with c.rt.sessions.begin() as session:
+        return next_pair(session, c.user, batch_id, base_url)
+
+
+def prefer_image(c: Caller, pair_id: str, side: str) -> bytes:
+    """One side of the caller's pair: a PNG made from the pixels alone (no metadata)."""
+    from governance.preference import pair_png
+
+    with c.rt.sessions() as session:
+        return pair_png(session, c.user, pair_id, side, c.rt.store)
+
+
+def prefer_pick(c: Caller, pair_id: str, choice: str) -> Any:
+    from governance.preference import record_pick
+
+    with c.rt.sessions.begin() as session:
+        pick = record_pick(session, c.user, pair_id, choice)
+    _anchor(c)
+    return pick
+
+
+def preference_results(c: Caller, batch_id: str | None) -> list[Any]:
+    """Win rates with 95% Wilson intervals (auditors and admins), of every judgement or one batch's."""
+    from governance.compliance import require_compliance_access
+    from governance.preference import win_rates
+
+    with c.rt.sessions() as session:
+        require_compliance_access(session, c.user, "read preference results")
+        return win_rates(session, batch_id=_batch(session, c, batch_id).id if batch_id else None)

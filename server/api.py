@@ -79,10 +79,12 @@ async def submit_batch(
     file: Annotated[UploadFile, File(description="CSV, JSON lines (.jsonl) or Parquet")],
     purpose: Annotated[Purpose, Form()],
     use_category: Annotated[str, Form(max_length=60)] = "general",
+    pipeline: Annotated[str | None, Form(max_length=200)] = None,
 ) -> JSONResponse:
-    """Validate a prompt file and submit it; 422 lists every failing row and rule, nothing is stored."""
+    """Validate a prompt file and submit it; 422 lists every failing row and rule, nothing is stored.
+    `pipeline`: the configuration(s) of rows whose `pipeline` cell is empty (default base+refiner)."""
     data = await read_upload(request, file, who.rt.settings.intake_max_file_bytes)
-    done = await run_in_threadpool(actions.submit, who, file.filename, data, purpose, use_category)
+    done = await run_in_threadpool(actions.submit, who, file.filename, data, purpose, use_category, pipeline)
     return out(done, 201)
 
 
@@ -223,6 +225,49 @@ def review_reject(request: Request, who: Who, body: ReviewDecision) -> JSONRespo
     done = actions.review_decide(who, False, body.image_ids, body.batch_id, body.reason)
     server_of(request).courier.poke()
     return out({"rejected": done})
+
+
+# ---------------------------------------------------------------- configurations: compare and prefer
+
+
+@router.get("/batches/{batch_id}/compare", openapi_extra=roles("requester", "approver", "operator", "auditor", "admin"))
+def compare(who: Who, batch_id: str) -> JSONResponse:
+    """The batch's configurations side by side (same seeds), cost per image and per accepted image
+    (at ATELIER_GPU_HOUR_PRICE), and the win rates of reviewers' blind picks."""
+    return out(actions.compare(who, batch_id))
+
+
+@router.post("/batches/{batch_id}/preferences/next", openapi_extra=roles("reviewer"))
+def preference_next(who: Who, batch_id: str) -> JSONResponse:
+    """The caller's next blind pair: the pair id, the prompt and two image URLs that name neither the
+    images nor their configurations (random left/right order). 404 when none is left to judge."""
+    return out(actions.prefer_next(who, batch_id, "/api/v1/preferences"))
+
+
+@router.get("/preferences/{pair_id}/{side}.png", openapi_extra=roles("reviewer"))
+def preference_image(who: Who, pair_id: Id, side: Literal["left", "right"]) -> Response:
+    """One side of the caller's own pair: PNG from the pixels alone (no C2PA manifest, no metadata)."""
+    return Response(actions.prefer_image(who, pair_id, side), media_type="image/png", headers=NO_STORE)
+
+
+class PickBody(BaseModel):
+    choice: Literal["left", "right", "none"]
+
+
+@router.post("/preferences/{pair_id}", openapi_extra=roles("reviewer"))
+def preference_pick(who: Who, pair_id: Id, body: PickBody) -> JSONResponse:
+    """Record the pick for the caller's pair (once; audited)."""
+    return out(actions.prefer_pick(who, pair_id, body.choice))
+
+
+@router.get("/preferences", openapi_extra=roles("auditor", "admin"))
+def preference_results(who: Who, batch_id: Annotated[str | None, Query(max_length=64)] = None) -> JSONResponse:
+    """Win rates per configuration pair with 95% Wilson intervals, over every judgement or one batch's
+    (a batch's requester reads hers in /batches/{id}/compare)."""
+    return out(actions.preference_results(who, batch_id))
+
+
+NO_STORE = {"Cache-Control": "no-store"}
 
 
 # ---------------------------------------------------------------- withdrawal, legal holds, retention

@@ -11,7 +11,7 @@ import secrets
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -171,7 +171,13 @@ def queue(request: Request, who: Who) -> HTMLResponse:
 
 @router.get("/batches/new", openapi_extra=roles("requester"))
 def new_batch(request: Request, who: Who) -> HTMLResponse:
-    return render(request, "submit.html", who, purposes=list(Purpose), failures=None, error=None)
+    return render(request, "submit.html", who, purposes=list(Purpose), failures=None, error=None, **_pipelines(who))
+
+
+def _pipelines(who: Caller) -> dict[str, Any]:
+    """The configurations a batch may name (for the submit form)."""
+    configs = who.rt.settings.load_pipelines()
+    return {"pipelines": [configs.configs[n] for n in configs.names]}
 
 
 @router.post("/batches/new", openapi_extra=roles("requester"))
@@ -181,20 +187,35 @@ async def submit_batch(
     file: Annotated[UploadFile, File()],
     purpose: Annotated[Purpose, Form()],
     use_category: Annotated[str, Form(max_length=60)] = "general",
+    pipeline: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
     from server.api import read_upload
 
     try:
         data = await read_upload(request, file, who.rt.settings.intake_max_file_bytes)
-        done = await run_in_threadpool(actions.submit, who, file.filename, data, purpose, use_category)
+        done = await run_in_threadpool(actions.submit, who, file.filename, data, purpose, use_category, pipeline)
     except IntakeRejected as exc:
         failures = [f.__dict__ for f in exc.report.failures]
         return render(
-            request, "submit.html", who, http_status=422, purposes=list(Purpose), failures=failures, error=str(exc)
+            request,
+            "submit.html",
+            who,
+            http_status=422,
+            purposes=list(Purpose),
+            failures=failures,
+            error=str(exc),
+            **_pipelines(who),
         )
     except InvalidInput as exc:
         return render(
-            request, "submit.html", who, http_status=400, purposes=list(Purpose), failures=None, error=str(exc)
+            request,
+            "submit.html",
+            who,
+            http_status=400,
+            purposes=list(Purpose),
+            failures=None,
+            error=str(exc),
+            **_pipelines(who),
         )
     return back(f"/batches/{done.batch_id}", "submitted: an approver will review it")
 
@@ -237,6 +258,44 @@ def reject(
 ) -> Response:
     done = actions.reject(who, batch_id, content_sha256, reason)
     return back(f"/batches/{done.batch_id}", "rejected")
+
+
+@router.get("/batches/{batch_id}/compare", openapi_extra=roles("requester", "approver", "operator", "auditor", "admin"))
+def compare_page(request: Request, who: Who, batch_id: str) -> HTMLResponse:
+    """The batch's configurations side by side per prompt and seed, their cost and the blind preferences."""
+    result = actions.compare(who, batch_id)
+    images = [i for row in result.rows for i in row.images]
+    return render(
+        request,
+        "compare.html",
+        who,
+        c=result,
+        thumbs=actions.gallery_thumbnails(who, images),
+        price=who.rt.settings.gpu_hour_price,
+    )
+
+
+@router.get("/batches/{batch_id}/prefer", openapi_extra=roles("reviewer"))
+def prefer_page(request: Request, who: Who, batch_id: str, note: str | None = None) -> HTMLResponse:
+    """A blind pair: two images of the same prompt and seed in random order, nothing that names them."""
+    from governance.errors import NotFound
+
+    try:
+        pair = actions.prefer_next(who, batch_id, "/api/v1/preferences")
+    except NotFound as exc:
+        return render(request, "prefer.html", who, pair=None, done=str(exc), batch_id=batch_id, note=note)
+    return render(request, "prefer.html", who, pair=pair, done=None, batch_id=pair.batch_id, note=note)
+
+
+@router.post("/preferences/{pair_id}", openapi_extra=roles("reviewer"))
+def prefer_pick(
+    who: Who,
+    pair_id: Annotated[str, Path(max_length=64)],
+    choice: Annotated[str, Form(pattern="^(left|right|none)$")],
+    batch_id: Annotated[str, Form(max_length=64)],
+) -> Response:
+    actions.prefer_pick(who, pair_id, choice)
+    return back(f"/batches/{batch_id}/prefer", "pick recorded")
 
 
 @router.get("/batches/{batch_id}/gallery", openapi_extra=roles())

@@ -1,0 +1,146 @@
+"""Pipeline configurations through the HTTP API and the console (issue 16), on a real server: a comparison
+batch submitted with a configuration option, compared with cost by its requester, judged blind by a
+reviewer whose pages and API answers never name an image or a configuration."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.flows.conftest import write_prompts
+from tests.server.conftest import Console, csrf_of, set_up, start_server
+
+ROWS = [
+    {"row_id": f"s{i}", "prompt": f"studio photo of a linen cushion number {i} on pure white", "seed": 90 + i,
+     "width": 256, "height": 256, "steps": 2, "num_images": 1}
+    for i in range(3)
+]  # fmt: skip
+PAIR_KEYS = {"pair_id", "batch_id", "prompt", "negative_prompt", "width", "height", "left", "right", "remaining"}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, tiny_models: tuple[Path, Path]) -> Iterator[tuple[Console, str]]:
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ATELIER_REVIEW_PURPOSES", "[]")
+    mp.setenv("ATELIER_GPU_HOUR_PRICE", "2.5")
+    data = tmp_path_factory.mktemp("pipelines") / "d"
+    cli, tokens, app = set_up(data, models=tiny_models)
+    base, server, thread = start_server(app)
+    console = Console(base, data, cli, app, tokens)
+    with console.api("maria") as c:
+        r = c.post(
+            "/api/v1/batches",
+            data={"purpose": "catalogue", "use_category": "product-catalogue", "pipeline": "base,base+refiner"},
+            files={"file": ("p.csv", write_prompts(data.parent / "p.csv", ROWS).read_bytes(), "text/csv")},
+        )
+    assert r.status_code == 201, r.text
+    made = r.json()
+    assert cli("batch", "approve", made["batch_id"], "--content-sha256", made["content_sha256"], actor="omar")[0] == 0
+    assert cli("run", "--batch", made["batch_id"], actor="ops")[0] == 0
+    yield console, made["batch_id"]
+    server.should_exit = True
+    thread.join(10)
+    mp.undo()
+
+
+def pixels(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def test_the_requester_compares_with_cost_and_a_reviewer_may_not(world) -> None:
+    console, batch_id = world
+    with console.api("maria") as c:
+        shown = c.get(f"/api/v1/batches/{batch_id}").json()
+        assert {p["pipeline"] for p in shown["prompts_detail"]} == {"base,base+refiner"}
+        out = c.get(f"/api/v1/batches/{batch_id}/compare").json()
+    assert out["pipelines"] == ["base", "base+refiner"] and out["same_seeds"] and len(out["rows"]) == 3
+    for cost in out["costs"]:
+        assert cost["images"] == cost["measured"] == 3 and cost["gpu_hour_price"] == 2.5
+        assert cost["cost_per_image"] == pytest.approx(cost["seconds_per_image"] * 2.5 / 3600, rel=1e-6)
+    with console.api("rev") as c:
+        r = c.get(f"/api/v1/batches/{batch_id}/compare")
+    assert r.status_code == 403 and "reviewer" in r.json()["message"]
+
+    page = console.browser_session("maria").get(f"/batches/{batch_id}/compare")
+    assert page.status_code == 200
+    assert "base+refiner" in page.text and page.text.count('src="data:image/jpeg;base64,') == 6
+    assert "2.5 per GPU-hour" in page.text
+
+
+def test_blind_pairs_never_name_their_images_or_configurations(world) -> None:
+    console, batch_id = world
+    with console.api("admin") as c:
+        images = {i["image_id"]: i for i in c.get(f"/api/v1/batches/{batch_id}/compare").json()["rows"][0]["images"]}
+        all_ids = [
+            i["image_id"] for r in c.get(f"/api/v1/batches/{batch_id}/compare").json()["rows"] for i in r["images"]
+        ]
+        files = {i: pixels(c.get(f"/api/v1/images/{i}/file").content) for i in all_ids}
+    assert images
+
+    with console.api("rev") as c:
+        r = c.post(f"/api/v1/batches/{batch_id}/preferences/next")
+        assert r.status_code == 200, r.text
+        pair = r.json()
+        assert set(pair) == PAIR_KEYS
+        text = json.dumps(pair)
+        assert not any(i in text for i in all_ids) and "refiner" not in text
+        assert pair["left"] == f"/api/v1/preferences/{pair['pair_id']}/left.png"
+        again = c.post(f"/api/v1/batches/{batch_id}/preferences/next").json()
+        assert again["pair_id"] == pair["pair_id"]  # the undecided pair comes back, not a new draw
+        shown = {}
+        for side in ("left", "right"):
+            got = c.get(pair[side])
+            assert got.status_code == 200 and got.headers["content-type"] == "image/png"
+            assert got.headers["cache-control"] == "no-store"
+            assert b"caBX" not in got.content and b"c2pa" not in got.content.lower() and b"tEXt" not in got.content
+            shown[side] = pixels(got.content)
+        # the two sides are two of the batch's images, of the same row (the same prompt), and not the same one
+        matches = {side: [i for i, px in files.items() if np.array_equal(px, shown[side])] for side in shown}
+        assert len(matches["left"]) == len(matches["right"]) == 1 and matches["left"] != matches["right"]
+        r = c.post(f"/api/v1/preferences/{pair['pair_id']}", json={"choice": "maybe"})
+        assert r.status_code == 422
+    with console.api("ann") as c:  # an auditor is not the pair's viewer: the pair does not exist for them
+        assert c.get(pair["left"]).status_code == 403  # the route is for reviewers
+    with console.api("maria") as c:
+        assert c.post(f"/api/v1/batches/{batch_id}/preferences/next").status_code == 403
+
+    # the console page: the same pair, nothing that names it; a pick needs the CSRF token
+    browser = console.browser_session("rev")
+    page = browser.get(f"/batches/{batch_id}/prefer")
+    assert page.status_code == 200 and pair["pair_id"] in page.text
+    assert not any(i in page.text for i in all_ids) and "refiner" not in page.text.lower()
+    r = browser.post(f"/preferences/{pair['pair_id']}", data={"choice": "left", "batch_id": batch_id})
+    assert r.status_code == 403
+    r = browser.post(
+        f"/preferences/{pair['pair_id']}",
+        data={"choice": "left", "batch_id": batch_id, "csrf_token": csrf_of(page.text)},
+    )
+    assert r.status_code == 303
+    with console.api("ann") as c:
+        rates = c.get("/api/v1/preferences", params={"batch_id": batch_id}).json()
+    assert [(w["a"], w["b"], w["judgements"]) for w in rates] == [("base", "base+refiner", 1)]
+    assert rates[0]["wins_a"] + rates[0]["wins_b"] == 1
+
+
+def test_an_unknown_configuration_is_one_line_and_stores_nothing(world, tmp_path: Path) -> None:
+    console, _ = world
+    with console.api("maria") as c:
+        before = len(c.get("/api/v1/batches").json())
+        r = c.post(
+            "/api/v1/batches",
+            data={"purpose": "catalogue", "pipeline": "base+refinr"},
+            files={"file": ("p.csv", write_prompts(tmp_path / "p.csv", ROWS).read_bytes(), "text/csv")},
+        )
+        assert r.status_code == 400, r.text
+        body: dict[str, Any] = r.json()
+        assert body["code"] == "invalid_input" and "did you mean 'base+refiner'" in body["message"]
+        assert "\n" not in body["message"]
+        assert len(c.get("/api/v1/batches").json()) == before
