@@ -139,7 +139,9 @@ class PipelineSet:
 def unknown_message(name: str, known: Sequence[str]) -> str:
     import difflib
 
-    close = difflib.get_close_matches(name, known, n=1)
+    if not name:
+        return f"an empty configuration name (a stray comma?); configurations: {', '.join(known)}"
+    close = difflib.get_close_matches(name.lower(), known, n=1)
     guess = f" (did you mean {close[0]!r}?)" if close else ""
     return f"unknown pipeline configuration {name!r}{guess}; configurations: {', '.join(known)}"
 
