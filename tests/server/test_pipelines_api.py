@@ -144,3 +144,47 @@ def test_an_unknown_configuration_is_one_line_and_stores_nothing(world, tmp_path
         assert body["code"] == "invalid_input" and "did you mean 'base+refiner'" in body["message"]
         assert "\n" not in body["message"]
         assert len(c.get("/api/v1/batches").json()) == before
+
+
+def test_compare_and_judge_in_a_real_browser(world, tmp_path: Path) -> None:
+    """Chromium: the requester's compare page shows both configurations' thumbnails; a reviewer judges
+    pairs by pressing buttons, both images load, and the next pair follows."""
+    from tests.server.test_browser import Shots, chromium_path, sign_in
+
+    path = chromium_path()
+    if path is None:
+        pytest.skip(
+            "Chromium is not installed (apt-get install chromium, or set ATELIER_CHROMIUM): browser test skipped"
+        )
+    from playwright.sync_api import sync_playwright
+
+    console, batch_id = world
+    shots, errors = Shots(tmp_path), []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, args=["--no-sandbox", "--disable-gpu"])
+        page = sign_in(browser, console, "maria", errors)
+        page.goto(f"{console.base}/batches/new")
+        options = page.locator("#pipeline option").all_inner_texts()
+        assert any(o.startswith("compare all") for o in options) and any(o.startswith("base:") for o in options)
+        page.goto(f"{console.base}/batches/{batch_id}")
+        page.get_by_role("link", name="Compare configurations").click()
+        assert page.get_by_role("heading", name="Cost per configuration").is_visible()
+        widths = page.eval_on_selector_all("table.compare img", "imgs => imgs.map(i => i.naturalWidth)")
+        assert len(widths) == 6 and all(w > 0 for w in widths)
+        shots(page, "compare")
+
+        page = sign_in(browser, console, "rev", errors)
+        page.goto(f"{console.base}/batches/{batch_id}")
+        page.get_by_role("link", name="Judge pairs (blind)").click()
+        first = page.locator("form.pair").get_attribute("action")
+        for name in ("left image", "right image"):
+            img = page.get_by_role("img", name=name)
+            img.wait_for()
+            assert page.evaluate("i => i.complete && i.naturalWidth", img.element_handle()) == 256
+        shots(page, "pair")
+        page.get_by_role("button", name="Right is better").press("Enter")  # the keyboard works too
+        page.wait_for_url(f"**/batches/{batch_id}/prefer?note=*")
+        assert page.locator("form.pair").get_attribute("action") != first  # the next pair
+        shots(page, "next-pair")
+        browser.close()
+    assert errors == []
