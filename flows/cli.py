@@ -1328,7 +1328,7 @@ def run_batches(rt: Runtime, actor: str, batch_ids: list[str], progress: bool = 
             batch = get_batch(session, batch_id)
             require_runnable(batch, policy)
             # the models its configurations need are configured (a base-only worker has no refiner)
-            rt.model_sources(refiner=engine_needs(list(batch_configs(batch.pipelines).values())).refiner)
+            rt.check_model_settings(engine_needs(list(batch_configs(batch.pipelines).values())).refiner)
     preflight(rt)
     from flows.produce import produce_batch  # Prefect, torch and diffusers: only once the run can go ahead
 

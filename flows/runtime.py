@@ -194,19 +194,25 @@ class Runtime:
         so a team trying the base alone needs no refiner weights."""
         quiet_model_libraries()
         s = self.settings
-        if s.base_model and (s.refiner_model or not refiner):
+        self.check_model_settings(refiner)
+        if s.base_model:
             return s.base_model, s.refiner_model if refiner else None
-        if s.base_model or s.refiner_model:
-            from governance.errors import InvalidInput
-
-            raise InvalidInput(
-                "set both ATELIER_BASE_MODEL and ATELIER_REFINER_MODEL, or neither (tiny models); "
-                "ATELIER_BASE_MODEL alone runs batches of base-only configurations only"
-            )
         from sdxl_core.tiny import ensure_tiny_models
 
         base, tiny_refiner = ensure_tiny_models(s.models_dir)
         return str(base), str(tiny_refiner) if refiner else None
+
+    def check_model_settings(self, refiner: bool = True) -> None:
+        """The model settings can serve a batch that needs (or not) the refiner; builds and loads nothing."""
+        s = self.settings
+        if (s.base_model and (s.refiner_model or not refiner)) or not (s.base_model or s.refiner_model):
+            return
+        from governance.errors import InvalidInput
+
+        raise InvalidInput(
+            "set both ATELIER_BASE_MODEL and ATELIER_REFINER_MODEL, or neither (tiny models); "
+            "ATELIER_BASE_MODEL alone runs batches of base-only configurations only"
+        )
 
     @property
     def engine(self) -> SDXLEngine:

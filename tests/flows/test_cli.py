@@ -320,6 +320,7 @@ def test_batch_show_lists_every_field_of_every_row(cli, tmp_path) -> None:
         "guidance_scale": 6.5,
         "refiner_split": 0.7,
         "num_images": 2,
+        "pipeline": "base+refiner",
     }
     assert shown["batch_id"] == out["batch_id"] and shown["progress"]["planned"] == 2
     code, text, _ = cli("batch", "show", out["batch_id"])
