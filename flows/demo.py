@@ -29,6 +29,7 @@ DEMO_USERS = {
     "omar": ["approver"],  # the second pair of eyes
     "ops": ["operator"],  # runs the GPU pool
     "lee": ["auditor"],  # legal / compliance
+    "rosa": ["reviewer"],  # looks at images: output review, blind preference between configurations
 }
 
 

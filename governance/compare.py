@@ -186,8 +186,9 @@ def require_compare_access(session: Session, actor: str | None, batch: Batch) ->
     if user.id == batch.requested_by_id or user.role_names & set(COMPARE_ROLES):
         return
     raise PermissionDenied(
-        f"{user.name} cannot compare the configurations of batch {batch.id}: that is for its requester and for "
-        f"{', '.join(COMPARE_ROLES)} (reviewers judge the images blind: `atelier prefer next`)"
+        f"{user.name} cannot compare the configurations of batch {batch.id}: that needs the "
+        f"{', '.join(COMPARE_ROLES)} role, or being its requester (reviewers judge the images blind: "
+        "`atelier prefer next`)"
     )
 
 

@@ -172,6 +172,7 @@ def next_pair(session: Session, actor: str | None, batch_id: str, base_url: str 
 
 
 def _own_pair(session: Session, actor: str | None, pair_id: str) -> Preference:
+    require_role(session, actor, "reviewer", "judge images")  # before anything about the pair is told
     pair = session.get(Preference, pair_id) if isinstance(pair_id, str) and len(pair_id) <= 36 else None
     if pair is None:
         raise NotFound(f"no preference pair {pair_id!r}; ask for the next pair of the batch")

@@ -269,7 +269,7 @@ def test_demo_runs_twice(make_cli, tmp_path, tiny_models, prefect_server) -> Non
     tokens_file = tmp_path / "demo" / "demo-tokens.json"
     assert tokens_file.stat().st_mode & 0o777 == 0o600
     tokens = json.loads(tokens_file.read_text())
-    assert set(tokens) == {"admin", "maria", "omar", "ops", "lee"}
+    assert set(tokens) == {"admin", "maria", "omar", "ops", "lee", "rosa"}
     cli.tokens.update(tokens)
     assert cli.json("whoami", actor="lee")["user"] == "lee"
     assert cli("compliance", "search", actor="lee")[0] == 0  # the auditor can search

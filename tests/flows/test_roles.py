@@ -82,6 +82,10 @@ MATRIX: list[tuple[list[str], set[str], int | None]] = [
     (["compliance", "impact", "--licence", "no-such-licence"], {"auditor", "admin"}, 3),
     (["compliance", "export", "--format", "csv", "--out", "{out}"], {"auditor", "admin"}, 0),
     (["compliance", "report", "--from", "2026-01-01", "--to", "2026-01-02", "--out", "{out}"], {"auditor", "admin"}, 0),
+    (["compare", "{batch}"], {"requester", "approver", "operator", "auditor", "admin"}, 0),  # rita's own batch
+    (["prefer", "next", "{batch}", "--out", "{dir}"], {"reviewer"}, 3),  # allowed: nothing to judge yet
+    (["prefer", "pick", "no-such-pair", "left"], {"reviewer"}, 3),
+    (["prefer", "results"], {"auditor", "admin"}, 0),
     (["deploy", "--gpus", "1", "--pool", "x"], {"operator"}, None),  # allowed: it would talk to Prefect
     (["workers", "--gpus", "x"], {"operator"}, 2),  # allowed: then the bad GPU list (2)
 ]
@@ -108,6 +112,7 @@ def world(tmp_path_factory) -> tuple[CLI, dict[str, str]]:
         "file": str(tmp / "white.png"),
         "bad": str(tmp / "bad.csv"),
         "out": str(tmp / "out.bin"),
+        "dir": str(tmp),
     }
 
 
