@@ -127,6 +127,11 @@ def _candidates(session: Session, batch: Batch, user_id: int) -> list[tuple[str,
     return out
 
 
+def random_order(x: Any, y: Any) -> tuple[Any, Any]:
+    """The two in an order drawn from the operating system's CSPRNG: nothing the judge sees predicts it."""
+    return (x, y) if secrets.randbits(1) else (y, x)
+
+
 def _view(pair: Preference, remaining: int, base_url: str) -> BlindPair:
     prompt = pair.left.prompt
     return BlindPair(
@@ -161,7 +166,7 @@ def next_pair(session: Session, actor: str | None, batch_id: str, base_url: str 
             "of the same row and seed, or you judged them all (`atelier prefer results` shows the win rates)"
         )
     prompt_id, x, y = secrets.choice(candidates)
-    left, right = (x, y) if secrets.randbits(1) else (y, x)
+    left, right = random_order(x, y)
     pair = Preference(
         batch_id=batch.id, prompt_id=prompt_id, left_image_id=left.id, right_image_id=right.id, shown_to_id=user.id
     )

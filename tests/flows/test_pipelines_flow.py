@@ -203,8 +203,8 @@ def test_blind_picks_give_audited_win_rates(compared, tmp_path) -> None:
         json.loads(p) for (p,) in db.execute("SELECT payload FROM audit_events WHERE action = 'preference.recorded'")
     ]
     assert len(events) == 12
-    left_was_base = [e["left"]["pipeline"] == "base" for e in events if e["choice"] == "left"]
-    assert 0 < sum(left_was_base) < len(left_was_base)  # left and right were shuffled (random order)
+    left_was_base = [e["left"]["pipeline"] == "base" for e in events]
+    assert 0 < sum(left_was_base) < len(left_was_base)  # shuffled (all 12 one way: p = 2^-11)
     wins_base = sum(1 for e in events if e["preferred_pipeline"] == "base")
     wins_refiner = sum(1 for e in events if e["preferred_pipeline"] == "base+refiner")
     (rate,) = cli.json("prefer", "results", "--batch", batch_id, actor="admin")
@@ -230,6 +230,13 @@ def test_blind_picks_give_audited_win_rates(compared, tmp_path) -> None:
     db.commit()
     code, out, err = cli("audit", "verify", actor="admin")
     assert code != 0 and "preference" in out + err
+
+
+def test_left_and_right_are_drawn_evenly() -> None:
+    from governance.preference import random_order
+
+    lefts = sum(random_order("a", "b")[0] == "a" for _ in range(2000))
+    assert 880 < lefts < 1120  # a fair coin: outside this band with probability below 1e-7
 
 
 def test_wilson_interval_matches_the_published_formula() -> None:
