@@ -50,7 +50,7 @@ def run_refresh(rt: Runtime, actor: str, feed: str | None = None) -> RefreshRepo
             imported = import_feed(session, actor, Path(feed))
     with rt.sessions.begin() as session:
         plan = plan_refresh(session, policy)
-        made = make_batches(session, actor, plan, policy, rt.settings.intake_max_rows)
+        made = make_batches(session, actor, plan, policy, rt.settings.intake_max_rows, rt.settings.load_pipelines())
     produced = []
     for batch in made:
         if batch.status == "approved":

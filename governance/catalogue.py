@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from governance.intake import PromptRow, RowFailure
+    from governance.pipelines import PipelineSet
     from governance.screening import Flag, PromptPolicy
     from governance.store import ObjectStore
 
@@ -914,7 +915,12 @@ class MadeBatch(Result):
 
 
 def make_batches(
-    session: Session, actor: str | None, plan: Plan, policy: PromptPolicy, max_rows: int = 10_000
+    session: Session,
+    actor: str | None,
+    plan: Plan,
+    policy: PromptPolicy,
+    max_rows: int = 10_000,
+    pipelines: PipelineSet | None = None,
 ) -> list[MadeBatch]:
     """One batch per standing approval (approved by it) and one for the queue (submitted), each split
     into batches of at most `max_rows` rows (the intake limit in force)."""
@@ -941,7 +947,7 @@ def make_batches(
                 tuple(dataclasses.replace(f, row=n) for n, p in enumerate(planned, start=1) for f in p.flags),
             )
         batch = submit_rows(session, user, rows, "catalogue", source, policy, use_category="product-catalogue",
-                            screened=screened)  # fmt: skip
+                            screened=screened, pipelines=pipelines)  # fmt: skip
         for p in planned:
             session.add(
                 CatalogueItem(
