@@ -682,9 +682,13 @@ def batch_list(*, status: BatchStatus | None = None, json: Json = False, me: Me,
 def batch_show(batch_id: str, /, *, json: Json = False, me: Me, rt: Runtime_) -> int:
     """Show one batch: status, decisions, progress and every prompt row with every field."""
     from governance.batches import batch_detail, get_batch
+    from governance.preference import require_not_blind
+    from governance.users import get_user
 
     with rt.sessions() as session:
-        detail = batch_detail(session, get_batch(session, batch_id))
+        batch = get_batch(session, batch_id)
+        require_not_blind(get_user(session, me.user), batch, "show this batch")
+        detail = batch_detail(session, batch)
     if json:
         print_json(detail)
         return ExitCode.OK
@@ -693,7 +697,7 @@ def batch_show(batch_id: str, /, *, json: Json = False, me: Me, rt: Runtime_) ->
     print_kv(head)
     print(f"progress    {progress_line(detail.summary.full_progress())}")
     print()
-    print(f"pipeline configurations (pinned from {detail.pipelines_version or 'before configurations'}):")
+    print(f"pipeline configurations (pinned from {shown(detail.pipelines_version or 'before configurations')}):")
     print_table(
         [{**c, "stages": "+".join(c["stages"])} for c in detail.pipelines.values()],
         ["name", "stages", "refiner_split", "scheduler", "dtype", "min_side", "max_side"],
@@ -1389,10 +1393,14 @@ def trace(
     rt: Runtime_,
 ) -> int:
     """Everything known about one image: prompt, batch, approval, run, models, licences, safety, audit."""
+    from governance.preference import require_not_blind
     from governance.trace import find_image, trace_image
+    from governance.users import get_user
 
     with rt.sessions() as session:
-        record = trace_image(session, find_image(session, ref))
+        image = find_image(session, ref)
+        require_not_blind(get_user(session, me.user), image.prompt.batch, "trace this image")
+        record = trace_image(session, image)
     if json:
         print_json(record)
         return ExitCode.OK
@@ -1422,6 +1430,7 @@ def verify(
     """Did Atelier make these files, and were they altered? Exit 0 original, 10 derived, 11 tampered,
     12 unknown, 2 a file that cannot be checked; several files: the most serious of those."""
     from governance.errors import InvalidInput
+    from governance.preference import check_verify_result
     from governance.verify import VerifyLimits, exit_code_for, expand_paths, verify_file, verify_files
 
     _chain, _key, anchors = rt.settings.c2pa_paths()
@@ -1436,6 +1445,7 @@ def verify(
     if len(paths) == 1 and not paths[0].is_dir():
         with rt.sessions() as session:
             one = verify_file(session, paths[0], anchors_pem, keys, limits)  # InvalidInput: one line, exit 2
+            check_verify_result(session, me.user, one)
         print_json(one) if json else print_verify_detail(one)
         return one.exit_code
     expanded = expand_paths(paths)
@@ -1444,6 +1454,7 @@ def verify(
     verdicts, rows = [], []
     with rt.sessions() as session:
         for result in verify_files(session, expanded, anchors_pem, keys, limits):
+            check_verify_result(session, me.user, result)
             verdicts.append(result.verdict)
             if json:
                 print_json_line(result)

@@ -72,7 +72,11 @@ class Settings(BaseSettings):
         None, description="pipeline configurations JSON (base, base+refiner, ...); default: the packaged file"
     )
     gpu_hour_price: float | None = Field(
-        None, ge=0, description="price of one GPU-hour (any currency): cost per image and per accepted image"
+        None,
+        ge=0,
+        le=1_000_000,
+        allow_inf_nan=False,
+        description="price of one GPU-hour (any currency): cost per image and per accepted image",
     )
     retention_policy: Path | None = Field(
         None, description="retention policy JSON (how long unpublished and withdrawn files are kept); default: example"

@@ -20,6 +20,7 @@ the seconds; ``measured`` says how many images the seconds cover.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -254,8 +255,8 @@ def price_of(value: float | None, setting: float | None) -> float | None:
     from governance.errors import InvalidInput
 
     price = setting if value is None else value
-    if price is not None and not price >= 0:
-        raise InvalidInput(f"the price per GPU-hour must be a number >= 0, got {price!r}")
+    if price is not None and not (math.isfinite(price) and 0 <= price <= 1_000_000):
+        raise InvalidInput(f"the price per GPU-hour must be a number from 0 to 1000000, got {price!r}")
     return price
 
 

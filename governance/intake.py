@@ -493,11 +493,15 @@ def _row_configurations(
         def fail(rule: str, message: str, i: int = i) -> None:
             failures.append(RowFailure(i + 1, row_ids[i], "pipeline", rule, message))
 
+        unknown = []
         for name in dict.fromkeys(names):
             if name in pipelines.configs:
                 row.append(pipelines.configs[name])
             elif len(name) <= PIPELINE_MAX_CHARS:
-                fail("pipeline_unknown", _safe_line(_pipeline_unknown(name, pipelines)))
+                unknown.append(name)
+        if unknown:  # one failure per cell, however many names it has
+            more = f" (and {len(unknown) - 1} more unknown)" if len(unknown) > 1 else ""
+            fail("pipeline_unknown", _safe_line(_pipeline_unknown(unknown[0], pipelines)) + more)
         if len(set(names)) != len(names):
             fail("pipeline_duplicate", f"{_show(cell)} names a configuration twice; name each once")
         if len(names) > MAX_PER_ROW:

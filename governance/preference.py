@@ -33,8 +33,8 @@ from sqlalchemy.orm import Session, aliased
 from governance.audit import record_event
 from governance.batches import get_batch
 from governance.errors import InvalidInput, InvalidState, NotFound, PermissionDenied
-from governance.pipelines import DEFAULT_PIPELINE, image_slot
-from governance.records import Batch, Image, Preference, utcnow
+from governance.pipelines import DEFAULT_PIPELINE, batch_configs, image_slot
+from governance.records import Batch, Image, Preference, User, utcnow
 from governance.results import Result
 from governance.store import ObjectStore
 from governance.users import require_role
@@ -90,6 +90,32 @@ def wilson(wins: int, n: int, z: float = Z95) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+# Roles that may see which configuration made which image (governance.compare): their holders do not judge.
+SEES_CONFIGURATIONS = ("approver", "operator", "auditor", "admin")
+
+
+def is_comparison(batch: Batch) -> bool:
+    return len(batch_configs(batch.pipelines)) > 1
+
+
+def blind_to(roles: set[str] | frozenset[str], is_requester: bool, batch: Batch) -> bool:
+    """Whether a user is kept blind to a comparison batch: a reviewer with no other way to see which
+    configuration made which image (not its requester; no approver, operator, auditor or admin role).
+    Such a user sees the batch's images only as blind pairs: not its rows, gallery, files, traces, nor
+    `verify` naming them (an image id, a stored pixel hash or the row's configuration list would say
+    which configuration made a pair's image)."""
+    return "reviewer" in roles and not is_requester and not roles & set(SEES_CONFIGURATIONS) and is_comparison(batch)
+
+
+def require_not_blind(user: User, batch: Batch, doing: str) -> None:
+    if blind_to(frozenset(user.role_names), batch.requested_by_id == user.id, batch):
+        raise PermissionDenied(
+            f"{user.name} cannot {doing}: batch {batch.id} compares pipeline configurations and reviewers judge its "
+            "images blind (`atelier prefer next`); its records are for its requester, approvers, operators, "
+            "auditors and admins"
+        )
+
+
 def _judge(session: Session, actor: str | None, batch: Batch) -> Any:
     user = require_role(session, actor, "reviewer", "judge images")
     if batch.requested_by_id == user.id:
@@ -97,7 +123,53 @@ def _judge(session: Session, actor: str | None, batch: Batch) -> Any:
             f"{user.name} requested batch {batch.id}: a preference on your own batch's images is not blind; "
             "another reviewer judges it"
         )
+    seeing = sorted(user.role_names & set(SEES_CONFIGURATIONS))
+    if seeing:
+        raise PermissionDenied(
+            f"{user.name} holds the {', '.join(seeing)} role and can see which configuration made each image of "
+            f"batch {batch.id}: a judgement would not be blind; a reviewer without it judges"
+        )
+    reviewed = session.scalars(select(Image.review).where(Image.batch_id == batch.id, Image.review.is_not(None))).all()
+    if any((r or {}).get("by") == user.name for r in reviewed):
+        raise PermissionDenied(
+            f"{user.name} reviewed the output of batch {batch.id} (where each image's row and index are shown): "
+            "another reviewer judges it blind"
+        )
     return user
+
+
+def batches_to_judge(session: Session, actor: str | None) -> list[Batch]:
+    """Comparison batches with images this reviewer may judge (not their own), newest first."""
+    user = require_role(session, actor, "reviewer", "judge images")
+    if user.role_names & set(SEES_CONFIGURATIONS):
+        return []
+    ids = session.scalars(select(Image.batch_id).where(Image.status.in_(WITH_FILES)).distinct()).all()
+    batches = session.scalars(select(Batch).where(Batch.id.in_(ids)).order_by(Batch.created_at.desc())).all()
+    return [b for b in batches if is_comparison(b) and b.requested_by_id != user.id]
+
+
+def check_verify_result(session: Session, actor: str | None, result: Any) -> Any:
+    """`verify` of a file that turns out to be an image of a comparison batch the caller judges blind:
+    refused (naming the image would tell its configuration); any other result is returned as it is."""
+    from governance.users import get_user
+
+    trace = getattr(result, "trace", None)
+    if trace is None:
+        return result
+    batch = session.get(Batch, trace.batch.id)
+    if batch is not None:
+        require_not_blind(get_user(session, actor), batch, "verify images of this batch")
+    return result
+
+
+def judges(session: Session, user_id: int, batch_id: str) -> bool:
+    """Whether the user has been shown pairs of this batch (a judge of it)."""
+    return (
+        session.scalar(
+            select(Preference.id).where(Preference.batch_id == batch_id, Preference.shown_to_id == user_id).limit(1)
+        )
+        is not None
+    )
 
 
 def _candidates(session: Session, batch: Batch, user_id: int) -> list[tuple[str, Image, Image]]:
@@ -147,19 +219,30 @@ def _view(pair: Preference, remaining: int, base_url: str) -> BlindPair:
     )
 
 
-def next_pair(session: Session, actor: str | None, batch_id: str, base_url: str = "/api/v1/preferences") -> BlindPair:
+def next_pair(
+    session: Session, actor: str | None, batch_id: str, base_url: str = "/api/v1/preferences", draw: bool = True
+) -> BlindPair:
     """The reviewer's undecided pair of this batch, or a new one drawn at random (audited as shown).
-    NotFound when every pair has been judged by this reviewer (or the batch has no comparison)."""
+    NotFound when every pair has been judged by this reviewer (or the batch has no comparison), or,
+    with `draw=False` (a page that only shows), when no pair is waiting."""
+    require_role(session, actor, "reviewer", "judge images")  # before anything about the batch is told
     batch = get_batch(session, batch_id)
     user = _judge(session, actor, batch)
+    # one draw at a time per judge: on PostgreSQL the user's row is locked, so two requests at once
+    # cannot both find no pending pair and draw two (SQLite's single writer does the same)
+    session.scalar(select(User.id).where(User.id == user.id).with_for_update())
     pending = session.scalars(
         select(Preference).where(
             Preference.batch_id == batch.id, Preference.shown_to_id == user.id, Preference.choice.is_(None)
         )
     ).first()
     candidates = _candidates(session, batch, user.id)
+    if pending is not None and any(i.status not in WITH_FILES for i in (pending.left, pending.right)):
+        pending = None  # one of its images left the study (rejected in review, withdrawn): draw another
     if pending is not None:
         return _view(pending, len(candidates) + 1, base_url)
+    if not draw:
+        raise NotFound(f"no pair of batch {batch.id} is waiting for {user.name}; ask for the next one")
     if not candidates:
         raise NotFound(
             f"no pair of batch {batch.id} is left for {user.name} to judge: it has no two configurations' images "
@@ -197,7 +280,7 @@ def pair_png(session: Session, actor: str | None, pair_id: str, side: str, store
     pair = _own_pair(session, actor, pair_id)
     image = pair.left if side == "left" else pair.right
     if not image.store_key or image.status not in WITH_FILES:
-        raise InvalidState(f"the {side} image of pair {pair.id} is no longer available ({image.status})")
+        raise InvalidState(f"pair {pair.id} can no longer be judged: one of its images left the study")
     with PILImage.open(io.BytesIO(store.get(image.store_key))) as source:
         pixels = source.convert("RGB")
         out = io.BytesIO()
@@ -210,8 +293,16 @@ def record_pick(session: Session, actor: str | None, pair_id: str, choice: str) 
     if choice not in CHOICES:
         raise InvalidInput(f"choice must be one of {', '.join(CHOICES)}, got {choice!r}")
     pair = _own_pair(session, actor, pair_id)
+    # once: the row is read again under a lock (PostgreSQL: FOR UPDATE), so two picks sent at once
+    # cannot both find it undecided (SQLite's single writer refuses the second one's write)
+    session.execute(
+        select(Preference).where(Preference.id == pair.id).with_for_update().execution_options(populate_existing=True)
+    ).scalar_one()
     if pair.choice is not None:
         raise InvalidState(f"pair {pair.id} was judged already ({pair.choice}); ask for the next pair")
+    for image in (pair.left, pair.right):
+        if image.status not in WITH_FILES:
+            raise InvalidState(f"pair {pair.id} can no longer be judged: one of its images left the study")
     pair.choice, pair.decided_at = choice, utcnow()
     left, right = pair.left, pair.right
     winner = {"left": left, "right": right}.get(choice)

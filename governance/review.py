@@ -12,7 +12,7 @@ changes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -97,13 +97,21 @@ def _images(session: Session, image_ids: Sequence[str] | None, batch_id: str | N
     return [found[i] for i in ids]
 
 
-def _check(user: User, images: Iterable[Image]) -> User:
+def _check(session: Session, user: User, images: Sequence[Image]) -> User:
     for image in images:
         if image.status != "review":
             raise InvalidState(f"image {image.id} is {image.status}: only an image waiting for review can be decided")
         if image.prompt.batch.requested_by_id == user.id:
             raise PermissionDenied(
                 f"{user.name} requested batch {image.batch_id} and cannot review its images: another reviewer must"
+            )
+    from governance.preference import judges
+
+    for batch_id in sorted({i.batch_id for i in images}):
+        if judges(session, user.id, batch_id):
+            raise PermissionDenied(
+                f"{user.name} judges batch {batch_id} blind and cannot review its output (which shows each image's "
+                "row and index): another reviewer must"
             )
     return user
 
@@ -119,7 +127,7 @@ def accept(
     publish location; each record becomes published, each decision an event. Returns the image ids."""
     user = require_role(session, actor, "reviewer", "review images")
     images = _images(session, image_ids, batch_id)
-    _check(user, images)
+    _check(session, user, images)
     now = utcnow().isoformat()
     done = []
     for image in images:
@@ -183,7 +191,7 @@ def reject(
     user = require_role(session, actor, "reviewer", "review images")
     reason = plain_reason(reason, "a rejection needs a reason")
     images = _images(session, image_ids, batch_id)
-    _check(user, images)
+    _check(session, user, images)
     now = utcnow().isoformat()
     for image in images:
         image.status = "rejected"

@@ -40,8 +40,17 @@ def _anchor(c: Caller) -> None:
 
 
 def _visible(c: Caller, batch: Batch) -> Batch:
+    from governance.preference import blind_to
+
     if batch.requested_by.name != c.user and not c.has(*SEES_EVERY_BATCH):
         raise NotFound(f"no batch {batch.id} that {c.user} may see")  # not even whether it exists
+    if blind_to(frozenset(c.roles), batch.requested_by.name == c.user, batch):
+        from governance.errors import PermissionDenied
+
+        raise PermissionDenied(
+            f"{c.user} judges batch {batch.id} blind: a comparison batch's rows, images and records are for its "
+            "requester, approvers, operators, auditors and admins; judge it on its pairs page"
+        )
     return batch
 
 
@@ -447,7 +456,9 @@ def verify_upload(c: Caller, name: str | None, data: bytes) -> Any:
     except AtelierError:
         keys = []
     with Upload(name, data, limits.max_file_bytes, "file to verify") as path, c.rt.sessions() as session:
-        return verify_file(session, path, anchors_pem, keys, limits)
+        from governance.preference import check_verify_result
+
+        return check_verify_result(session, c.user, verify_file(session, path, anchors_pem, keys, limits))
 
 
 # ---------------------------------------------------------------- runs, workers, ledger
@@ -643,12 +654,25 @@ def compare(c: Caller, batch_id: str) -> Any:
         return compare_batch(session, batch, c.rt.settings.gpu_hour_price)
 
 
-def prefer_next(c: Caller, batch_id: str, base_url: str) -> Any:
-    """The caller's next blind pair of a batch (governance.preference)."""
+def batches_to_judge(c: Caller) -> list[Any]:
+    from governance.preference import batches_to_judge as to_judge
+
+    with c.rt.sessions() as session:
+        return [batch_summary_row(session, b) for b in to_judge(session, c.user)]
+
+
+def batch_summary_row(session: Session, batch: Batch) -> BatchSummary:
+    from governance.batches import batch_summary
+
+    return batch_summary(session, batch)
+
+
+def prefer_next(c: Caller, batch_id: str, base_url: str, draw: bool = True) -> Any:
+    """The caller's next blind pair of a batch (governance.preference); `draw=False`: only one waiting."""
     from governance.preference import next_pair
 
     with c.rt.sessions.begin() as session:
-        return next_pair(session, c.user, batch_id, base_url)
+        return next_pair(session, c.user, batch_id, base_url, draw=draw)
 
 
 def prefer_image(c: Caller, pair_id: str, side: str) -> bytes:

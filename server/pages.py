@@ -277,14 +277,27 @@ def compare_page(request: Request, who: Who, batch_id: str) -> HTMLResponse:
 
 @router.get("/batches/{batch_id}/prefer", openapi_extra=roles("reviewer"))
 def prefer_page(request: Request, who: Who, batch_id: str, note: str | None = None) -> HTMLResponse:
-    """A blind pair: two images of the same prompt and seed in random order, nothing that names them."""
+    """The pair waiting for this reviewer: two images of the same prompt and seed in random order, nothing
+    that names them; none waiting: a button that draws the next (a GET changes nothing)."""
+    from governance.errors import NotFound
+
+    try:
+        pair = actions.prefer_next(who, batch_id, "/api/v1/preferences", draw=False)
+    except NotFound as exc:
+        return render(request, "prefer.html", who, pair=None, done=str(exc), batch_id=batch_id, note=note)
+    return render(request, "prefer.html", who, pair=pair, done=None, batch_id=pair.batch_id, note=note)
+
+
+@router.post("/batches/{batch_id}/prefer", openapi_extra=roles("reviewer"))
+def prefer_draw(who: Who, batch_id: Annotated[str, Path(max_length=64)]) -> Response:
+    """Draw the next blind pair (audited as shown) and show it."""
     from governance.errors import NotFound
 
     try:
         pair = actions.prefer_next(who, batch_id, "/api/v1/preferences")
     except NotFound as exc:
-        return render(request, "prefer.html", who, pair=None, done=str(exc), batch_id=batch_id, note=note)
-    return render(request, "prefer.html", who, pair=pair, done=None, batch_id=pair.batch_id, note=note)
+        return back(f"/batches/{batch_id}/prefer", str(exc))
+    return back(f"/batches/{pair.batch_id}/prefer")
 
 
 @router.post("/preferences/{pair_id}", openapi_extra=roles("reviewer"))
@@ -295,7 +308,7 @@ def prefer_pick(
     batch_id: Annotated[str, Form(max_length=64)],
 ) -> Response:
     actions.prefer_pick(who, pair_id, choice)
-    return back(f"/batches/{batch_id}/prefer", "pick recorded")
+    return prefer_draw(who, batch_id)  # the pick recorded, the next pair at once
 
 
 @router.get("/batches/{batch_id}/gallery", openapi_extra=roles())
@@ -432,7 +445,9 @@ def start_run(request: Request, who: Who, batch_id: Annotated[str, Form(max_leng
 @router.get("/review", openapi_extra=roles("reviewer", "auditor", "admin"))
 def review_page(request: Request, who: Who, note: str | None = None) -> HTMLResponse:
     cards = actions.review_waiting(who)
-    return render(request, "review.html", who, cards=cards, thumbs=actions.gallery_thumbnails(who, cards), note=note)
+    judge = actions.batches_to_judge(who) if who.has("reviewer") else []
+    thumbs = actions.gallery_thumbnails(who, cards)
+    return render(request, "review.html", who, cards=cards, thumbs=thumbs, note=note, judge=judge)
 
 
 @router.post("/review", openapi_extra=roles("reviewer"))

@@ -16,7 +16,14 @@ import flows.runtime
 from governance.preference import wilson
 from tests.flows.conftest import CLI, write_prompts
 
-PEOPLE = [("maria", "requester"), ("omar", "approver"), ("ops", "operator"), ("rev", "reviewer"), ("rita", "reviewer")]
+PEOPLE = [
+    ("maria", "requester"),
+    ("omar", "approver"),
+    ("ops", "operator"),
+    ("rev", "reviewer"),
+    ("rita", "reviewer"),
+    ("vera", "reviewer"),  # reviews the comparison batch's output, so does not judge it
+]
 
 
 def world(tmp_path: Path, base: Path, refiner: Path | None) -> CLI:
@@ -106,8 +113,8 @@ def compared(tmp_path: Path, tiny_models) -> tuple[CLI, str]:
     out = cli.json("compare", batch_id, actor="admin")
     base_images = [i["image_id"] for r in out["rows"] for i in r["images"] if i["pipeline"] == "base"]
     others = [i["image_id"] for r in out["rows"] for i in r["images"] if i["pipeline"] != "base"]
-    assert cli("review", "reject", *base_images[:2], "--reason", "lamp shade warped", actor="rita")[0] == 0
-    assert cli("review", "accept", *base_images[2:], *others, actor="rita")[0] == 0
+    assert cli("review", "reject", *base_images[:2], "--reason", "lamp shade warped", actor="vera")[0] == 0
+    assert cli("review", "accept", *base_images[2:], *others, actor="vera")[0] == 0
     return cli, batch_id
 
 
@@ -174,6 +181,21 @@ def test_blind_picks_give_audited_win_rates(compared, tmp_path) -> None:
     assert code == 4 and "own batch" in err
     code, _, err = cli("prefer", "next", batch_id, "--out", str(tmp_path), actor="omar")  # not a reviewer
     assert code == 4
+    code, _, err = cli("prefer", "next", batch_id, "--out", str(tmp_path), actor="vera")  # reviewed its output
+    assert code == 4 and "reviewed the output" in err
+    assert cli("users", "grant", "omar", "--role", "reviewer", actor="admin")[0] == 0
+    code, _, err = cli("prefer", "next", batch_id, "--out", str(tmp_path), actor="omar")  # sees configurations
+    assert code == 4 and "approver" in err and "not be blind" in err
+
+    # a judge sees the batch only as pairs: not its rows, traces or files, nor verify naming its images
+    some = next(iter(image_ids))
+    for argv in (["batch", "show", batch_id], ["trace", some]):
+        code, _, err = cli(*argv, actor="rev")
+        assert code == 4 and "blind" in err, argv
+    published = tmp_path / "d" / "store" / cli.json("trace", some, actor="admin")["store"]["key"]
+    code, _, err = cli("verify", str(published), actor="rev")
+    assert code == 4 and "blind" in err
+    assert cli("verify", str(published), actor="maria")[0] == 0  # the requester may
 
     rev = _pairs_of(cli, batch_id, "rev", tmp_path / "rev", "left")
     rita = _pairs_of(cli, batch_id, "rita", tmp_path / "rita", "none")

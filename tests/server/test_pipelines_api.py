@@ -107,6 +107,14 @@ def test_blind_pairs_never_name_their_images_or_configurations(world) -> None:
         assert len(matches["left"]) == len(matches["right"]) == 1 and matches["left"] != matches["right"]
         r = c.post(f"/api/v1/preferences/{pair['pair_id']}", json={"choice": "maybe"})
         assert r.status_code == 422
+        # the judge sees the batch only as pairs: not its rows, traces, files, nor verify naming them
+        some = all_ids[0]
+        for url in (f"/api/v1/batches/{batch_id}", f"/api/v1/images/{some}", f"/api/v1/images/{some}/file"):
+            assert c.get(url).status_code == 403, url
+        with console.api("admin") as admin:
+            published = admin.get(f"/api/v1/images/{some}/file").content
+        r = c.post("/api/v1/verify", files={"file": ("x.png", published, "image/png")})
+        assert r.status_code == 403 and "blind" in r.json()["message"]
     with console.api("ann") as c:  # an auditor is not the pair's viewer: the pair does not exist for them
         assert c.get(pair["left"]).status_code == 403  # the route is for reviewers
     with console.api("maria") as c:
@@ -174,8 +182,11 @@ def test_compare_and_judge_in_a_real_browser(world, tmp_path: Path) -> None:
         shots(page, "compare")
 
         page = sign_in(browser, console, "rev", errors)
-        page.goto(f"{console.base}/batches/{batch_id}")
-        page.get_by_role("link", name="Judge pairs (blind)").click()
+        page.get_by_role("navigation", name="Main").get_by_role("link", name="Review").click()
+        page.get_by_role("link", name="Judge pairs").click()
+        draw = page.get_by_role("button", name="Show me the next pair")
+        if draw.count():  # no pair waiting: a GET only shows, the button (a POST) draws one
+            draw.click()
         first = page.locator("form.pair").get_attribute("action")
         for name in ("left image", "right image"):
             img = page.get_by_role("img", name=name)
@@ -183,7 +194,7 @@ def test_compare_and_judge_in_a_real_browser(world, tmp_path: Path) -> None:
             assert page.evaluate("i => i.complete && i.naturalWidth", img.element_handle()) == 256
         shots(page, "pair")
         page.get_by_role("button", name="Right is better").press("Enter")  # the keyboard works too
-        page.wait_for_url(f"**/batches/{batch_id}/prefer?note=*")
+        page.wait_for_url(f"**/batches/{batch_id}/prefer")
         assert page.locator("form.pair").get_attribute("action") != first  # the next pair
         shots(page, "next-pair")
         browser.close()
