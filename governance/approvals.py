@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, joinedload
 from governance.audit import record_event
 from governance.batches import current_approval, get_batch, stored_content_sha256
 from governance.errors import InvalidInput, InvalidState, PermissionDenied
+from governance.pipelines import record_sha256
 from governance.records import Approval, Batch
 from governance.results import Result
 from governance.text import describe, first_unsafe
@@ -98,7 +99,12 @@ def _decide(
             "in `atelier batch show`; approving needs acknowledge_flags"
         )
     approval = Approval(
-        batch=batch, decision=decision, decided_by=user, content_sha256=batch.content_sha256, reason=reason
+        batch=batch,
+        decision=decision,
+        decided_by=user,
+        content_sha256=batch.content_sha256,
+        reason=reason,
+        pipelines_sha256=record_sha256(batch.pipelines),
     )
     if decision == "approved" and flags:
         approval.acknowledged_flags = [f.to_dict() for f in flags]
@@ -108,6 +114,7 @@ def _decide(
     payload: dict[str, object] = {
         "approval_id": approval.id,
         "content_sha256": batch.content_sha256,
+        "pipelines_sha256": approval.pipelines_sha256,
         "reason": reason,
     }
     if decision == "approved" and rejected:
@@ -158,6 +165,12 @@ def require_runnable(batch: Batch, policy: PromptPolicy | None = None) -> Approv
         raise InvalidState(
             f"batch {batch.id} content ({actual}) differs from what was approved "
             f"({approval.content_sha256}); it must be approved again"
+        )
+    if approval.pipelines_sha256 is not None and approval.pipelines_sha256 != record_sha256(batch.pipelines):
+        raise InvalidState(
+            f"batch {batch.id}: its pipeline configurations differ from those approved "
+            f"(definitions sha256 {record_sha256(batch.pipelines)}, approved {approval.pipelines_sha256}); "
+            "`atelier audit verify` names the change; it must be approved again"
         )
     if batch.status not in ("approved", "running", "completed", "failed"):
         raise InvalidState(f"batch {batch.id} is {batch.status}; it cannot run")

@@ -45,6 +45,7 @@ from sqlalchemy.orm import Session
 from governance.audit import record_event
 from governance.errors import InvalidInput, InvalidState, NotFound, PermissionDenied
 from governance.holds import active_holds
+from governance.pipelines import record_sha256
 from governance.records import (
     Approval,
     Batch,
@@ -969,6 +970,7 @@ def _apply_standing(session: Session, user: User, batch: Batch, standing: Standi
     approval = Approval(
         batch=batch, decision="approved", decided_by_id=standing.approver_id, content_sha256=batch.content_sha256,
         reason=f"standing approval {standing.id} of template {standing.template_id}", standing_approval_id=standing.id,
+        pipelines_sha256=record_sha256(batch.pipelines),
     )  # fmt: skip
     session.add(approval)
     batch.status = "approved"

@@ -25,6 +25,7 @@ depend on the configuration, which is what makes a comparison fair.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -232,6 +233,16 @@ def default_pipelines() -> PipelineSet:
 
 
 # ---------------------------------------------------------------- what a stored batch and image ran
+
+
+def record_sha256(record: Mapping[str, Any] | None) -> str | None:
+    """SHA-256 of a batch's pinned definitions (canonical JSON): what an approval pins beside the content
+    hash, so that definitions changed after approval (a database edit) refuse the run. None: a batch
+    stored before configurations existed."""
+    if not record:
+        return None
+    canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def batch_configs(record: Mapping[str, Any] | None) -> dict[str, PipelineConfig]:

@@ -333,6 +333,8 @@ class Approval(Base):
     acknowledged_flags: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     # set when the decision is a standing approval applied to a catalogue batch (governance.catalogue)
     standing_approval_id: Mapped[str | None] = mapped_column(ForeignKey("standing_approvals.id"), nullable=True)
+    # SHA-256 of the batch's pinned pipeline definitions when decided (governance.pipelines.record_sha256)
+    pipelines_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     batch: Mapped[Batch] = relationship(back_populates="approvals")
     decided_by: Mapped[User] = relationship(lazy="joined")

@@ -24,6 +24,8 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("pipelines", sa.JSON(), nullable=True))
     with op.batch_alter_table("prompts", schema=None) as batch_op:
         batch_op.add_column(sa.Column("pipeline", sa.String(length=200), nullable=True))
+    with op.batch_alter_table("approvals", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("pipelines_sha256", sa.String(length=64), nullable=True))
     with op.batch_alter_table("images", schema=None) as batch_op:
         batch_op.add_column(sa.Column("pipeline", sa.String(length=40), nullable=True))
         batch_op.add_column(sa.Column("engine_seconds", sa.Float(), nullable=True))
@@ -61,6 +63,8 @@ def downgrade() -> None:
         batch_op.drop_column("engine_device")
         batch_op.drop_column("engine_seconds")
         batch_op.drop_column("pipeline")
+    with op.batch_alter_table("approvals", schema=None) as batch_op:
+        batch_op.drop_column("pipelines_sha256")
     with op.batch_alter_table("prompts", schema=None) as batch_op:
         batch_op.drop_column("pipeline")
     with op.batch_alter_table("batches", schema=None) as batch_op:

@@ -102,6 +102,23 @@ def test_a_base_batch_runs_on_a_worker_without_refiner_weights(tmp_path: Path, t
     assert code == 2 and "ATELIER_REFINER_MODEL" in err and len(err.strip().splitlines()) == 1
 
 
+def test_definitions_changed_after_approval_refuse_the_run(tmp_path: Path, tiny_models) -> None:
+    base, refiner = tiny_models
+    cli = world(tmp_path, base, refiner)
+    batch_id = submit_and_approve(cli, write_prompts(tmp_path / "p.csv", rows(1)), "--pipeline", "base")
+    db = sqlite3.connect(tmp_path / "d" / "atelier.db")
+    (record,) = db.execute("SELECT pipelines FROM batches WHERE id = ?", (batch_id,)).fetchone()
+    changed = json.loads(record)
+    changed["configurations"]["base"]["refiner"] = True  # a DBA makes "base" run the refiner after approval
+    db.execute("UPDATE batches SET pipelines = ? WHERE id = ?", (json.dumps(changed), batch_id))
+    db.commit()
+    code, _, err = cli("run", "--batch", batch_id, actor="ops")
+    assert code == 5 and "differ from those approved" in err and len(err.strip().splitlines()) == 1
+    assert cli.json("batch", "show", batch_id, actor="admin")["status"] == "approved"  # nothing ran
+    code, out, err = cli("audit", "verify", actor="admin")
+    assert code == 8 and f"batch {batch_id}" in out + err
+
+
 @pytest.fixture
 def compared(tmp_path: Path, tiny_models) -> tuple[CLI, str]:
     base, refiner = tiny_models
