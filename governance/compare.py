@@ -15,7 +15,10 @@ configuration of a batch (or of every batch):
   paid for too).
 
 Nothing here is estimated: an image made before engine time was recorded counts as made, but not in
-the seconds; ``measured`` says how many images the seconds cover.
+the seconds; ``measured`` says how many images the seconds cover. A worker's first call of a shape
+includes its warm-up (CUDA kernels chosen, ``torch.compile`` when on), and with ``compile`` small groups
+are padded to the compiled batch size: both are paid for, so they are counted, and they weigh less the
+larger the batch.
 """
 
 from __future__ import annotations

@@ -386,12 +386,12 @@ def finalize_image(
         )
     batch = session.get(Batch, prompt.batch_id)
     assert batch is not None
+    config = config_of(batch.pipelines, prompt.pipeline, prompt.num_images, image_index)
     if marked is None:
         if signer is None:
             raise GovernanceCheckFailed("no C2PA signer: images cannot be published without content credentials")
         if watermark_key is None:
             raise GovernanceCheckFailed("no watermark key: images cannot be published without an identifying mark")
-        config = config_of(batch.pipelines, prompt.pipeline, prompt.num_images, image_index)
         marked = mark_and_encode(
             image_id, pixels, signer, credential_manifest(image_id, batch, approval, run, config), watermark_key
         )
@@ -448,7 +448,7 @@ def finalize_image(
         "batch-id": batch.id,
         "approval-id": approval.id,
         "run-id": run.id,
-        "model-sha256": ",".join(f"{mv.role}={mv.sha256[:16]}" for mv in run.model_versions),
+        "model-sha256": ",".join(f"{mv.role}={mv.sha256[:16]}" for mv in models_of(run.model_versions, config)),
     }
     status = "review" if reviewed else "published"
     record = _image_record(
@@ -464,9 +464,7 @@ def finalize_image(
     record.watermark_key_id = check.key_id
     record.phash = marked.phash
     record.pixels_sha256 = marked.pixels_sha256
-    record.licence_obligations = obligations_for(models_of(run.model_versions, config_of(
-        batch.pipelines, prompt.pipeline, prompt.num_images, image_index
-    )))  # fmt: skip
+    record.licence_obligations = obligations_for(models_of(run.model_versions, config))
     record.c2pa_manifest = marked.credentials.label
     # The record goes in before the upload: it claims the image id. A second worker finalizing the
     # same image (its lease ran out while it was merely slow) waits on this row and then fails
