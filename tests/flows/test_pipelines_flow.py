@@ -218,7 +218,7 @@ def test_blind_picks_give_audited_win_rates(compared, tmp_path) -> None:
     assert code == 4 and "approver" in err and "not be blind" in err
 
     # a judge sees the batch only as pairs: not its rows, traces or files, nor verify naming its images
-    some = next(iter(image_ids))
+    some = sorted(i["image_id"] for i in images_of(cli, batch_id) if i["status"] == "published")[0]
     for argv in (["batch", "show", batch_id], ["trace", some]):
         code, _, err = cli(*argv, actor="rev")
         assert code == 4 and "blind" in err, argv
