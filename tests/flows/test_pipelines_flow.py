@@ -132,8 +132,10 @@ def test_definitions_changed_after_approval_refuse_the_run(tmp_path: Path, tiny_
     assert code == 8 and f"batch {batch_id}" in out + err
 
 
-@pytest.fixture
-def compared(tmp_path: Path, tiny_models) -> tuple[CLI, str]:
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory: pytest.TempPathFactory, tiny_models) -> tuple[CLI, str, Path]:
+    """One comparison batch, run and reviewed, for the tests below (in file order: the last one tampers)."""
+    tmp_path = tmp_path_factory.mktemp("compared")
     base, refiner = tiny_models
     cli = world(tmp_path, base, refiner)
     path = write_prompts(tmp_path / "c.csv", rows(4, num_images=2, pipeline="base,base+refiner"))
@@ -145,11 +147,11 @@ def compared(tmp_path: Path, tiny_models) -> tuple[CLI, str]:
     others = [i["image_id"] for r in out["rows"] for i in r["images"] if i["pipeline"] != "base"]
     assert cli("review", "reject", *base_images[:2], "--reason", "lamp shade warped", actor="vera")[0] == 0
     assert cli("review", "accept", *base_images[2:], *others, actor="vera")[0] == 0
-    return cli, batch_id
+    return cli, batch_id, tmp_path
 
 
 def test_a_comparison_batch_makes_each_row_in_each_configuration_on_the_same_seeds(compared, tmp_path) -> None:
-    cli, batch_id = compared
+    cli, batch_id, tmp_path = compared  # the world's folder (its database and store)
     shown = cli.json("batch", "show", batch_id)
     assert shown["images_planned"] == 4 * 2 * 2
     out = cli.json("compare", batch_id, "--price-per-gpu-hour", "3.6", actor="maria")  # the requester sees hers
@@ -203,7 +205,7 @@ def _pairs_of(cli: CLI, batch_id: str, who: str, out: Path, pick: str) -> list[d
 
 
 def test_blind_picks_give_audited_win_rates(compared, tmp_path) -> None:
-    cli, batch_id = compared
+    cli, batch_id, tmp_path = compared  # the world's folder (its database and store)
     image_ids = {i["image_id"] for i in images_of(cli, batch_id)}
 
     # the requester may not judge her own batch: one line, nothing stored
