@@ -471,7 +471,6 @@ def _check_params(params: Any) -> dict[str, Any]:
         SIZE_MIN,
         SIZE_MULTIPLE,
         STEPS_MAX,
-        STEPS_MIN,
     )
 
     if not isinstance(params, dict):
@@ -486,8 +485,10 @@ def _check_params(params: Any) -> dict[str, Any]:
             raise InvalidInput(
                 f"params.{key} must be a whole number of pixels, {SIZE_MIN}..{SIZE_MAX}, a multiple of 8"
             )
-    if not isinstance(out["steps"], int) or not STEPS_MIN <= out["steps"] <= STEPS_MAX:
-        raise InvalidInput(f"params.steps must be a whole number {STEPS_MIN}..{STEPS_MAX}")
+    if not isinstance(out["steps"], int) or not 2 <= out["steps"] <= STEPS_MAX:  # base + refiner: a step each
+        raise InvalidInput(
+            f"params.steps must be a whole number 2..{STEPS_MAX} (the base and the refiner each run one)"
+        )
     if not isinstance(out["guidance_scale"], int | float) or not GUIDANCE_MIN <= out["guidance_scale"] <= GUIDANCE_MAX:
         raise InvalidInput(f"params.guidance_scale must lie in {GUIDANCE_MIN}..{GUIDANCE_MAX}")
     if not isinstance(out["refiner_split"], int | float) or not 0 < out["refiner_split"] < 1:

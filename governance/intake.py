@@ -567,6 +567,19 @@ def _configuration_fit(
                         f"makes{also}",
                     )
                 )
+        steps = checked["steps"][i] if "steps" in checked.columns else math.nan
+        if any(c.refiner for c in row) and not math.isnan(steps) and STEPS_MIN <= steps < 2:
+            names = ", ".join(c.name for c in row if c.refiner)
+            failures.append(
+                RowFailure(
+                    i + 1,
+                    row_ids[i],
+                    "steps",
+                    "pipeline_steps",
+                    f"{_num(steps)} step: configuration {names} runs the base and then the refiner, each at least "
+                    "one step; give 2 or more",
+                )
+            )
         if row and not any(c.refiner for c in row) and texts.get("refiner_split", [None] * (i + 1))[i] is not None:
             names = ", ".join(c.name for c in row)
             failures.append(

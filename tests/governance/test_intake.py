@@ -294,7 +294,7 @@ BOUNDARIES = [
     ("width", "248", "size_range"),
     ("height", "2056", "size_range"),
     ("height", "1020", "multiple_of_8"),
-    ("steps", "1", None),
+    ("steps", "1", "pipeline_steps"),  # within the schema, but base + refiner (the default) needs one step each
     ("steps", "150", None),
     ("steps", "151", "steps_range"),
     ("guidance_scale", "0", None),

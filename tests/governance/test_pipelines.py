@@ -465,3 +465,11 @@ def test_unknown_default_pipeline_is_refused_and_nothing_is_stored(sessions: ses
     with sessions() as s:
         assert s.scalar(select(func.count()).select_from(Batch)) == 0
         assert s.scalar(select(func.count()).select_from(Prompt)) == 0
+
+
+def test_a_refiner_configuration_needs_two_steps_the_base_alone_one(tmp_path):
+    report = load_prompts(
+        table(tmp_path / "p.csv", row("a", pipeline="base+refiner", steps="1"), row("b", pipeline="base", steps="1"))
+    )
+    assert rules(report) == {(1, "steps", "pipeline_steps")}
+    assert "2 or more" in report.failures[0].message
