@@ -235,9 +235,10 @@ class Runtime:
                 )
             key = repr(config)
             if key not in _engines and not with_refiner:
-                for engine in _engines.values():
+                for engine in list(_engines.values()):
                     if engine.refiner is not None and repr(engine.without_refiner().config) == key:
-                        return engine.without_refiner()
+                        _engines[key] = engine.without_refiner()  # the view kept: later chunks find it at once
+                        break
             if key not in _engines:
                 log.info("loading SDXL base %s and refiner %s on %s", base, refiner or "(none)", config.device)
                 _engines[key] = SDXLEngine.load(config)

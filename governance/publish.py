@@ -368,22 +368,15 @@ def finalize_image(
     existing = session.get(Image, image_id)
     if existing is not None:
         return existing
-    if safety.verdict != "passed":
+
+    def quarantine(reasons: list[str], check: watermark.WatermarkCheck | None) -> Image:
         return _quarantine(
-            session,
-            actor,
-            image_id,
-            prompt,
-            run,
-            image_index,
-            seed,
-            pixels,
-            safety,
-            safety_ctx,
-            list(safety.reasons),
-            check=None,
-            engine_time=engine_time,
-        )
+            session, actor, image_id, prompt, run, image_index, seed, pixels, safety, safety_ctx, reasons, check,
+            engine_time,
+        )  # fmt: skip
+
+    if safety.verdict != "passed":
+        return quarantine(list(safety.reasons), None)
     batch = session.get(Batch, prompt.batch_id)
     assert batch is not None
     config = config_of(batch.pipelines, prompt.pipeline, prompt.num_images, image_index)
@@ -407,21 +400,7 @@ def finalize_image(
         detail = "; ".join(marked.credentials.failures) or marked.credentials.error or "no manifest"
         reasons.append(f"C2PA manifest did not validate ({marked.credentials.state}): {detail}")
     if reasons:
-        return _quarantine(
-            session,
-            actor,
-            image_id,
-            prompt,
-            run,
-            image_index,
-            seed,
-            pixels,
-            safety,
-            safety_ctx,
-            reasons,
-            check=check,
-            engine_time=engine_time,
-        )
+        return quarantine(reasons, check)
 
     key, prov_key = image_key(image_id, marked.pixels_sha256), provenance_key(image_id, marked.pixels_sha256)
     reviewed = bool(batch.review_required)  # output review: uploaded under review/, published when accepted

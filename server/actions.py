@@ -655,16 +655,11 @@ def compare(c: Caller, batch_id: str) -> Any:
 
 
 def batches_to_judge(c: Caller) -> list[Any]:
+    from governance.batches import batch_summary
     from governance.preference import batches_to_judge as to_judge
 
     with c.rt.sessions() as session:
-        return [batch_summary_row(session, b) for b in to_judge(session, c.user)]
-
-
-def batch_summary_row(session: Session, batch: Batch) -> BatchSummary:
-    from governance.batches import batch_summary
-
-    return batch_summary(session, batch)
+        return [batch_summary(session, b) for b in to_judge(session, c.user)]
 
 
 def prefer_next(c: Caller, batch_id: str, base_url: str, draw: bool = True) -> Any:
