@@ -228,13 +228,61 @@ def batch_images(c: Caller, batch_id: str, status: str | None = None, offset: in
         return [_card(i) for i in session.scalars(stmt)]
 
 
-def gallery_thumbnails(c: Caller, cards: Sequence[Any]) -> dict[str, str]:
-    """The stored thumbnails of these (already visible) cards as data: URIs, read from the store in
-    parallel: a gallery page is one request, with one permission check, instead of 100 more. An image
-    published before thumbnails were made has none (the page shows its caption only). `cards`: anything
-    with an `image_id` and a `status` (gallery cards, compared images)."""
-    import base64
+class ThumbnailCache:
+    """Stored thumbnails as data: URIs, the most recently shown kept up to a byte budget (one per server
+    process). A thumbnail never changes at its key (made once at publish time, beside the image's
+    content-addressed key), so a cached one is never stale; whether a card shows it is decided per
+    request from the image's status, whatever the cache holds."""
+
+    def __init__(self, budget_bytes: int):
+        from collections import OrderedDict
+        from threading import Lock
+
+        self.budget = budget_bytes
+        self.size = 0
+        self._uris: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._lock = Lock()
+
+    def get(self, store_url: str, key: str) -> str | None:
+        with self._lock:
+            uri = self._uris.get((store_url, key))
+            if uri is not None:
+                self._uris.move_to_end((store_url, key))
+            return uri
+
+    def put(self, store_url: str, key: str, uri: str) -> None:
+        with self._lock:
+            if (store_url, key) in self._uris or len(uri) > self.budget:
+                return
+            self._uris[(store_url, key)] = uri
+            self.size += len(uri)
+            while self.size > self.budget:
+                _, dropped = self._uris.popitem(last=False)
+                self.size -= len(dropped)
+
+
+# 64 MiB of data: URIs per server process: about 8,000 catalogue thumbnails (256 px JPEG, ~6 kB).
+THUMBNAILS = ThumbnailCache(64 * 1024 * 1024)
+_READERS: list[Any] = []  # one thread pool per process for store reads, made when first needed
+
+
+def _readers() -> Any:
     from concurrent.futures import ThreadPoolExecutor
+
+    if not _READERS:
+        _READERS.append(ThreadPoolExecutor(max_workers=8, thread_name_prefix="atelier-thumbs"))
+    return _READERS[0]
+
+
+def gallery_thumbnails(c: Caller, cards: Sequence[Any]) -> dict[str, Any]:
+    """The stored thumbnails of these (already visible) cards as data: URIs: a gallery page is one
+    request, with one permission check, instead of 100 more. Read from the store in parallel on a miss
+    and kept in THUMBNAILS. An image published before thumbnails were made has none (the page shows its
+    caption only). `cards`: anything with an `image_id` and a `status` (gallery cards, compared images).
+    The URIs come marked safe for the templates: "data:image/jpeg;base64," and base64's alphabet only."""
+    import base64
+
+    from markupsafe import Markup
 
     from governance.review import thumb_of
 
@@ -244,16 +292,30 @@ def gallery_thumbnails(c: Caller, cards: Sequence[Any]) -> dict[str, str]:
     with c.rt.sessions() as session:
         rows = session.execute(select(Image.id, Image.store_key).where(Image.id.in_(ids))).all()
     store = c.rt.store
+    url = str(getattr(store, "url", id(store)))
+    found: dict[str, Any] = {}
+    missing: list[tuple[str, str]] = []
+    for image_id, store_key in rows:
+        key = thumb_of(store_key or "")
+        uri = THUMBNAILS.get(url, key)
+        if uri is None:
+            missing.append((image_id, key))
+        else:
+            found[image_id] = Markup(uri)
 
-    def read(row: Any) -> tuple[str, str | None]:
+    def read(item: tuple[str, str]) -> tuple[str, str | None]:
+        image_id, key = item
         try:
-            data = store.get(thumb_of(row[1] or ""))
+            data = store.get(key)
         except Exception:  # noqa: BLE001 - no thumbnail for this one: the card shows without it
-            return row[0], None
-        return row[0], "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+            return image_id, None
+        uri = "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+        THUMBNAILS.put(url, key, uri)
+        return image_id, uri
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        return {image_id: uri for image_id, uri in pool.map(read, rows) if uri is not None}
+    reads = map(read, missing) if len(missing) < 4 else _readers().map(read, missing)
+    found.update((image_id, Markup(uri)) for image_id, uri in reads if uri is not None)
+    return found
 
 
 def review_waiting(c: Caller, batch_id: str | None = None) -> list[ImageCard]:

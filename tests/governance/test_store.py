@@ -40,6 +40,25 @@ def test_local_store_round_trip(tmp_path: Path) -> None:
         store.put("../outside", b"x", "text/plain", {})
 
 
+@pytest.mark.parametrize("key", ["../outside", "images/../../outside", "/etc/passwd", "images/./../../x", ".."])
+def test_local_store_keys_cannot_leave_the_folder(tmp_path: Path, key: str) -> None:
+    """Plain keys map without resolving the path (the gallery reads 100 thumbnails a page); any key
+    with an absolute, `.`, `..` or empty part is resolved and refused if it leaves the folder."""
+    (tmp_path / "outside").write_bytes(b"secret")
+    store = LocalStore(tmp_path / "st")
+    for act in (
+        lambda: store.get(key),
+        lambda: store.put(key, b"x", "text/plain", {}),
+        lambda: store.sha256_of(key),
+        lambda: store.delete(key),
+    ):
+        with pytest.raises(InvalidInput, match="escapes the store folder"):
+            act()
+    assert (tmp_path / "outside").read_bytes() == b"secret"
+    store.put("images/./a.png", b"inside", "image/png", {})  # resolved, and inside: fine
+    assert store.get("images/a.png") == b"inside"
+
+
 @pytest.mark.parametrize("url", ["ftp://host/x", "s3:///nobucket", "plain-path"])
 def test_bad_store_urls_are_named(url: str) -> None:
     with pytest.raises(InvalidInput):
