@@ -501,6 +501,36 @@ def _chain_rows(session: Session, first_seq: int, until: int | None, batch_size:
         cursor.close()
 
 
+def json_checked_by_database(session: Session) -> bool:
+    """Whether the database itself refuses an audit event whose payload or records is not one JSON value:
+    PostgreSQL, while both columns are its own json or jsonb type (as the migrations make them).
+
+    The chain check hashes the stored JSON texts side by side (`"payload":P,"records":R,`), and that text
+    is the same when an attacker moves part of R into P (or the reverse): only if each column holds one
+    JSON value does equal text mean equal columns. SQLite stores any text, and a DBA can turn a column into
+    text first; then `verify_chain` parses each column before hashing."""
+    if session.get_bind().dialect.name != "postgresql":
+        return False
+    types = session.execute(
+        text(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = CAST('audit_events' AS regclass) "
+            "AND attname IN ('payload', 'records') AND NOT attisdropped "
+            "AND atttypid IN (CAST('pg_catalog.json' AS regtype), CAST('pg_catalog.jsonb' AS regtype))"
+        )
+    ).scalar_one()
+    return int(types) == 2
+
+
+def _one_json_value(*texts: str | None) -> bool:
+    try:
+        for value in texts:
+            if value is not None:
+                json.loads(value)
+    except ValueError:
+        return False
+    return True
+
+
 def verify_chain(
     session: Session,
     batch_size: int = 20000,
@@ -519,8 +549,10 @@ def verify_chain(
 
     Reads plain DBAPI rows (no ORM objects, no SQLAlchemy rows) and hashes each payload's stored
     text; only when that does not match (a payload stored in another JSON spelling) is it parsed and
-    re-encoded."""
+    re-encoded. Where the database does not itself keep each JSON column one JSON value
+    (`json_checked_by_database`), each is parsed first."""
     ring = keys or key_ring_of(session)
+    json_checked = json_checked_by_database(session)
     macs = _Macs(ring)
     states = macs.states()
     first_seq = start.seq + 1 if start else 1
@@ -543,6 +575,12 @@ def verify_chain(
             return bad(
                 seq,
                 f"event {seq} ({action}) does not link to event {seq - 1}: events were deleted, inserted or reordered",
+            )
+        if not json_checked and not _one_json_value(payload, records):
+            return bad(
+                seq,
+                f"event {seq} ({action}) was altered: its payload or records column is not one JSON value "
+                "(text moved between the event's columns)",
             )
         body = _fast_body(seq, at, actor, action, subject_type, subject_id, payload, token_id, records, key_id)
         if sha256((prev + body).encode()).hexdigest() != stored_hash:

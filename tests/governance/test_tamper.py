@@ -697,3 +697,44 @@ def test_a_baseline_is_refused_on_a_ledger_authenticated_from_its_start(sessions
     with sessions() as s, pytest.raises(InvalidState, match="written outside Atelier"):
         baseline_records(s, "admin")
     assert_named(verify(sessions, world), "licence forged (licences): no event binds it")
+
+
+# ---------------------------------------------------------------- an event's text shifted between columns
+
+
+def test_bindings_moved_into_the_payload_text_are_caught(sessions, world) -> None:
+    """The chain hashes an event's JSON columns as stored text, side by side (`"payload":P,"records":R`).
+    An attacker moves the records list into the payload's text and empties `records`: the hashed text
+    is the same, but the event no longer binds what it changed, so the change can be undone unseen
+    (here: a role grant, then the role row deleted, leaving the user as an earlier event bound it).
+    SQLite stores such a payload as it is; PostgreSQL refuses it unless the column is turned into
+    text first, as a DBA may. `audit verify` reads each event's columns as separate JSON values."""
+    from governance.users import grant_roles
+
+    with sessions.begin() as s:
+        add_user(s, "admin", "lee", ["auditor"])
+    with sessions.begin() as s:
+        grant_roles(s, "admin", "lee", ["approver"])
+    assert verify(sessions, world).ok
+    grant = _head(sessions)
+    assert grant.records and grant.subject_id == "lee"
+    with sessions() as s:
+        payload_text, records_text = s.execute(
+            text("SELECT CAST(payload AS TEXT), CAST(records AS TEXT) FROM audit_events WHERE seq = :seq"),
+            {"seq": grant.seq},
+        ).one()
+    lee = user_id(sessions, "lee")
+    statements = []
+    if sessions.kw["bind"].dialect.name == "postgresql":
+        statements.append("ALTER TABLE audit_events ALTER COLUMN payload TYPE TEXT")
+    statements += [
+        "UPDATE audit_events SET payload = :payload, records = NULL WHERE seq = :seq",
+        "DELETE FROM user_roles WHERE user_id = :lee AND role = 'approver'",
+    ]
+    attack(
+        sessions,
+        *statements,
+        params={"payload": f'{payload_text},"records":{records_text}', "seq": grant.seq, "lee": lee},
+    )
+    report = verify(sessions, world)
+    assert_named(report, f"event {grant.seq} ({grant.action}) was altered")
