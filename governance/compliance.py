@@ -49,15 +49,15 @@ from governance.records import (
     Role,
     Run,
     RunModelVersion,
+    SafetyVerdict,
     User,
     UserRole,
 )
-from governance.safety import PASSED, QUARANTINED
 from governance.store import ObjectStore
 from governance.text import UNSAFE_RE2, escape_unsafe
 from governance.users import get_user
 
-VERDICTS = (PASSED, QUARANTINED)
+VERDICTS = (SafetyVerdict.PASSED, SafetyVerdict.QUARANTINED)  # from records: governance.safety loads torch
 STATUSES = tuple(ImageStatus)
 EXPORT_FORMATS = ("parquet", "csv")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")

@@ -228,3 +228,21 @@ def test_compliance_export_downloads_csv(console: Console, tmp_path: Path) -> No
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     assert "attachment" in r.headers["content-disposition"]
     assert r.text.splitlines()[0].startswith("image_id") or "image_id" in r.text.splitlines()[0]
+
+
+def test_the_server_and_its_auditor_pages_do_not_load_torch() -> None:
+    """A console process holds no models: importing the app and the services its search, image,
+    gallery and compliance pages call must not import torch (hundreds of MB per server process, and
+    a second's stall on an auditor's first search after every restart)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import server.app, server.pages, server.api, server.actions\n"
+        "import governance.compliance, governance.trace, governance.batches, governance.review, governance.ledger\n"
+        "server.app.create_app\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'open_clip') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
