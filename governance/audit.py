@@ -164,7 +164,7 @@ def key_ring_of(session: Session) -> AuditKeyRing:
 # ---------------------------------------------------------------- writing
 
 
-def _body(event: AuditEvent) -> dict[str, Any]:
+def event_body(event: AuditEvent) -> dict[str, Any]:
     body = {
         "seq": event.seq,
         "at": event.at,
@@ -329,7 +329,7 @@ def _complete_events(session: Session, state: _Pending, found: dict[bindings.Rec
         ev.token_id = token_id
         ev.records = [[k, i, d] for (k, i), d in sorted(records.items())] or None
         ev.key_id = key.key_id
-        ev.hash = event_hash(prev, _body(ev))
+        ev.hash = event_hash(prev, event_body(ev))
         ev.mac = key.mac(ev.hash)
         session.add(ev)
         seq, prev = seq + 1, ev.hash
@@ -599,7 +599,7 @@ def verify_chain(
             if event_hash(prev, slow) != stored_hash:
                 return bad(seq, f"event {seq} ({action}) was altered: its content no longer matches its hash")
         if key_id is None:
-            if seq > legacy_until:
+            if seq > legacy_until or authenticated:  # once events are authenticated, every later one is
                 hint = "" if authenticated else " (events from before 0007: an admin runs `atelier audit baseline`)"
                 return bad(
                     seq,

@@ -41,6 +41,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     Integer,
+    String,
     Table,
     TypeDecorator,
     bindparam,
@@ -176,7 +177,12 @@ def _value_text(dialect: Dialect, column: Column[Any], ref: str) -> str:
     if isinstance(typ, JSON):
         value = f"CAST({ref} AS TEXT)"
     elif isinstance(typ, DateTime):
-        value = f"to_char({ref} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US')" if pg else f"CAST({ref} AS TEXT)"
+        if pg:  # a BC year gets its era ('YYYY' has none); infinity, which to_char renders as NULL, its name
+            utc = f"({ref} AT TIME ZONE 'UTC')"
+            era = f"CASE WHEN {utc} < TIMESTAMP '0001-01-01 00:00:00' THEN ' BC' ELSE '' END"
+            value = f"COALESCE(to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS.US') || {era}, CAST({ref} AS TEXT))"
+        else:
+            value = f"CAST({ref} AS TEXT)"
     elif isinstance(typ, Float):
         value = f"encode(float8send(CAST({ref} AS DOUBLE PRECISION)), 'hex')" if pg else f"atelier_float_hex({ref})"
     elif isinstance(typ, (Integer, Boolean)):
@@ -195,14 +201,28 @@ def _part(dialect: Dialect, name: str, value: str) -> str:
     return f"'{name}=' || {size} || ':' || {value} || ';'"
 
 
+def _child_value(dialect: Dialect, ref: str) -> str:
+    """SQL for one child value's text in the comma-joined list: a value with a comma or a backslash has
+    them escaped (so rows "a", "b" and one row "a,b" differ), an empty one is `\\e`, NULL is `\\N`, and on
+    SQLite a value stored as anything but text is prefixed with its storage class (`\\blob=`). A plain
+    value (a role, a model version's id) is its text, as before these escapes."""
+    as_text = f"CAST({ref} AS TEXT)"
+    escaped = f"replace(replace({as_text}, '\\', '\\\\'), ',', '\\,')"
+    cases = f"WHEN {as_text} = '' THEN '\\e' ELSE {escaped}"
+    if dialect.name != "postgresql":
+        cases = f"WHEN typeof({ref}) <> 'text' THEN '\\' || typeof({ref}) || '=' || {escaped} " + cases
+    return f"COALESCE(CASE {cases} END, '\\N')"
+
+
 def _child_text(dialect: Dialect, kind: Kind, child: Child, alias: str) -> str:
     pk = f"{alias}.{_q(dialect, _pk(kind).name)}"
     col, fk, table = _q(dialect, child.column), _q(dialect, child.fk), _q(dialect, child.table)
+    value = _child_value(dialect, f"c.{col}")
     if dialect.name == "postgresql":
-        agg = f"(SELECT string_agg(CAST(c.{col} AS TEXT), ',' ORDER BY c.{col}) FROM {table} c WHERE c.{fk} = {pk})"
+        agg = f"(SELECT string_agg({value}, ',' ORDER BY c.{col}) FROM {table} c WHERE c.{fk} = {pk})"
     else:
         agg = (
-            f"(SELECT group_concat(x, ',') FROM (SELECT CAST(c.{col} AS TEXT) AS x FROM {table} c "
+            f"(SELECT group_concat(x, ',') FROM (SELECT {value} AS x FROM {table} c "
             f"WHERE c.{fk} = {pk} ORDER BY c.{col}))"
         )
     return _part(dialect, child.table, f"COALESCE({agg}, '')")
@@ -274,6 +294,93 @@ def all_record_ids(session_or_conn: Session | Connection, kind: Kind) -> list[st
     conn = _connection(session_or_conn)
     sql = f"SELECT {id_sql(conn.dialect, kind)} FROM {_q(conn.dialect, kind.table)} t"
     return [r for (r,) in conn.execute(text(sql))]
+
+
+# ---------------------------------------------------------------- the tables themselves
+
+# PostgreSQL's own types (pg_catalog) each model type may have in the database: the digest renders a
+# value by the model's type, so a column turned into another type (a boolean into text: 'false' then
+# reads as true) could keep its digests while Atelier reads something else.
+_PG_TYPES: tuple[tuple[type[Any], tuple[str, ...]], ...] = (
+    (Boolean, ("bool",)),
+    (Integer, ("int2", "int4", "int8")),  # BigInteger is an Integer
+    (Float, ("float4", "float8")),
+    (DateTime, ("timestamptz", "timestamp")),
+    (JSON, ("json", "jsonb")),
+    (String, ("varchar", "text", "bpchar")),  # Text is a String
+)
+
+
+def _pg_types_of(column: Column[Any]) -> tuple[str, ...]:
+    typ = column.type
+    while isinstance(typ, TypeDecorator):
+        typ = typ.impl  # type: ignore[assignment]
+    for base, names in _PG_TYPES:
+        if isinstance(typ, base):
+            return names
+    raise TypeError(f"{column.table.name}.{column.name}: no PostgreSQL type known for {type(typ).__name__}")
+
+
+def schema_problems(session_or_conn: Session | Connection) -> list[str]:
+    """What is wrong with the governed tables themselves, as `audit verify` sees them: each must be a
+    plain table (not a view, whose rows may depend on who reads and how), without row-level security
+    or rewrite rules, and each column of PostgreSQL's own type for its model type."""
+    conn = _connection(session_or_conn)
+    tables = sorted(governed_tables())
+    problems: list[str] = []
+    if conn.dialect.name != "postgresql":
+        found = dict(
+            conn.execute(
+                text("SELECT name, type FROM sqlite_master WHERE name IN :names").bindparams(
+                    bindparam("names", expanding=True)
+                ),
+                {"names": tables},
+            ).all()
+        )
+        for table in tables:
+            if found.get(table) != "table":
+                problems.append(f"schema: {table} is a {found.get(table, 'missing table')}, not a table")
+        return problems
+    rows = conn.execute(
+        text(
+            "SELECT t.name, c.relkind, c.relrowsecurity OR c.relforcerowsecurity, "
+            "EXISTS (SELECT 1 FROM pg_rewrite r WHERE r.ev_class = c.oid) "
+            "FROM unnest(CAST(:names AS TEXT[])) AS t(name) LEFT JOIN pg_class c ON c.oid = to_regclass(t.name)"
+        ),
+        {"names": tables},
+    ).all()
+    for table, relkind, secured, rules in rows:
+        if relkind is None:
+            problems.append(f"schema: table {table} is missing")
+        elif relkind != "r":
+            problems.append(f"schema: {table} is not a plain table (relkind {relkind}): its rows may depend on the reader")
+        if secured:
+            problems.append(f"schema: {table} has row-level security: readers may see different rows")
+        if rules:
+            problems.append(f"schema: {table} has rewrite rules")
+    types = conn.execute(
+        text(
+            "SELECT c.relname, a.attname, t.typname, n.nspname FROM pg_attribute a "
+            "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_type t ON t.oid = a.atttypid "
+            "JOIN pg_namespace n ON n.oid = t.typnamespace "
+            "WHERE a.attrelid IN (SELECT to_regclass(x) FROM unnest(CAST(:names AS TEXT[])) AS x) "
+            "AND a.attnum > 0 AND NOT a.attisdropped"
+        ),
+        {"names": tables},
+    ).all()
+    actual = {(table, column): (typname, schema) for table, column, typname, schema in types}
+    for table in tables:
+        for column in Base.metadata.tables[table].columns:
+            found_type = actual.get((table, column.name))
+            if found_type is None:
+                continue  # a missing column fails the digest itself
+            wanted = _pg_types_of(column)
+            if found_type[1] != "pg_catalog" or found_type[0] not in wanted:
+                problems.append(
+                    f"schema: {table}.{column.name} is of type {found_type[1]}.{found_type[0]}, not "
+                    f"{' or '.join(wanted)}: Atelier would read its values as something else than was bound"
+                )
+    return problems
 
 
 # ---------------------------------------------------------------- the check

@@ -45,6 +45,8 @@ from governance.audit import (
     ChainReport,
     ChainStart,
     canonical_json,
+    event_body,
+    event_hash,
     key_ring_of,
     record_event,
     verify_chain,
@@ -310,14 +312,20 @@ def _legacy_until(session: Session, ring: AuditKeyRing, checkpoints: list[_Store
         (c.seq for c in checkpoints if c.signature_ok and c.checkpoint.get("schema") == CHECKPOINT_SCHEMA_V1), default=0
     )
     secrets = ring.secrets_by_id()
-    for key_id, mac, stored_hash, payload in session.execute(
-        select(AuditEvent.key_id, AuditEvent.mac, AuditEvent.hash, AuditEvent.payload).where(
-            AuditEvent.action == BASELINE_ACTION, AuditEvent.key_id.is_not(None)
-        )
+    for event in session.scalars(
+        select(AuditEvent).where(AuditEvent.action == BASELINE_ACTION, AuditEvent.key_id.is_not(None))
     ):
-        secret = secrets.get(key_id)
-        if secret and mac == hmac.digest(secret, stored_hash.encode(), "sha256").hex():  # the chain checks its hash
-            limit = max(limit, int((payload or {}).get("legacy_until", 0)))
+        secret = secrets.get(event.key_id or "")
+        if not secret or event.mac != hmac.digest(secret, event.hash.encode(), "sha256").hex():
+            continue
+        # Its content is re-hashed here, not left to the chain check: an incremental check does not read
+        # events before its anchor, and a row outside the chain (seq 0, a copied hash) is never read.
+        # The seq is in the hash, so only the authentic event at its own place vouches.
+        if event_hash(event.prev_hash, event_body(event)) != event.hash:
+            continue
+        until = event.payload.get("legacy_until", 0) if isinstance(event.payload, dict) else 0
+        if isinstance(until, int) and 0 <= until < event.seq:
+            limit = max(limit, until)
     return limit
 
 
@@ -439,6 +447,7 @@ def verify_ledger(
             f"events {head_seq + 1}..{newest} (at least) were deleted (truncation)"
         )
 
+    problems.extend(bindings.schema_problems(session))
     records = bindings.check_records(session, head_seq, since_seq=start.seq if start else 0)
     problems.extend(records.problems)
 

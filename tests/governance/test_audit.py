@@ -178,7 +178,9 @@ def test_every_event_is_authenticated_and_binds_what_its_transaction_changed(ses
 
 
 def test_events_written_before_macs_verify_only_as_far_as_they_are_vouched_for(sessions: sessionmaker[Session]) -> None:
-    """A legacy (pre-0007) event has no MAC: accepted up to `legacy_until`, an attacker's after it."""
+    """A legacy (pre-0007) event has no MAC: accepted only up to `legacy_until` and only before the first
+    authenticated event (legacy events all came before MACs); an attacker's keyless event after
+    authenticated ones is refused even where a forged `legacy_until` would cover it."""
     with sessions() as s:
         head = s.scalar(select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(1))
     body = {
@@ -201,9 +203,9 @@ def test_events_written_before_macs_verify_only_as_far_as_they_are_vouched_for(s
         )
     with sessions() as s:
         refused = verify_chain(s)
-        accepted = verify_chain(s, legacy_until=head.seq + 1)
+        covered = verify_chain(s, legacy_until=head.seq + 1)
     assert not refused.ok and "is not authenticated" in refused.problem and refused.first_bad_seq == head.seq + 1
-    assert accepted.ok and accepted.legacy == 1
+    assert not covered.ok and "is not authenticated" in covered.problem and covered.first_bad_seq == head.seq + 1
 
 
 def test_a_partial_verification_starts_from_a_trusted_point(sessions: sessionmaker[Session]) -> None:
