@@ -329,7 +329,7 @@ def schema_problems(session_or_conn: Session | Connection) -> list[str]:
     tables = sorted(governed_tables())
     problems: list[str] = []
     if conn.dialect.name != "postgresql":
-        found = dict(
+        found: dict[str, str] = dict(
             conn.execute(
                 text("SELECT name, type FROM sqlite_master WHERE name IN :names").bindparams(
                     bindparam("names", expanding=True)
@@ -353,7 +353,9 @@ def schema_problems(session_or_conn: Session | Connection) -> list[str]:
         if relkind is None:
             problems.append(f"schema: table {table} is missing")
         elif relkind != "r":
-            problems.append(f"schema: {table} is not a plain table (relkind {relkind}): its rows may depend on the reader")
+            problems.append(
+                f"schema: {table} is not a plain table (relkind {relkind}): its rows may depend on the reader"
+            )
         if secured:
             problems.append(f"schema: {table} has row-level security: readers may see different rows")
         if rules:
