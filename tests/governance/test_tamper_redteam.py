@@ -1,5 +1,7 @@
-"""Red-team attacks on `audit verify` (threat T2, docs/security.md): database write access, no audit key,
-no checkpoint signing key. Each test asserts the SECURE behaviour: a test that fails shows a hole.
+"""Threat T2 (docs/security.md), the subtler attacks: database write access, no audit key, no checkpoint
+signing key, and changes aimed at how `audit verify` reads rather than at the rows themselves (child
+lists, look-alike times, column types, views, forged baselines). Each test makes the attack and
+asserts that `audit verify` names it.
 
 Uses the world, the attacker and the verifier of tests/governance/test_tamper.py (SQLite and PostgreSQL).
 """
