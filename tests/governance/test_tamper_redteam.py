@@ -92,11 +92,9 @@ def _drop_hash_uniqueness(sessions: sessionmaker[Session]) -> list[str]:
 
 
 def test_a_baseline_event_hidden_below_seq_1_cannot_vouch_for_forged_events(sessions, world) -> None:
-    """`_legacy_until` trusts any `records.baseline` row whose MAC matches its *stored* hash, and reads
-    its payload's `legacy_until`; `verify_chain` only reads seq >= 1. A row at seq 0 that reuses a real
-    event's (hash, key_id, mac) with payload {"legacy_until": huge} is never hashed, yet makes every
-    unauthenticated event acceptable. The attacker then changes any record and appends a keyless
-    event binding the new digest."""
+    """The chain check reads seq >= 1. A `records.baseline` row at seq 0 that reuses a real event's
+    (hash, key_id, mac), with payload {"legacy_until": huge}, must not vouch for anything: otherwise
+    the attacker changes any record and appends a keyless event binding the new digest."""
     victim = world.quarantined
     donor = _head(sessions)  # any authenticated event: its hash and MAC are stored in clear
     attack(sessions, *_drop_hash_uniqueness(sessions))
@@ -125,9 +123,9 @@ def test_a_baseline_event_hidden_below_seq_1_cannot_vouch_for_forged_events(sess
 
 
 def test_an_old_event_edited_into_a_baseline_cannot_vouch_for_forged_events_incrementally(sessions, world) -> None:
-    """Incremental verification does not re-hash events before its anchor, but `_legacy_until` still
-    believes their payloads: event 1, edited in place into a `records.baseline` with a huge
-    `legacy_until` (hash and MAC untouched), makes keyless events after the anchor acceptable."""
+    """Incremental verification does not re-hash events before its anchor: event 1 edited in place into
+    a `records.baseline` with a huge `legacy_until` (hash and MAC untouched) must not make keyless
+    events after the anchor acceptable (a baseline's content is re-hashed before it counts)."""
     since = anchor(sessions, world)
     victim = world.quarantined
     attack(
@@ -146,8 +144,9 @@ def test_an_old_event_edited_into_a_baseline_cannot_vouch_for_forged_events_incr
 
 
 def test_child_rows_merged_across_the_separator_are_caught(sessions, world) -> None:
-    """`_child_text` joins the child values with ',' and no length prefix: the rows (A, B) and the one
-    row 'A,B' give the same text, so the run silently loses its model versions (its provenance)."""
+    """A record's child values are comma-joined in its digest: with the commas unescaped, the rows (A, B)
+    and the one row 'A,B' would give the same text, and the run would lose its model versions (its
+    provenance) unseen."""
     merged = ",".join(sorted(world.models))
     statements = []
     if _dialect(sessions) == "postgresql":  # varchar(36) is a table definition: the DBA widens it
@@ -164,8 +163,8 @@ def test_child_rows_merged_across_the_separator_are_caught(sessions, world) -> N
 
 
 def test_a_child_value_stored_as_a_blob_is_caught(sessions, world) -> None:
-    """SQLite: the child text has no storage class (`typeof`), unlike the parent's columns: a model
-    version id stored as a BLOB digests the same, but no longer joins its model version."""
+    """SQLite: a model version id stored as a BLOB has the same text, but no longer joins its model
+    version; the child list names a value's storage class when it is not text."""
     if _dialect(sessions) != "sqlite":
         pytest.skip("SQLite storage classes")
     first, last = sorted(world.models)  # the last in order: a BLOB sorts after every text, the order holds
@@ -184,9 +183,9 @@ def test_a_child_value_stored_as_a_blob_is_caught(sessions, world) -> None:
 
 
 def test_a_hold_released_with_an_infinite_timestamp_is_caught(sessions, world) -> None:
-    """PostgreSQL: `to_char('infinity')` is NULL, and NULL parts are left out of the digest, so a
-    NULL `released_at` and 'infinity' digest the same. The hold stops being active (retention and
-    withdrawal may delete the held files)."""
+    """PostgreSQL: `to_char('infinity')` is NULL, and NULL parts are left out of the digest, so a NULL
+    `released_at` and 'infinity' would digest the same while the hold stops being active (retention
+    and withdrawal may delete the held files); infinite times are digested by name."""
     if _dialect(sessions) != "postgresql":
         pytest.skip("PostgreSQL's infinite timestamps")
     attack(sessions, f"UPDATE legal_holds SET released_at = 'infinity' WHERE id = '{world.hold}'")
@@ -197,8 +196,8 @@ def test_a_hold_released_with_an_infinite_timestamp_is_caught(sessions, world) -
 
 
 def test_a_timestamp_moved_to_bc_is_caught(sessions, world) -> None:
-    """PostgreSQL: `to_char(..., 'YYYY-...')` prints no era, so 2026 and 2026 BC digest the same:
-    the token's expiry moves back 4051 years (expired; the same works on any governed time)."""
+    """PostgreSQL: `to_char(..., 'YYYY-...')` prints no era, so 2026 and 2026 BC would digest the same
+    while the token's expiry moves back 4051 years (any governed time alike); BC years carry their era."""
     if _dialect(sessions) != "postgresql":
         pytest.skip("PostgreSQL's BC timestamps")
     attack(
@@ -218,8 +217,8 @@ def test_a_timestamp_moved_to_bc_is_caught(sessions, world) -> None:
 
 def test_a_boolean_column_turned_into_text_is_caught(sessions, world) -> None:
     """PostgreSQL: the digest renders a boolean as CAST(x AS TEXT), so false and the text 'false' digest
-    the same; after `ALTER ... TYPE text` Atelier reads the string 'false', which is truthy: the batch
-    now requires output review."""
+    the same; after `ALTER ... TYPE text` Atelier reads the string 'false', which is truthy (the batch
+    now requires output review): the column's type is checked."""
     if _dialect(sessions) != "postgresql":
         pytest.skip("PostgreSQL column types")
     with sessions() as s:
