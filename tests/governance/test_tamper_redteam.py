@@ -23,6 +23,9 @@ from tests.governance import test_tamper
 from tests.governance.test_tamper import _head, anchor, assert_named, attack, verify
 
 world = test_tamper.world  # the fixture: one record of every governed kind, anchored
+# attacks that only one database engine allows (its storage classes, its types and views)
+ONLY_SQLITE = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+ONLY_POSTGRESQL = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 
 def _dialect(sessions: sessionmaker[Session]) -> str:
@@ -162,11 +165,10 @@ def test_child_rows_merged_across_the_separator_are_caught(sessions, world) -> N
     assert_named(verify(sessions, world), f"run {world.run} (runs): its row differs")
 
 
+@ONLY_SQLITE
 def test_a_child_value_stored_as_a_blob_is_caught(sessions, world) -> None:
     """SQLite: a model version id stored as a BLOB has the same text, but no longer joins its model
     version; the child list names a value's storage class when it is not text."""
-    if _dialect(sessions) != "sqlite":
-        pytest.skip("SQLite storage classes")
     first, last = sorted(world.models)  # the last in order: a BLOB sorts after every text, the order holds
     attack(
         sessions,
@@ -182,12 +184,11 @@ def test_a_child_value_stored_as_a_blob_is_caught(sessions, world) -> None:
 # ---------------------------------------------------------------- PostgreSQL time values
 
 
+@ONLY_POSTGRESQL
 def test_a_hold_released_with_an_infinite_timestamp_is_caught(sessions, world) -> None:
     """PostgreSQL: `to_char('infinity')` is NULL, and NULL parts are left out of the digest, so a NULL
     `released_at` and 'infinity' would digest the same while the hold stops being active (retention
     and withdrawal may delete the held files); infinite times are digested by name."""
-    if _dialect(sessions) != "postgresql":
-        pytest.skip("PostgreSQL's infinite timestamps")
     attack(sessions, f"UPDATE legal_holds SET released_at = 'infinity' WHERE id = '{world.hold}'")
     with sessions() as s:
         image = s.get(Image, world.published)
@@ -195,11 +196,10 @@ def test_a_hold_released_with_an_infinite_timestamp_is_caught(sessions, world) -
     assert_named(verify(sessions, world), f"legal_hold {world.hold} (legal_holds): its row differs")
 
 
+@ONLY_POSTGRESQL
 def test_a_timestamp_moved_to_bc_is_caught(sessions, world) -> None:
     """PostgreSQL: `to_char(..., 'YYYY-...')` prints no era, so 2026 and 2026 BC would digest the same
     while the token's expiry moves back 4051 years (any governed time alike); BC years carry their era."""
-    if _dialect(sessions) != "postgresql":
-        pytest.skip("PostgreSQL's BC timestamps")
     attack(
         sessions,
         "UPDATE api_tokens SET expires_at = CAST(CAST(expires_at AT TIME ZONE 'UTC' AS TEXT) || ' BC' AS TIMESTAMP) "
@@ -215,12 +215,11 @@ def test_a_timestamp_moved_to_bc_is_caught(sessions, world) -> None:
 # ---------------------------------------------------------------- PostgreSQL column types
 
 
+@ONLY_POSTGRESQL
 def test_a_boolean_column_turned_into_text_is_caught(sessions, world) -> None:
     """PostgreSQL: the digest renders a boolean as CAST(x AS TEXT), so false and the text 'false' digest
     the same; after `ALTER ... TYPE text` Atelier reads the string 'false', which is truthy (the batch
     now requires output review): the column's type is checked."""
-    if _dialect(sessions) != "postgresql":
-        pytest.skip("PostgreSQL column types")
     with sessions() as s:
         assert get_batch(s, world.batch).review_required is False
     attack(sessions, "ALTER TABLE batches ALTER COLUMN review_required TYPE text")
@@ -229,12 +228,11 @@ def test_a_boolean_column_turned_into_text_is_caught(sessions, world) -> None:
     assert_named(verify(sessions, world), "schema: batches.review_required is of type pg_catalog.text, not bool")
 
 
+@ONLY_POSTGRESQL
 def test_a_table_replaced_by_a_view_that_hides_rows_from_the_app_is_caught(sessions, world) -> None:
     """PostgreSQL: a governed table renamed and replaced by a view whose rows depend on the reader's
     transaction isolation (`verify_ledger` reads REPEATABLE READ, the services READ COMMITTED): the
     verifier sees the hold, Atelier does not."""
-    if _dialect(sessions) != "postgresql":
-        pytest.skip("PostgreSQL views")
     attack(
         sessions,
         "ALTER TABLE legal_holds RENAME TO legal_holds_data",

@@ -1,0 +1,230 @@
+"""Attacks on the server (threat model T1) that it does not stop yet. Each test acts as the attacker
+against a real server and asserts the secure behaviour, so each fails until its hole is closed.
+
+Two servers: `console` (tests/server/conftest.py, no models) for sign-in and session attacks, and
+`world` (tiny models, images made) for attacks on image records and on blind preference judging."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.flows.conftest import write_prompts
+from tests.server.conftest import PASSWORD, Console, csrf_of, set_up, start_server
+
+
+def _forget_failures(console: Console) -> None:
+    """Sign-in failures are counted per process: clear them so later tests of the module sign in."""
+    console.app.state.server.throttle._failures.clear()
+
+
+# ---------------------------------------------------------------- sign-in and sessions
+
+
+def test_concurrent_wrong_passwords_are_all_tried_past_the_throttle(console: Console) -> None:
+    """Attack: send many sign-ins for one user at the same moment. The throttle is read before the
+    password check and written after it (argon2, tens of ms, in the thread pool), so every request that
+    arrives before the first failure is recorded passes the check: the 5-per-user limit becomes N per
+    burst. Defence wanted: at most `login_max_failures` passwords are ever tried per window."""
+    throttle = console.app.state.server.throttle
+    n = 24
+    clients = [httpx.Client(base_url=console.base, follow_redirects=False, timeout=120) for _ in range(n)]
+    try:
+        tokens = [csrf_of(c.get("/login").text) for c in clients]  # connections open, forms ready
+        barrier = threading.Barrier(n)
+
+        def attempt(i: int) -> int:
+            barrier.wait()
+            data = {"user": "ops", "password": f"guess number {i:04d}", "csrf_token": tokens[i]}
+            return clients[i].post("/login", data=data).status_code
+
+        with ThreadPoolExecutor(n) as pool:
+            answers = list(pool.map(attempt, range(n)))
+        tried = answers.count(401)  # 401: the password was checked (and wrong); 429: throttled
+        assert tried <= throttle.limit, f"{tried} passwords tried for one user at once (limit {throttle.limit})"
+    finally:
+        for c in clients:
+            c.close()
+        _forget_failures(console)
+
+
+def test_a_session_survives_its_user_being_disabled_and_enabled_again(console: Console) -> None:
+    """Attack: steal a session (or keep one), let the admin respond by disabling the user, and wait for
+    the user to be enabled again. A disabled user's session is ended only when it is used while the
+    user is disabled; unused in between, it comes back with the user. Defence wanted (docs: a session
+    ends "when its user is disabled"): disabling ends every session of the user for good."""
+    stolen = console.browser_session("rita")
+    assert stolen.get("/").status_code == 200
+    with console.api("admin") as admin:
+        assert admin.post("/api/v1/users/rita/disable").status_code == 200
+        assert admin.post("/api/v1/users/rita/enable").status_code == 200
+    r = stolen.get("/")
+    assert r.status_code == 303 and r.headers["location"].startswith("/login"), "the stolen session still works"
+
+
+def test_a_new_password_ends_the_sessions_signed_in_with_the_old_one(console: Console) -> None:
+    """Attack: sign in with a guessed or leaked password and keep the session. The owner (or an admin)
+    sets a new password; the attacker's session goes on working until idle or absolute expiry (12 h,
+    renewed by every use up to that). Defence wanted: setting a password ends the user's other sessions."""
+    stolen = console.browser_session("maria")
+    assert stolen.get("/").status_code == 200
+    try:
+        with console.api("admin") as admin:
+            r = admin.post("/api/v1/users/maria/password", json={"password": "an entirely new passphrase"})
+            assert r.status_code == 200
+        r = stolen.get("/")
+        assert r.status_code == 303, "a session signed in with the old password still works"
+    finally:
+        with console.api("admin") as admin:
+            assert admin.post("/api/v1/users/maria/password", json={"password": PASSWORD}).status_code == 200
+
+
+def test_sign_in_does_not_confirm_the_password_of_a_disabled_user(console: Console) -> None:
+    """Attack: guess the password of a disabled account (a leaver's, likely reused elsewhere). The right
+    password is answered "user NAME is disabled", a wrong one "wrong user name or password": the form
+    is a password oracle. Defence wanted: the same answer whatever part was wrong."""
+    with console.api("admin") as admin:
+        assert admin.post("/api/v1/users", json={"name": "dora", "roles": ["requester"]}).status_code == 201
+        assert admin.post("/api/v1/users/dora/password", json={"password": PASSWORD}).status_code == 200
+        assert admin.post("/api/v1/users/dora/disable").status_code == 200
+
+    def sign_in(password: str) -> httpx.Response:
+        with httpx.Client(base_url=console.base, follow_redirects=False, timeout=120) as client:
+            token = csrf_of(client.get("/login").text)
+            return client.post("/login", data={"user": "dora", "password": password, "csrf_token": token})
+
+    def said(r: httpx.Response) -> str:
+        found = re.search(r'<p class="error" role="alert">(.*?)</p>', r.text)
+        return found.group(1) if found else ""
+
+    try:
+        right, wrong = sign_in(PASSWORD), sign_in("not dora's password at all")
+        assert wrong.status_code == 401 and "wrong user name or password" in said(wrong)
+        assert (right.status_code, said(right)) == (wrong.status_code, said(wrong)), said(right)
+    finally:
+        _forget_failures(console)
+
+
+def test_a_link_cannot_put_its_own_words_on_a_console_page(console: Console) -> None:
+    """Attack: send an approver a link to a real console page with `?note=...`. The page shows the text
+    as the server's own status message (role=status, above the content): a phishing line, or a false
+    "cleared by legal, approve it" on a batch page. Escaped, so no script, but the words are the
+    attacker's. Defence wanted: notes come from the server (a fixed set of codes, or signed)."""
+    client = console.browser_session("omar")
+    lure = "Security notice: your session expired. Sign in again at https://atelier-login.example"
+    r = client.get("/batches", params={"note": lure})
+    assert r.status_code == 200
+    assert "atelier-login.example" not in r.text, "the page shows the link's text as its own status message"
+
+
+# ---------------------------------------------------------------- records of made images
+
+SECRET = "codename lumen"  # in maria's prompt: what another requester must not read
+COMPARE_ROWS = [
+    {"row_id": f"c{i}", "prompt": f"studio photo of a linen lamp number {i} on pure white", "seed": 70 + i,
+     "width": 256, "height": 256, "steps": 2, "num_images": 1}
+    for i in range(2)
+]  # fmt: skip
+PLAIN_ROWS = [
+    {"row_id": "p1", "prompt": f"studio photo of a teak chair prototype {SECRET} on pure white", "seed": 5,
+     "width": 256, "height": 256, "steps": 2, "num_images": 1},
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, tiny_models: tuple[Path, Path]) -> Iterator[tuple[Console, str, str]]:
+    """maria's two batches, approved by omar and run by ops: a comparison batch (base against
+    base+refiner) for marketing, whose images wait for review; and a catalogue batch, published."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ATELIER_REVIEW_PURPOSES", '["marketing"]')
+    data = tmp_path_factory.mktemp("attacks") / "d"
+    cli, tokens, app = set_up(data, models=tiny_models)
+    base, server, thread = start_server(app)
+    console = Console(base, data, cli, app, tokens)
+    made = {}
+    for name, rows, form in (
+        ("compared", COMPARE_ROWS, {"purpose": "marketing", "pipeline": "base,base+refiner"}),
+        ("plain", PLAIN_ROWS, {"purpose": "catalogue", "use_category": "product-catalogue"}),
+    ):
+        with console.api("maria") as c:
+            r = c.post(
+                "/api/v1/batches",
+                data=form,
+                files={"file": ("p.csv", write_prompts(data.parent / f"{name}.csv", rows).read_bytes(), "text/csv")},
+            )
+        assert r.status_code == 201, r.text
+        b = r.json()
+        assert cli("batch", "approve", b["batch_id"], "--content-sha256", b["content_sha256"], actor="omar")[0] == 0
+        assert cli("run", "--batch", b["batch_id"], actor="ops")[0] == 0
+        made[name] = b["batch_id"]
+    yield console, made["compared"], made["plain"]
+    server.should_exit = True
+    thread.join(10)
+    mp.undo()
+
+
+def _images(console: Console, batch_id: str, status: str) -> list[str]:
+    with console.api("admin") as c:
+        return [i["image_id"] for i in c.get(f"/api/v1/batches/{batch_id}/images").json() if i["status"] == status]
+
+
+def test_a_blind_judge_reads_the_row_and_index_of_each_image_from_the_review_queue(world) -> None:
+    """Attack: a reviewer judging a comparison batch blind reads the review queue. It lists the batch's
+    images waiting for review with their ids, rows and `image_index` (the configuration follows from
+    the row and index: docs/security.md), and the /review page shows their thumbnails: matching a
+    pair's pixels with them tells which configuration made each side. Everything else about the batch
+    is refused to the judge (403), and a judge may not review its output. Defence wanted: a judge's
+    review queue holds nothing of a batch it judges blind."""
+    console, compared, _ = world
+    waiting = _images(console, compared, "review")
+    assert len(waiting) >= 2, waiting
+    with console.api("rev") as c:
+        r = c.post(f"/api/v1/batches/{compared}/preferences/next")
+        assert r.status_code == 200, r.text
+        assert c.get(f"/api/v1/batches/{compared}").status_code == 403  # blind: no rows, gallery, trace
+        assert c.get(f"/api/v1/images/{waiting[0]}").status_code == 403
+        queue = c.get("/api/v1/review").json()
+    leaked = [(i["image_id"][:8], i["row_id"], i["image_index"]) for i in queue if i["batch_id"] == compared]
+    page = console.browser_session("rev").get("/review")
+    shown = [i for i in waiting if i in page.text]
+    assert leaked == [] and shown == [], f"the judge's review queue names {leaked}; the page shows {len(shown)}"
+
+
+def test_verify_hands_another_requesters_image_record_to_anyone_with_the_file(world) -> None:
+    """Attack: rita (a requester) holds a copy of one of maria's published images (published images go
+    downstream). Its record (`/api/v1/images/{id}`) is refused to her (404: not even its existence),
+    but `POST /api/v1/verify` answers with the image's full trace: maria's prompt, the approver, the
+    audit trail, review, withdrawal and legal-hold reasons. Defence wanted: verify says whether Atelier
+    made the file, and gives the trace only to someone who may see the image's batch."""
+    console, _, plain = world
+    published = _images(console, plain, "published")
+    assert published
+    with console.api("maria") as c:
+        png = c.get(f"/api/v1/images/{published[0]}/file").content
+    with console.api("rita") as c:
+        assert c.get(f"/api/v1/images/{published[0]}").status_code == 404  # not hers
+        r = c.post("/api/v1/verify", files={"file": ("found.png", png, "image/png")})
+    assert r.status_code == 200, r.text
+    assert r.json().get("trace") is None and SECRET not in r.text, "verify gave rita maria's image record"
+
+
+def test_the_gallery_shows_images_waiting_for_review_that_the_thumbnail_route_refuses(world) -> None:
+    """Attack: an approver (operator, auditor) opens the gallery of a batch whose images wait for
+    review. `image_bytes` keeps an image waiting for review to reviewers and the batch's requester
+    (404 to others, on the file and on the thumbnail), but the gallery and compare pages embed those
+    thumbnails as data: URIs for anyone who may see the batch. Defence wanted: the pages show a
+    thumbnail only where `/images/{id}/thumbnail` would."""
+    console, compared, _ = world
+    waiting = _images(console, compared, "review")
+    assert waiting
+    with console.api("omar") as c:
+        assert c.get(f"/api/v1/images/{waiting[0]}/thumbnail").status_code == 404
+    page = console.browser_session("omar").get(f"/batches/{compared}/gallery")
+    assert page.status_code == 200
+    assert page.text.count('src="data:image/jpeg;base64,') == 0, "the gallery embeds thumbnails the route refuses"
