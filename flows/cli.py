@@ -739,12 +739,13 @@ OneBatch = Annotated[str | None, Parameter(help="every image of this batch that 
 @_sub("review").command(name="list")
 def review_list(*, batch: OneBatch = None, json: Json = False, me: Me, rt: Runtime_) -> int:
     """Images waiting for review, oldest first (reviewers, auditors, admins)."""
-    from governance.review import waiting
+    from governance.review import note_shown, waiting
     from governance.users import require_any_role
 
-    with rt.sessions() as session:
-        require_any_role(session, me.user, ("reviewer", "auditor", "admin"), "list images waiting for review")
-        items = waiting(session, batch)
+    with rt.sessions.begin() as session:
+        viewer = require_any_role(session, me.user, ("reviewer", "auditor", "admin"), "list images waiting for review")
+        items = waiting(session, batch, viewer_id=viewer.id)
+        note_shown(session, viewer, items)
     if json:
         print_json(items)
         return ExitCode.OK

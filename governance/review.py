@@ -55,11 +55,19 @@ class ReviewItem(Result):
     created_at: str
 
 
-def waiting(session: Session, batch_id: str | None = None, limit: int = 200) -> list[ReviewItem]:
-    """Images waiting for review, oldest first."""
+def waiting(
+    session: Session, batch_id: str | None = None, limit: int = 200, viewer_id: int | None = None
+) -> list[ReviewItem]:
+    """Images waiting for review, oldest first. `viewer_id`: leave out the comparison batches this user
+    judges blind (an image's row and index name its configuration: governance.preference)."""
+    from governance.records import Preference
+
     stmt = select(Image).where(Image.status == "review")
     if batch_id:
         stmt = stmt.where(Image.batch_id == batch_id)
+    if viewer_id is not None:
+        judged = select(Preference.batch_id).where(Preference.shown_to_id == viewer_id)
+        stmt = stmt.where(Image.batch_id.not_in(judged))
     stmt = stmt.order_by(Image.created_at, Image.id).limit(limit)
     return [
         ReviewItem(
@@ -74,6 +82,34 @@ def waiting(session: Session, batch_id: str | None = None, limit: int = 200) -> 
         )
         for i in session.scalars(stmt)
     ]
+
+
+SHOWN_ACTION = "review.shown"
+
+
+def note_shown(session: Session, viewer: User, items: Sequence[ReviewItem]) -> None:
+    """Record, once per batch, that a reviewer blind to a comparison batch was shown its images waiting
+    for review (their ids, rows and indexes name each image's configuration): that reviewer no longer
+    judges the batch blind (`preference._judge` refuses). Call in a writing transaction."""
+    from governance.preference import blind_to
+    from governance.records import AuditEvent, Batch
+
+    for batch_id in sorted({i.batch_id for i in items}):
+        batch = session.get(Batch, batch_id)
+        if batch is None or not blind_to(frozenset(viewer.role_names), batch.requested_by_id == viewer.id, batch):
+            continue
+        seen = session.scalar(
+            select(AuditEvent.seq)
+            .where(
+                AuditEvent.action == SHOWN_ACTION,
+                AuditEvent.subject_id == batch_id,
+                AuditEvent.actor == viewer.name,
+            )
+            .limit(1)
+        )
+        if seen is None:
+            shown = sum(1 for i in items if i.batch_id == batch_id)
+            record_event(session, viewer.name, SHOWN_ACTION, "batch", batch_id, {"images": shown})
 
 
 def _images(session: Session, image_ids: Sequence[str] | None, batch_id: str | None) -> list[Image]:

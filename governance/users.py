@@ -12,6 +12,7 @@ very first user of an empty database (the bootstrap) must be an admin. Every act
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import secrets
 import uuid
@@ -24,8 +25,10 @@ from sqlalchemy.orm import Session
 
 from governance.audit import record_event
 from governance.errors import InvalidInput, InvalidState, NotFound, PermissionDenied, Unauthenticated
-from governance.records import ROLES, ApiToken, Role, User, UserRole, utcnow
+from governance.records import ROLES, ApiToken, ConsoleSession, Role, User, UserRole, utcnow
 from governance.results import Result
+
+logger = logging.getLogger(__name__)
 
 BOOTSTRAP_ACTOR = "bootstrap"
 TOKEN_PREFIX = "atl_"
@@ -238,9 +241,22 @@ def set_disabled(session: Session, actor: str | None, name: str, disabled: bool)
     if (user.disabled_at is not None) == disabled:
         return user
     user.disabled_at = utcnow() if disabled else None
+    if disabled:
+        end_console_sessions(session, user)  # enabling again brings no old session back
     session.flush()
     record_event(session, admin.name, "user.disabled" if disabled else "user.enabled", "user", name, {})
     return user
+
+
+def end_console_sessions(session: Session, user: User) -> int:
+    """End every open console session of this user (disabled, or a new password): the number ended."""
+    now = utcnow()
+    open_ = session.scalars(
+        select(ConsoleSession).where(ConsoleSession.user_id == user.id, ConsoleSession.ended_at.is_(None))
+    ).all()
+    for row in open_:
+        row.ended_at = now
+    return len(open_)
 
 
 def list_users(session: Session) -> list[UserInfo]:
@@ -375,6 +391,7 @@ def set_password(session: Session, actor: str | None, name: str, password: str) 
     if len(password) < 12 or len(password) > 1024:
         raise InvalidInput("a password needs 12 to 1024 characters")
     target.password_hash = PasswordHasher().hash(password)
+    end_console_sessions(session, target)  # whoever signed in with the old password is signed out
     session.flush()
     record_event(session, user.name, "user.password_set", "user", target.name, {})
     return target
@@ -394,6 +411,7 @@ def check_password(session: Session, name: str, password: str) -> Identity:
         hasher.verify(user.password_hash, password)
     except (VerificationError, InvalidHashError):
         raise Unauthenticated("wrong user name or password") from None
-    if not user.active:
-        raise Unauthenticated(f"user {user.name} is disabled")
+    if not user.active:  # the same answer as a wrong password: sign-in never confirms a disabled user's password
+        logger.info("sign-in refused: user %s is disabled", user.name)
+        raise Unauthenticated("wrong user name or password")
     return Identity(user.name, tuple(sorted(user.role_names)), None, None, None)

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from governance.batches import BatchDetail, BatchSummary
-from governance.errors import InvalidInput, NotFound
+from governance.errors import InvalidInput, NotFound, PermissionDenied
 from governance.records import Batch, Image, WorkChunk
 from governance.results import Result
 from server.app import Caller
@@ -45,8 +45,6 @@ def _visible(c: Caller, batch: Batch) -> Batch:
     if batch.requested_by.name != c.user and not c.has(*SEES_EVERY_BATCH):
         raise NotFound(f"no batch {batch.id} that {c.user} may see")  # not even whether it exists
     if blind_to(frozenset(c.roles), batch.requested_by.name == c.user, batch):
-        from governance.errors import PermissionDenied
-
         raise PermissionDenied(
             f"{c.user} judges batch {batch.id} blind: a comparison batch's rows, images and records are for its "
             "requester, approvers, operators, auditors and admins; judge it on its pairs page"
@@ -134,6 +132,7 @@ def submit(
             [s.model_licence],
             s.intake_limits(),
             s.load_prompt_policy(),
+            review_required=str(purpose) in s.review_purposes,  # as `atelier batch submit` decides it
             pipelines=s.load_pipelines(),
             default_pipeline=pipeline or None,
         )
@@ -289,13 +288,22 @@ def gallery_thumbnails(c: Caller, cards: Sequence[Any]) -> dict[str, Any]:
     ids = [card.image_id for card in cards if card.status in ("published", "review")]
     if not ids:
         return {}
+    from governance.records import User
+
     with c.rt.sessions() as session:
-        rows = session.execute(select(Image.id, Image.store_key).where(Image.id.in_(ids))).all()
+        rows = session.execute(
+            select(Image.id, Image.store_key, Image.status, User.name)
+            .join(Batch, Batch.id == Image.batch_id)
+            .join(User, User.id == Batch.requested_by_id)
+            .where(Image.id.in_(ids))
+        ).all()
     store = c.rt.store
     url = str(getattr(store, "url", id(store)))
     found: dict[str, Any] = {}
     missing: list[tuple[str, str]] = []
-    for image_id, store_key in rows:
+    for image_id, store_key, status, requester in rows:
+        if status == "review" and not (c.has("reviewer") or requester == c.user):
+            continue  # as `image_bytes`: an image waiting for review, to reviewers and its requester only
         key = thumb_of(store_key or "")
         uri = THUMBNAILS.get(url, key)
         if uri is None:
@@ -320,12 +328,14 @@ def gallery_thumbnails(c: Caller, cards: Sequence[Any]) -> dict[str, Any]:
 
 def review_waiting(c: Caller, batch_id: str | None = None) -> list[ImageCard]:
     """Images waiting for review (reviewers, auditors, admins), oldest first, as gallery cards."""
-    from governance.review import waiting
+    from governance.review import note_shown, waiting
     from governance.users import require_any_role
 
-    with c.rt.sessions() as session:
-        require_any_role(session, c.user, ("reviewer", "auditor", "admin"), "list images waiting for review")
-        ids = [w.image_id for w in waiting(session, batch_id)]
+    with c.rt.sessions.begin() as session:
+        me = require_any_role(session, c.user, ("reviewer", "auditor", "admin"), "list images waiting for review")
+        items = waiting(session, batch_id, viewer_id=me.id)
+        note_shown(session, me, items)
+        ids = [w.image_id for w in items]
         found = {i.id: i for i in session.scalars(select(Image).where(Image.id.in_(ids)))}
         return [_card(found[i]) for i in ids]
 
@@ -518,9 +528,21 @@ def verify_upload(c: Caller, name: str | None, data: bytes) -> Any:
     except AtelierError:
         keys = []
     with Upload(name, data, limits.max_file_bytes, "file to verify") as path, c.rt.sessions() as session:
+        from dataclasses import replace
+
         from governance.preference import check_verify_result
 
-        return check_verify_result(session, c.user, verify_file(session, path, anchors_pem, keys, limits))
+        result = check_verify_result(session, c.user, verify_file(session, path, anchors_pem, keys, limits))
+        result = replace(result, file=path.name)  # the name as uploaded (made safe), not the server's path
+        if result.trace is not None:
+            batch = session.get(Batch, result.trace.batch.id)
+            try:
+                _visible(c, batch) if batch is not None else None
+            except (NotFound, PermissionDenied):
+                # Whether Atelier made the file is anyone's to know; its record (prompt, people, reasons)
+                # only for those who may see the image's batch, as on the image's own page.
+                result = replace(result, trace=None)
+        return result
 
 
 # ---------------------------------------------------------------- runs, workers, ledger

@@ -253,6 +253,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse(body, status_code=status)
 
     app.include_router(api.router)
+    pages.NOTE_KEY[0] = server.sessions.note_key()
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.add_middleware(SecurityHeaders)

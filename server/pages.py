@@ -7,6 +7,8 @@ Each role sees only what it may: the navigation shows a role's pages, and every 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -52,6 +54,8 @@ def render(request: Request, template: str, who: Caller | None, http_status: int
     env = server.templates.env
     env.filters.setdefault("visible", lambda v: escape_unsafe(str(v)) if v is not None else "")
     nav = [(p, label) for p, label, r in NAV if who is not None and (not r or who.has(*r))]
+    if ctx.get("note"):
+        ctx["note"] = signed_note(request, ctx["note"])
     context = {"who": who, "csrf": who.csrf if who else None, "nav": nav, "path": request.url.path, **ctx}
     return server.templates.TemplateResponse(request, template, context, status_code=http_status)
 
@@ -60,8 +64,25 @@ def error_page(request: Request, status: int, body: dict[str, Any]) -> HTMLRespo
     return render(request, "error.html", None, http_status=status, code=body["code"], message=body["message"])
 
 
+# Status notes ride in the redirect's query (`?note=...&ns=...`) and a page shows one only with the
+# server's signature: a link cannot put its own words on a console page as the server's message.
+# create_app sets the key from the session key (shared by every process of one data dir).
+NOTE_KEY = [secrets.token_bytes(32)]
+
+
+def note_signature(note: str) -> str:
+    return hmac.new(NOTE_KEY[0], note.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def signed_note(request: Request, note: str | None) -> str | None:
+    """The `note` of this request if the server wrote it (signed), else None."""
+    given = request.query_params.get("ns", "")
+    return note if note and hmac.compare_digest(note_signature(note), given) else None
+
+
 def back(path: str, note: str | None = None) -> RedirectResponse:
-    return RedirectResponse(path + (f"?{urlencode({'note': note})}" if note else ""), status_code=303)
+    query = f"?{urlencode({'note': note, 'ns': note_signature(note)})}" if note else ""
+    return RedirectResponse(path + query, status_code=303)
 
 
 # ---------------------------------------------------------------- sign-in
@@ -95,7 +116,7 @@ async def login(
         return _login_again(request, "the sign-in form expired: please try again", 403)
     client = request.client.host if request.client else "?"
     keys = ("user:" + user.lower(), "addr:" + client)
-    wait = server.throttle.wait_seconds(*keys)
+    wait = server.throttle.reserve(*keys)  # counted as failed until it succeeds
     if wait:
         page = _login_again(request, f"too many failed sign-ins: try again in {wait // 60 + 1} minutes", 429)
         page.headers["Retry-After"] = str(wait)
@@ -110,9 +131,9 @@ async def login(
     try:
         secret = await run_in_threadpool(attempt)
     except Unauthenticated as exc:
-        server.throttle.failed(*keys)
         return _login_again(request, str(exc), 401)
     server.throttle.succeeded(keys[0])
+    server.throttle.refund(keys[1])
     response = RedirectResponse(_local(next), status_code=303)
     _set_cookie(request, response, COOKIE, secret)
     response.delete_cookie(PRE_COOKIE, path="/")

@@ -74,6 +74,11 @@ class Sessions:
     def _mac(self, text: str) -> str:
         return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()
 
+    def note_key(self) -> bytes:
+        """The key that signs the console's status notes (`pages.back`): derived from the session key, so
+        every server process behind one data dir accepts the others' notes."""
+        return hmac.new(self._key, b"atelier console notes", hashlib.sha256).digest()
+
     def start(self, session: Session, user_name: str) -> tuple[str, ConsoleSession]:
         """A new session for a user who just proved a password; returns (cookie value, row)."""
         user = session.scalar(select(User).where(User.name == user_name))
@@ -132,8 +137,11 @@ class LoginThrottle:
             q.popleft()
         return q
 
-    def wait_seconds(self, *keys: str) -> int:
-        """0 when a sign-in may be tried now, else how many seconds until it may."""
+    def reserve(self, *keys: str) -> int:
+        """0 when a sign-in may be tried now, and then the attempt is counted as a failure at once, under
+        the lock (a burst of simultaneous guesses cannot all pass the check before any is counted); else
+        how many seconds until one may. A sign-in that succeeds then calls `succeeded` (the user's count)
+        and `refund` (the address's)."""
         now = time.monotonic()
         with self._lock:
             waits = []
@@ -141,16 +149,21 @@ class LoginThrottle:
                 q = self._recent(key, now)
                 if len(q) >= (self.limit * 4 if key.startswith("addr:") else self.limit):
                     waits.append(int(self.window - (now - q[0])) + 1)
-            return max(waits, default=0)
-
-    def failed(self, *keys: str) -> None:
-        now = time.monotonic()
-        with self._lock:
+            if waits:
+                return max(waits)
             for key in keys:
-                self._recent(key, now).append(now)
+                self._failures[key].append(now)
             if len(self._failures) > 100_000:  # a flood of names: forget the idle ones
                 for k in [k for k, q in self._failures.items() if not q]:
                     del self._failures[k]
+            return 0
+
+    def refund(self, *keys: str) -> None:
+        with self._lock:
+            for key in keys:
+                q = self._failures.get(key)
+                if q:
+                    q.pop()
 
     def succeeded(self, *keys: str) -> None:
         with self._lock:

@@ -1,11 +1,15 @@
-"""Attacks on the server (threat model T1) that it does not stop yet. Each test acts as the attacker
-against a real server and asserts the secure behaviour, so each fails until its hole is closed.
+"""Attacks on the server (threat model T1), each made against a real server as the attacker would,
+asserting that it is stopped: sign-in throttling under a burst, sessions outliving a disabled user or
+an old password, a password oracle, words put on a page by a link, output review skipped through the
+API, blind judges reading the review queue, verify handing out another requester's record, and
+thumbnails the file route refuses.
 
 Two servers: `console` (tests/server/conftest.py, no models) for sign-in and session attacks, and
 `world` (tiny models, images made) for attacks on image records and on blind preference judging."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Iterator
@@ -27,11 +31,12 @@ def _forget_failures(console: Console) -> None:
 # ---------------------------------------------------------------- sign-in and sessions
 
 
-def test_concurrent_wrong_passwords_are_all_tried_past_the_throttle(console: Console) -> None:
-    """Attack: send many sign-ins for one user at the same moment. The throttle is read before the
-    password check and written after it (argon2, tens of ms, in the thread pool), so every request that
-    arrives before the first failure is recorded passes the check: the 5-per-user limit becomes N per
-    burst. Defence wanted: at most `login_max_failures` passwords are ever tried per window."""
+def test_concurrent_wrong_passwords_cannot_pass_the_throttle_together(console: Console) -> None:
+    """Attack: send many sign-ins for one user at the same moment. A throttle read before the password
+    check and written after it (argon2, tens of ms, in the thread pool) lets every request that arrives
+    before the first failure is recorded through: the 5-per-user limit would become N per burst.
+    Defence: each attempt is counted when it is let through; at most `login_max_failures` passwords
+    are ever tried per window."""
     throttle = console.app.state.server.throttle
     n = 24
     clients = [httpx.Client(base_url=console.base, follow_redirects=False, timeout=120) for _ in range(n)]
@@ -54,11 +59,11 @@ def test_concurrent_wrong_passwords_are_all_tried_past_the_throttle(console: Con
         _forget_failures(console)
 
 
-def test_a_session_survives_its_user_being_disabled_and_enabled_again(console: Console) -> None:
+def test_disabling_a_user_ends_their_sessions_for_good(console: Console) -> None:
     """Attack: steal a session (or keep one), let the admin respond by disabling the user, and wait for
-    the user to be enabled again. A disabled user's session is ended only when it is used while the
-    user is disabled; unused in between, it comes back with the user. Defence wanted (docs: a session
-    ends "when its user is disabled"): disabling ends every session of the user for good."""
+    the user to be enabled again. A session ended only when used while its user is disabled would,
+    unused in between, come back with the user. Defence (docs: a session ends "when its user is
+    disabled"): disabling ends every session of the user for good."""
     stolen = console.browser_session("rita")
     assert stolen.get("/").status_code == 200
     with console.api("admin") as admin:
@@ -71,7 +76,7 @@ def test_a_session_survives_its_user_being_disabled_and_enabled_again(console: C
 def test_a_new_password_ends_the_sessions_signed_in_with_the_old_one(console: Console) -> None:
     """Attack: sign in with a guessed or leaked password and keep the session. The owner (or an admin)
     sets a new password; the attacker's session goes on working until idle or absolute expiry (12 h,
-    renewed by every use up to that). Defence wanted: setting a password ends the user's other sessions."""
+    renewed by every use up to that). Defence: setting a password ends the user's other sessions."""
     stolen = console.browser_session("maria")
     assert stolen.get("/").status_code == 200
     try:
@@ -88,7 +93,7 @@ def test_a_new_password_ends_the_sessions_signed_in_with_the_old_one(console: Co
 def test_sign_in_does_not_confirm_the_password_of_a_disabled_user(console: Console) -> None:
     """Attack: guess the password of a disabled account (a leaver's, likely reused elsewhere). The right
     password is answered "user NAME is disabled", a wrong one "wrong user name or password": the form
-    is a password oracle. Defence wanted: the same answer whatever part was wrong."""
+    is a password oracle. Defence: the same answer whatever part was wrong."""
     with console.api("admin") as admin:
         assert admin.post("/api/v1/users", json={"name": "dora", "roles": ["requester"]}).status_code == 201
         assert admin.post("/api/v1/users/dora/password", json={"password": PASSWORD}).status_code == 200
@@ -112,15 +117,35 @@ def test_sign_in_does_not_confirm_the_password_of_a_disabled_user(console: Conso
 
 
 def test_a_link_cannot_put_its_own_words_on_a_console_page(console: Console) -> None:
-    """Attack: send an approver a link to a real console page with `?note=...`. The page shows the text
-    as the server's own status message (role=status, above the content): a phishing line, or a false
-    "cleared by legal, approve it" on a batch page. Escaped, so no script, but the words are the
-    attacker's. Defence wanted: notes come from the server (a fixed set of codes, or signed)."""
+    """Attack: send an approver a link to a real console page with `?note=...`, hoping the page shows
+    the text as the server's own status message (role=status, above the content): a phishing line, or
+    a false "cleared by legal, approve it" on a batch page. Defence: a page shows a note only with the
+    server's signature (`ns`), which only its own redirects carry."""
     client = console.browser_session("omar")
     lure = "Security notice: your session expired. Sign in again at https://atelier-login.example"
     r = client.get("/batches", params={"note": lure})
     assert r.status_code == 200
     assert "atelier-login.example" not in r.text, "the page shows the link's text as its own status message"
+
+
+def test_a_marketing_batch_submitted_through_the_server_waits_for_review(console: Console, tmp_path: Path) -> None:
+    """Attack: a requester who wants her marketing images out without a reviewer submits through the
+    API or the console instead of the CLI (which asks for output review for every purpose in
+    ATELIER_REVIEW_PURPOSES, default marketing): without review, its images would be published straight
+    after the run, unseen. Defence: the server applies the same rule as the CLI."""
+    assert "marketing" in console.app.state.server.settings.review_purposes
+    rows = [{"row_id": "m1", "prompt": "studio photo of a red sneaker on pure white", "seed": 3, "width": 256,
+             "height": 256, "steps": 2, "num_images": 1}]  # fmt: skip
+    with console.api("maria") as c:
+        r = c.post(
+            "/api/v1/batches",
+            data={"purpose": "marketing"},
+            files={"file": ("m.csv", write_prompts(tmp_path / "m.csv", rows).read_bytes(), "text/csv")},
+        )
+        assert r.status_code == 201, r.text
+        shown = c.get(f"/api/v1/batches/{r.json()['batch_id']}").json()
+    assert shown["purpose"] == "marketing"
+    assert shown["review_required"] is True, "a marketing batch submitted through the server needs no review"
 
 
 # ---------------------------------------------------------------- records of made images
@@ -138,7 +163,9 @@ PLAIN_ROWS = [
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, tiny_models: tuple[Path, Path]) -> Iterator[tuple[Console, str, str]]:
+def world(
+    tmp_path_factory: pytest.TempPathFactory, tiny_models: tuple[Path, Path]
+) -> Iterator[tuple[Console, str, str]]:
     """maria's two batches, approved by omar and run by ops: a comparison batch (base against
     base+refiner) for marketing, whose images wait for review; and a catalogue batch, published."""
     mp = pytest.MonkeyPatch()
@@ -148,22 +175,23 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_models: tuple[Path, Pat
     base, server, thread = start_server(app)
     console = Console(base, data, cli, app, tokens)
     made = {}
-    for name, rows, form in (
-        ("compared", COMPARE_ROWS, {"purpose": "marketing", "pipeline": "base,base+refiner"}),
-        ("plain", PLAIN_ROWS, {"purpose": "catalogue", "use_category": "product-catalogue"}),
-    ):
-        with console.api("maria") as c:
-            r = c.post(
-                "/api/v1/batches",
-                data=form,
-                files={"file": ("p.csv", write_prompts(data.parent / f"{name}.csv", rows).read_bytes(), "text/csv")},
-            )
-        assert r.status_code == 201, r.text
-        b = r.json()
-        assert cli("batch", "approve", b["batch_id"], "--content-sha256", b["content_sha256"], actor="omar")[0] == 0
-        assert cli("run", "--batch", b["batch_id"], actor="ops")[0] == 0
-        made[name] = b["batch_id"]
-    yield console, made["compared"], made["plain"]
+    # the comparison batch through the CLI, which asks for output review for ATELIER_REVIEW_PURPOSES
+    path = write_prompts(data.parent / "compared.csv", COMPARE_ROWS)
+    b = cli.json("batch", "submit", str(path), "--purpose", "marketing", "--pipeline", "base,base+refiner",
+                 actor="maria")  # fmt: skip
+    made["compared"] = b["batch_id"], b["content_sha256"]
+    with console.api("maria") as c:
+        r = c.post(
+            "/api/v1/batches",
+            data={"purpose": "catalogue", "use_category": "product-catalogue"},
+            files={"file": ("p.csv", write_prompts(data.parent / "plain.csv", PLAIN_ROWS).read_bytes(), "text/csv")},
+        )
+    assert r.status_code == 201, r.text
+    made["plain"] = r.json()["batch_id"], r.json()["content_sha256"]
+    for batch_id, content in made.values():
+        assert cli("batch", "approve", batch_id, "--content-sha256", content, actor="omar")[0] == 0
+        assert cli("run", "--batch", batch_id, actor="ops")[0] == 0
+    yield console, made["compared"][0], made["plain"][0]
     server.should_exit = True
     thread.join(10)
     mp.undo()
@@ -174,13 +202,12 @@ def _images(console: Console, batch_id: str, status: str) -> list[str]:
         return [i["image_id"] for i in c.get(f"/api/v1/batches/{batch_id}/images").json() if i["status"] == status]
 
 
-def test_a_blind_judge_reads_the_row_and_index_of_each_image_from_the_review_queue(world) -> None:
-    """Attack: a reviewer judging a comparison batch blind reads the review queue. It lists the batch's
-    images waiting for review with their ids, rows and `image_index` (the configuration follows from
-    the row and index: docs/security.md), and the /review page shows their thumbnails: matching a
-    pair's pixels with them tells which configuration made each side. Everything else about the batch
-    is refused to the judge (403), and a judge may not review its output. Defence wanted: a judge's
-    review queue holds nothing of a batch it judges blind."""
+def test_a_blind_judges_review_queue_holds_nothing_of_the_batch_it_judges(world) -> None:
+    """Attack: a reviewer judging a comparison batch blind reads the review queue, which lists images
+    waiting for review with their ids, rows and `image_index` (the configuration follows from the row
+    and index: docs/security.md) and, on the /review page, their thumbnails: matching a pair's pixels
+    with them would tell which configuration made each side. Defence: a judge's review queue holds
+    nothing of a batch it judges blind (everything else about it is refused to the judge already)."""
     console, compared, _ = world
     waiting = _images(console, compared, "review")
     assert len(waiting) >= 2, waiting
@@ -196,12 +223,12 @@ def test_a_blind_judge_reads_the_row_and_index_of_each_image_from_the_review_que
     assert leaked == [] and shown == [], f"the judge's review queue names {leaked}; the page shows {len(shown)}"
 
 
-def test_verify_hands_another_requesters_image_record_to_anyone_with_the_file(world) -> None:
+def test_verify_gives_an_image_record_only_to_those_who_may_see_its_batch(world) -> None:
     """Attack: rita (a requester) holds a copy of one of maria's published images (published images go
-    downstream). Its record (`/api/v1/images/{id}`) is refused to her (404: not even its existence),
-    but `POST /api/v1/verify` answers with the image's full trace: maria's prompt, the approver, the
-    audit trail, review, withdrawal and legal-hold reasons. Defence wanted: verify says whether Atelier
-    made the file, and gives the trace only to someone who may see the image's batch."""
+    downstream). Its record (`/api/v1/images/{id}`) is refused to her (404: not even its existence);
+    she uploads the copy to `POST /api/v1/verify` hoping for its full trace (maria's prompt, the
+    approver, the audit trail, review, withdrawal and hold reasons). Defence: verify says whether
+    Atelier made the file, and gives the trace only to someone who may see the image's batch."""
     console, _, plain = world
     published = _images(console, plain, "published")
     assert published
@@ -214,12 +241,11 @@ def test_verify_hands_another_requesters_image_record_to_anyone_with_the_file(wo
     assert r.json().get("trace") is None and SECRET not in r.text, "verify gave rita maria's image record"
 
 
-def test_the_gallery_shows_images_waiting_for_review_that_the_thumbnail_route_refuses(world) -> None:
+def test_the_gallery_shows_a_thumbnail_waiting_for_review_only_where_the_route_would(world) -> None:
     """Attack: an approver (operator, auditor) opens the gallery of a batch whose images wait for
-    review. `image_bytes` keeps an image waiting for review to reviewers and the batch's requester
-    (404 to others, on the file and on the thumbnail), but the gallery and compare pages embed those
-    thumbnails as data: URIs for anyone who may see the batch. Defence wanted: the pages show a
-    thumbnail only where `/images/{id}/thumbnail` would."""
+    review. The file and thumbnail routes keep an image waiting for review to reviewers and the batch's
+    requester (404 to others). Defence: the gallery and compare pages, which embed thumbnails as data:
+    URIs, show one only where `/images/{id}/thumbnail` would."""
     console, compared, _ = world
     waiting = _images(console, compared, "review")
     assert waiting
@@ -228,3 +254,39 @@ def test_the_gallery_shows_images_waiting_for_review_that_the_thumbnail_route_re
     page = console.browser_session("omar").get(f"/batches/{compared}/gallery")
     assert page.status_code == 200
     assert page.text.count('src="data:image/jpeg;base64,') == 0, "the gallery embeds thumbnails the route refuses"
+
+
+def test_a_reviewer_shown_a_comparison_batchs_review_queue_no_longer_judges_it(world, tmp_path: Path) -> None:
+    """Attack: a reviewer lists the review queue first (image ids, rows and indexes of a comparison
+    batch's images, with thumbnails), then draws blind pairs of that batch and matches their pixels.
+    Defence: being shown that queue is recorded (`review.shown`, once per batch), and a reviewer it
+    was shown to is refused as a judge of the batch, in the console, the API and the CLI alike."""
+    console, compared, _ = world
+    cli = console.cli
+    assert cli("users", "add", "vic", "--role", "reviewer", actor="admin")[0] == 0
+    code, listed, err = cli("review", "list", "--json", actor="vic")
+    assert code == 0, err
+    assert any(i["batch_id"] == compared for i in json.loads(listed))  # vic now knows rows and indexes
+    code, _, err = cli("prefer", "next", compared, "--out", str(tmp_path), actor="vic")
+    assert code == 4 and "was shown the output of batch" in err, err
+
+    def shown() -> int:
+        from sqlalchemy import func, select
+
+        from governance.records import AuditEvent
+
+        with console.app.state.server.rt.sessions() as s:
+            return int(
+                s.scalar(
+                    select(func.count()).where(
+                        AuditEvent.action == "review.shown",
+                        AuditEvent.actor == "vic",
+                        AuditEvent.subject_id == compared,
+                    )
+                )
+                or 0
+            )
+
+    assert shown() == 1
+    assert cli("review", "list", "--json", actor="vic")[0] == 0  # shown again: recorded once per batch
+    assert shown() == 1
