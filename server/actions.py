@@ -146,7 +146,9 @@ def edit(c: Caller, batch_id: str, name: str | None, data: bytes) -> Submitted:
     with Upload(name, data, s.intake_max_file_bytes, "prompt file") as path:
         with c.rt.sessions.begin() as session:
             batch = _batch(session, c, batch_id)
-            b = edit_batch(session, c.user, batch.id, path, s.intake_limits(), s.load_prompt_policy())
+            b = edit_batch(
+                session, c.user, batch.id, path, s.intake_limits(), s.load_prompt_policy(), s.load_pipelines()
+            )
             out = Submitted(b.id, b.content_sha256, b.status)
     _anchor(c)
     return out
