@@ -11,13 +11,14 @@ checked here before the route runs) and the governance services check again. Err
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -256,8 +257,50 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     pages.NOTE_KEY[0] = server.sessions.note_key()
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-    app.add_middleware(SecurityHeaders)
+    # a file at the upload limit, with room for the multipart framing and the form's other fields
+    app.add_middleware(BodyLimit, limit=settings.server_upload_max_bytes + 1024 * 1024)
+    app.add_middleware(SecurityHeaders)  # outermost: the 413 above carries the headers too
     return app
+
+
+class BodyLimit:
+    """Refuses a request body larger than `limit` bytes (413, `{code, message}`) before anything reads it
+    whole: by its Content-Length at once, and a body sent without one as soon as it passes the limit.
+    FastAPI parses a multipart upload before any dependency runs, so without this anyone, signed in or
+    not, could have the server spool files of any size to disk; the routes still check the file itself
+    against ATELIER_SERVER_UPLOAD_MAX_BYTES."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app = app
+        self.limit = limit
+        self.message = f"the request body is larger than {limit} bytes: send a smaller file"
+
+    async def _refuse(self, send: Any) -> None:
+        body = json.dumps({"code": "too_large", "message": self.message}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._refuse(send)
+            return
+        received = 0
+
+        async def counted() -> Any:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:  # answered by the app's handler: 413, `{code, message}`
+                    raise HTTPException(413, self.message)
+            return message
+
+        await self.app(scope, counted, send)
 
 
 class SecurityHeaders:

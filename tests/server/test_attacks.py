@@ -290,3 +290,39 @@ def test_a_reviewer_shown_a_comparison_batchs_review_queue_no_longer_judges_it(w
     assert shown() == 1
     assert cli("review", "list", "--json", actor="vic")[0] == 0  # shown again: recorded once per batch
     assert shown() == 1
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(console: Console) -> None:
+    """Attack: with no credentials at all, send a huge multipart upload to an upload route. FastAPI reads
+    a form before any dependency (the sign-in check among them) runs, so the server would spool the
+    whole body to disk first. Defence: a body over the upload limit is refused with 413 and one line,
+    by its Content-Length at once, or as soon as a body sent in chunks (no length) passes it."""
+    limit = console.app.state.server.settings.server_upload_max_bytes + 1024 * 1024
+    import socket
+    from urllib.parse import urlsplit
+
+    where = urlsplit(console.base)
+    with socket.create_connection((where.hostname, where.port), timeout=30) as raw:  # the length alone
+        raw.sendall(
+            f"POST /api/v1/verify HTTP/1.1\r\nHost: {where.netloc}\r\nContent-Type: multipart/form-data; "
+            f"boundary=b\r\nContent-Length: {limit + 1}\r\n\r\n--b\r\n".encode()
+        )
+        answer = raw.recv(65536).decode("latin-1")
+    head, _, body = answer.partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 413"), head
+    assert '"too_large"' in body and "larger than" in body and "nosniff" in head  # security headers too
+    with httpx.Client(base_url=console.base, timeout=60) as anyone:
+        sent = [0]
+
+        def chunks() -> Iterator[bytes]:  # multipart framing, then more file than the limit allows
+            yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'
+            block = b"\0" * (1024 * 1024)
+            while sent[0] <= limit + 8 * len(block):
+                sent[0] += len(block)
+                yield block
+
+        streamed = anyone.post(
+            "/api/v1/verify", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"}
+        )
+    assert streamed.status_code == 413, streamed.text
+    assert streamed.json()["code"] == "too_large"
