@@ -200,3 +200,37 @@ def test_compare_and_judge_in_a_real_browser(world, tmp_path: Path) -> None:
         shots(page, "next-pair")
         browser.close()
     assert errors == []
+
+
+def test_an_edit_through_the_server_checks_rows_against_the_configured_pipelines(tmp_path: Path) -> None:
+    """An organisation's own pipeline file (ATELIER_PIPELINES) names a configuration the packaged one
+    lacks: a batch that uses it is submitted and then edited through the API, both checked against that
+    file, as `atelier batch submit|edit` check them (an edit was checked against the packaged file)."""
+    from governance.pipelines import DEFAULT_FILE
+    from tests.server.conftest import Console, set_up, start_server
+
+    definitions = json.loads(DEFAULT_FILE.read_text())
+    definitions["version"] = "pipelines-acme-1"
+    definitions["configurations"]["draft"] = {**definitions["configurations"]["base"], "steps": 4}
+    custom = tmp_path / "pipelines.json"
+    custom.write_text(json.dumps(definitions))
+    cli, tokens, app = set_up(tmp_path / "d", pipelines=custom)
+    base, server, thread = start_server(app)
+    try:
+        console = Console(base, tmp_path / "d", cli, app, tokens)
+        rows = [{"row_id": "d1", "prompt": "studio photo of a jug on pure white", "seed": 1, "width": 256,
+                 "height": 256, "steps": 2, "num_images": 1, "pipeline": "draft"}]  # fmt: skip
+        with console.api("maria") as c:
+            first = write_prompts(tmp_path / "a.csv", rows).read_bytes()
+            r = c.post("/api/v1/batches", data={"purpose": "catalogue"}, files={"file": ("a.csv", first, "text/csv")})
+            assert r.status_code == 201, r.text
+            batch_id = r.json()["batch_id"]
+            edited = write_prompts(tmp_path / "b.csv", [{**rows[0], "seed": 2}]).read_bytes()
+            r = c.put(f"/api/v1/batches/{batch_id}", files={"file": ("b.csv", edited, "text/csv")})
+            assert r.status_code == 200, r.text
+            shown = c.get(f"/api/v1/batches/{batch_id}").json()
+        assert [row["seed"] for row in shown["prompts_detail"]] == [2]
+        assert "draft" in json.dumps(shown["prompts_detail"]) and shown["pipelines_version"] == "pipelines-acme-1"
+    finally:
+        server.should_exit = True
+        thread.join(10)
