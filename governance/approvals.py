@@ -73,6 +73,19 @@ def _decide(
     user = require_role(session, actor, "approver", "approve or reject batches")
     if user.id == batch.requested_by_id:
         raise PermissionDenied(f"{user.name} requested batch {batch.id} and cannot decide on it: another approver must")
+    from governance.records import CatalogueItem, PromptTemplate
+
+    authored = session.scalars(
+        select(PromptTemplate.name)
+        .join(CatalogueItem, CatalogueItem.template_id == PromptTemplate.id)
+        .where(CatalogueItem.batch_id == batch.id, PromptTemplate.author_id == user.id)
+        .distinct()
+    ).all()
+    if authored:  # the rows are the author's words, as a standing approval of their own template would be
+        raise PermissionDenied(
+            f"{user.name} wrote template {', '.join(sorted(authored))}, which rendered rows of batch {batch.id}: "
+            "another approver must decide on it"
+        )
     if batch.status != "submitted":
         raise InvalidState(f"batch {batch.id} is {batch.status}; only a submitted batch can be decided")
     if not expected_sha256:

@@ -188,6 +188,13 @@ def _pipelines_record(rows: Sequence[PromptRow], pipelines: PipelineSet | None) 
     return (pipelines or default_pipelines()).record_for([n for r in rows for n in r.pipelines])
 
 
+def lock_batch(session: Session, batch: Batch) -> None:
+    """Lock the batch's row until the transaction ends (PostgreSQL; SQLite has one writer anyway) and
+    read it again: whoever locks it next sees what this transaction made of it."""
+    session.execute(select(Batch.id).where(Batch.id == batch.id).with_for_update())
+    session.refresh(batch)
+
+
 def edit_batch(
     session: Session,
     actor: str | None,
@@ -200,6 +207,9 @@ def edit_batch(
 ) -> Batch:
     """Replace a batch's prompts with a new file. Any approval is voided: it pinned the old content."""
     batch = get_batch(session, batch_id)
+    # the batch row locked, then read again (PostgreSQL): a run starting at the same moment holds the
+    # same lock, so the edit sees "running" and is refused instead of replacing the rows under the run
+    lock_batch(session, batch)
     user = require_role(session, actor, "requester", "edit batches")
     if user.id != batch.requested_by_id:
         raise InvalidState(f"only the requester ({batch.requested_by.name}) can edit batch {batch.id}")
@@ -341,6 +351,7 @@ class BatchSummary(Result):
     review_required: bool = False  # its images wait for a reviewer before they are published
     images_in_review: int = 0
     images_rejected: int = 0  # by a reviewer
+    use_category: str = ""  # the declared use the approver approves (checked against the licences)
 
     def full_progress(self) -> BatchProgress:
         p = self.progress
@@ -467,6 +478,7 @@ def batch_summary(session: Session, batch: Batch) -> BatchSummary:
         review_required=bool(batch.review_required),
         images_in_review=progress.done - progress.published - progress.quarantined - rejected,
         images_rejected=rejected,
+        use_category=batch.use_category,
     )
 
 

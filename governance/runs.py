@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from governance.approvals import require_runnable
 from governance.audit import record_event
-from governance.batches import get_batch
+from governance.batches import get_batch, lock_batch
 from governance.errors import InvalidState, NotFound
 from governance.licences import check_use_category
 from governance.records import Batch, Image, ModelVersion, Prompt, Run, image_id_for, utcnow
@@ -85,6 +85,7 @@ def start_run(
     rows no longer pass `prompt_policy` (the policy in force now: screening runs again at run start)."""
     user = require_role(session, actor, "operator", "run batches")
     batch = get_batch(session, batch_id)
+    lock_batch(session, batch)  # an edit at the same moment waits, then sees "running"
     approval = require_runnable(batch, prompt_policy)
     # The declared use was checked at intake against the configured licence; check it again against
     # the licences of the weights this run actually loaded.

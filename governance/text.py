@@ -15,14 +15,25 @@ import re
 
 # C0 controls except TAB and LF (shown as themselves by terminals and tables), DEL, C1 controls;
 # bidi embeddings/overrides U+202A-202E, isolates U+2066-2069, marks U+200E/U+200F and U+061C;
-# zero-width space/non-joiner/joiner U+200B-200D, word joiner U+2060, BOM U+FEFF, soft hyphen U+00AD.
-_UNSAFE = "\x00-\x08\x0b-\x1f\x7f-\x9f\u00ad\u061c\u200b-\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff"
+# zero-width space/non-joiner/joiner U+200B-200D, word joiner U+2060, BOM U+FEFF, soft hyphen U+00AD;
+# characters that show as nothing or break the line where a reader sees one line: the combining
+# grapheme joiner U+034F, Hangul fillers U+115F, U+1160, U+3164, U+FFA0, Khmer inherent vowels
+# U+17B4-17B5, Mongolian variation selectors and vowel separator U+180B-180F, line and paragraph
+# separators U+2028-2029, invisible operators U+2061-2064, deprecated format characters U+206A-206F,
+# variation selectors U+FE00-FE0F and U+E0100-E01EF, interlinear annotations U+FFF9-FFFB, and the tag
+# characters U+E0000-E007F (they can spell a hidden word).
+_UNSAFE = (
+    "\x00-\x08\x0b-\x1f\x7f-\x9f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f"
+    "\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u206f\u3164\ufe00-\ufe0f\ufeff"
+    "\uffa0\ufff9-\ufffb\U000e0000-\U000e007f\U000e0100-\U000e01ef"
+)
 UNSAFE_CLASS = _UNSAFE  # for a regex character class: `[...]`
 UNSAFE = re.compile(f"[{_UNSAFE}]")
 # The same class for RE2 (pyarrow.compute's regexes), kept equal by a test over every BMP code point.
 UNSAFE_RE2 = (
-    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\x{ad}\x{61c}\x{200b}-\x{200f}\x{202a}-\x{202e}\x{2060}"
-    r"\x{2066}-\x{2069}\x{feff}]"
+    r"[\x00-\x08\x0b-\x1f\x7f-\x9f\x{ad}\x{34f}\x{61c}\x{115f}\x{1160}\x{17b4}\x{17b5}\x{180b}-\x{180f}"
+    r"\x{200b}-\x{200f}\x{2028}\x{2029}\x{202a}-\x{202e}\x{2060}-\x{2064}\x{2066}-\x{206f}\x{3164}"
+    r"\x{fe00}-\x{fe0f}\x{feff}\x{ffa0}\x{fff9}-\x{fffb}\x{e0000}-\x{e007f}\x{e0100}-\x{e01ef}]"
 )
 UNSAFE_IN_LINE = re.compile(f"[{_UNSAFE}\t\n]")  # in one table cell or line, TAB and LF too
 
