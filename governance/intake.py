@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from governance.deferred_imports import deferring
 from governance.errors import InvalidInput
 from governance.pipelines import DEFAULT_PIPELINE, MAX_PER_ROW, PipelineSet, default_pipelines, split_names
-from governance.text import UNSAFE, UNSAFE_CLASS, describe, first_unsafe
+from governance.text import HIDING, UNSAFE_CLASS, describe, first_stacked_marks, first_unsafe
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -740,7 +740,7 @@ def _build_suite(checked: pd.DataFrame, input_columns: Sequence[str]) -> Any:
         if name in present:
             expectations.append(
                 gxe.ExpectColumnValuesToNotMatchRegex(
-                    column=name, regex=UNSAFE.pattern, meta=tag("unsafe_characters", name)
+                    column=name, regex=HIDING.pattern, meta=tag("unsafe_characters", name)
                 )
             )
     for column in COLUMNS:
@@ -898,6 +898,12 @@ def _row_message(rule: str, column: str, raw: str | None) -> str:
         return f"{shown} contains {what}; {column} must be one printable line"
     if rule == "unsafe_characters":
         unsafe = first_unsafe(raw or "")
+        stacked = first_stacked_marks(raw or "")
+        if stacked and (unsafe is None or stacked[0] < unsafe[0]):
+            return (
+                f"contains {stacked[1]} combining marks on one character at position {stacked[0]}: stacked "
+                "marks draw over the lines around them and can hide what the approver reads; at most 3"
+            )
         where = f"{describe(unsafe[1])} at position {unsafe[0] + 1}" if unsafe else "an invisible character"
         return (
             f"contains {where}: control, bidirectional-override and zero-width characters can hide or "

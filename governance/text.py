@@ -36,6 +36,12 @@ UNSAFE_RE2 = (
     r"\x{fe00}-\x{fe0f}\x{feff}\x{ffa0}\x{fff9}-\x{fffb}\x{e0000}-\x{e007f}\x{e0100}-\x{e01ef}]"
 )
 UNSAFE_IN_LINE = re.compile(f"[{_UNSAFE}\t\n]")  # in one table cell or line, TAB and LF too
+# Four or more generic combining marks on one character ("Zalgo" text): drawn above and below, they
+# cover the lines around them. Script-specific marks (Hebrew points, Devanagari signs, Thai vowels)
+# are in other blocks and not counted; Vietnamese needs at most two even decomposed.
+_MARKS = "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"
+STACKED_MARKS = re.compile(f"[{_MARKS}]{{4,}}")
+HIDING = re.compile(f"[{_UNSAFE}]|[{_MARKS}]{{4,}}")  # what intake refuses in text a person approves
 
 _NAMES = {
     "\x1b": "ESC",
@@ -65,6 +71,12 @@ def first_unsafe(text: str) -> tuple[int, str] | None:
     """(position, character) of the first unsafe character in ``text``, or None."""
     m = UNSAFE.search(text)
     return (m.start(), m.group()) if m else None
+
+
+def first_stacked_marks(text: str) -> tuple[int, int] | None:
+    """(position, count) of the first run of four or more combining marks in ``text``, or None."""
+    m = STACKED_MARKS.search(text)
+    return (m.start(), len(m.group())) if m else None
 
 
 REASON_MAX_CHARS = 2000

@@ -46,6 +46,29 @@ def test_intake_refuses_invisible_and_line_breaking_characters(tmp_path, name) -
     code, out, err = cli("batch", "submit", str(write_prompts(tmp_path / "p.csv", [row])), "--purpose", "catalogue",
                          actor="maria")  # fmt: skip
     assert code != 0, f"a prompt holding {name} was accepted: {out}"
+    said = out + err
+    assert "prompt" in said and f"U+{ord(INVISIBLE[name][0]):04X}" in said, said  # the row's column and the character
+
+
+def test_intake_refuses_stacked_combining_marks_and_keeps_real_diacritics(tmp_path) -> None:
+    """Zalgo text: a character under many combining marks draws over the lines around it (on the batch
+    page, in `batch show`) and can cover what the approver reads. Refused from four marks on one
+    character, naming row and column; accents, Vietnamese (even decomposed) and Devanagari stay."""
+    import unicodedata
+
+    cli = _world(tmp_path)
+    zalgo = {**BASE, "prompt": "a lamp e" + "\u0301\u0302\u0303\u0304\u0305\u0306" + " on white"}
+    code, out, err = cli("batch", "submit", str(write_prompts(tmp_path / "z.csv", [zalgo])), "--purpose", "catalogue",
+                         actor="maria")  # fmt: skip
+    assert code != 0 and "6 combining marks on one character" in out + err, out + err
+    fine = [
+        {**BASE, "row_id": "fr", "prompt": "lampe en céramique émaillée"},
+        {**BASE, "row_id": "vi", "prompt": unicodedata.normalize("NFD", "đèn gốm trên nền trắng")},
+        {**BASE, "row_id": "hi", "prompt": "सफ़ेद पृष्ठभूमि पर सिरेमिक लैंप"},
+    ]
+    code, out, err = cli("batch", "submit", str(write_prompts(tmp_path / "ok.csv", fine)), "--purpose", "catalogue",
+                         actor="maria")  # fmt: skip
+    assert code == 0, out + err
 
 
 # --------------------------------------------------------------------------------------------
