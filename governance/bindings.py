@@ -168,11 +168,17 @@ def _q(dialect: Dialect, name: str) -> str:
     return dialect.identifier_preparer.quote(name)
 
 
-def _value_text(dialect: Dialect, column: Column[Any], ref: str) -> str:
-    """SQL for a column's canonical text (NULL stays NULL)."""
+def _base_type(column: Column[Any]) -> Any:
+    """The column's SQL type under any TypeDecorator (what the database stores)."""
     typ = column.type
     while isinstance(typ, TypeDecorator):
         typ = typ.impl  # type: ignore[assignment]
+    return typ
+
+
+def _value_text(dialect: Dialect, column: Column[Any], ref: str) -> str:
+    """SQL for a column's canonical text (NULL stays NULL)."""
+    typ = _base_type(column)
     pg = dialect.name == "postgresql"
     if isinstance(typ, JSON):
         value = f"CAST({ref} AS TEXT)"
@@ -312,9 +318,7 @@ _PG_TYPES: tuple[tuple[type[Any], tuple[str, ...]], ...] = (
 
 
 def _pg_types_of(column: Column[Any]) -> tuple[str, ...]:
-    typ = column.type
-    while isinstance(typ, TypeDecorator):
-        typ = typ.impl  # type: ignore[assignment]
+    typ = _base_type(column)
     for base, names in _PG_TYPES:
         if isinstance(typ, base):
             return names

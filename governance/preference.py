@@ -135,13 +135,9 @@ def _judge(session: Session, actor: str | None, batch: Batch) -> Any:
             f"{user.name} reviewed the output of batch {batch.id} (where each image's row and index are shown): "
             "another reviewer judges it blind"
         )
-    from governance.records import AuditEvent
-    from governance.review import SHOWN_ACTION
+    from governance.review import was_shown
 
-    shown = select(AuditEvent.seq).where(
-        AuditEvent.action == SHOWN_ACTION, AuditEvent.subject_id == batch.id, AuditEvent.actor == user.name
-    )
-    if session.scalar(shown.limit(1)) is not None:
+    if was_shown(session, user.name, batch.id):
         raise PermissionDenied(
             f"{user.name} was shown the output of batch {batch.id} waiting for review (each image's row and index): "
             "another reviewer judges it blind"

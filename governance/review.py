@@ -87,27 +87,28 @@ def waiting(
 SHOWN_ACTION = "review.shown"
 
 
+def was_shown(session: Session, user_name: str, batch_id: str) -> bool:
+    """Whether `note_shown` recorded that this user was shown the batch's images waiting for review."""
+    from governance.records import AuditEvent
+
+    seen = select(AuditEvent.seq).where(
+        AuditEvent.action == SHOWN_ACTION, AuditEvent.subject_id == batch_id, AuditEvent.actor == user_name
+    )
+    return session.scalar(seen.limit(1)) is not None
+
+
 def note_shown(session: Session, viewer: User, items: Sequence[ReviewItem]) -> None:
     """Record, once per batch, that a reviewer blind to a comparison batch was shown its images waiting
     for review (their ids, rows and indexes name each image's configuration): that reviewer no longer
     judges the batch blind (`preference._judge` refuses). Call in a writing transaction."""
     from governance.preference import blind_to
-    from governance.records import AuditEvent, Batch
+    from governance.records import Batch
 
     for batch_id in sorted({i.batch_id for i in items}):
         batch = session.get(Batch, batch_id)
         if batch is None or not blind_to(frozenset(viewer.role_names), batch.requested_by_id == viewer.id, batch):
             continue
-        seen = session.scalar(
-            select(AuditEvent.seq)
-            .where(
-                AuditEvent.action == SHOWN_ACTION,
-                AuditEvent.subject_id == batch_id,
-                AuditEvent.actor == viewer.name,
-            )
-            .limit(1)
-        )
-        if seen is None:
+        if not was_shown(session, viewer.name, batch_id):
             shown = sum(1 for i in items if i.batch_id == batch_id)
             record_event(session, viewer.name, SHOWN_ACTION, "batch", batch_id, {"images": shown})
 

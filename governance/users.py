@@ -248,15 +248,13 @@ def set_disabled(session: Session, actor: str | None, name: str, disabled: bool)
     return user
 
 
-def end_console_sessions(session: Session, user: User) -> int:
-    """End every open console session of this user (disabled, or a new password): the number ended."""
+def end_console_sessions(session: Session, user: User) -> None:
+    """End every open console session of this user (disabled, or a new password)."""
     now = utcnow()
-    open_ = session.scalars(
+    for row in session.scalars(
         select(ConsoleSession).where(ConsoleSession.user_id == user.id, ConsoleSession.ended_at.is_(None))
-    ).all()
-    for row in open_:
+    ):
         row.ended_at = now
-    return len(open_)
 
 
 def list_users(session: Session) -> list[UserInfo]:

@@ -52,6 +52,12 @@ def _visible(c: Caller, batch: Batch) -> Batch:
     return batch
 
 
+def _sees_waiting(c: Caller, requester: str) -> bool:
+    """Whether the caller may see an image waiting for review (its file, its thumbnail): reviewers and
+    the batch's requester."""
+    return c.has("reviewer") or requester == c.user
+
+
 def _batch(session: Session, c: Caller, batch_id: str) -> Batch:
     from governance.batches import get_batch
 
@@ -304,8 +310,8 @@ def gallery_thumbnails(c: Caller, cards: Sequence[Any]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     missing: list[tuple[str, str]] = []
     for image_id, store_key, status, requester in rows:
-        if status == "review" and not (c.has("reviewer") or requester == c.user):
-            continue  # as `image_bytes`: an image waiting for review, to reviewers and its requester only
+        if status == "review" and not _sees_waiting(c, requester):
+            continue
         key = thumb_of(store_key or "")
         uri = THUMBNAILS.get(url, key)
         if uri is None:
@@ -457,7 +463,7 @@ def image_bytes(c: Caller, image_id: str, thumbnail: bool = False) -> tuple[byte
 
     with c.rt.sessions() as session:
         image = _image(session, c, image_id)
-        waiting = image.status == "review" and (c.has("reviewer") or image.prompt.batch.requested_by.name == c.user)
+        waiting = image.status == "review" and _sees_waiting(c, image.prompt.batch.requested_by.name)
         if not (image.status == "published" or waiting) or not image.store_key:
             raise NotFound(f"image {image_id} is {image.status}: nothing was published")
         key, version = image.store_key, image.store_version_id
@@ -537,12 +543,11 @@ def verify_upload(c: Caller, name: str | None, data: bytes) -> Any:
         result = check_verify_result(session, c.user, verify_file(session, path, anchors_pem, keys, limits))
         result = replace(result, file=path.name)  # the name as uploaded (made safe), not the server's path
         if result.trace is not None:
-            batch = session.get(Batch, result.trace.batch.id)
+            # Whether Atelier made the file is anyone's to know; its record (prompt, people, reasons) only
+            # for those who may see the image's batch, as on the image's own page.
             try:
-                _visible(c, batch) if batch is not None else None
+                _batch(session, c, result.trace.batch.id)
             except (NotFound, PermissionDenied):
-                # Whether Atelier made the file is anyone's to know; its record (prompt, people, reasons)
-                # only for those who may see the image's batch, as on the image's own page.
                 result = replace(result, trace=None)
         return result
 

@@ -52,6 +52,7 @@ def test_concurrent_wrong_passwords_cannot_pass_the_throttle_together(console: C
         with ThreadPoolExecutor(n) as pool:
             answers = list(pool.map(attempt, range(n)))
         tried = answers.count(401)  # 401: the password was checked (and wrong); 429: throttled
+        assert tried >= 1 and answers.count(429) == n - tried, answers  # nothing else answered
         assert tried <= throttle.limit, f"{tried} passwords tried for one user at once (limit {throttle.limit})"
     finally:
         for c in clients:
@@ -126,6 +127,10 @@ def test_a_link_cannot_put_its_own_words_on_a_console_page(console: Console) -> 
     r = client.get("/batches", params={"note": lure})
     assert r.status_code == 200
     assert "atelier-login.example" not in r.text, "the page shows the link's text as its own status message"
+    from server.pages import note_signature
+
+    signed = client.get("/batches", params={"note": "run started", "ns": note_signature("run started")})
+    assert 'role="status">run started<' in signed.text  # the server's own notes still show
 
 
 def test_a_marketing_batch_submitted_through_the_server_waits_for_review(console: Console, tmp_path: Path) -> None:
